@@ -1,0 +1,1 @@
+"""qat: quantization-aware training for transformer encoders, exported to IPEX int8."""

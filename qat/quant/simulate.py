@@ -1,0 +1,156 @@
+"""Simulate a qconf's int8 recipe on the fp32 model with fake quantization (the trainable student).
+
+Linear layers are swapped for QuantLinear. Functional ops (attention matmuls, adds) are intercepted with a
+TorchFunctionMode and matched to the qconf by their order inside the owning module's forward, the same
+bookkeeping IPEX uses, so a qconf that does not fit the model fails loudly instead of quantizing the wrong op.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from intel_extension_for_pytorch.quantization._quantization_state_utils import (
+    functions_supported_by_quantization,
+    functions_supported_by_quantization_ipex,
+)
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from qat.errors import QatError
+from qat.load import EncoderModule
+from qat.numerics import weight_qparams
+from qat.quant.modules import QuantFunctionalOp, QuantLinear
+from qat.quant.qconf import Qconf, QuantOp
+from qat.quant.quantizer import FakeQuantizer
+
+QUANTIZABLE_FUNCTIONS = functions_supported_by_quantization | functions_supported_by_quantization_ipex
+OPS_ATTRIBUTE = "qat_functional_ops"
+
+
+def _family(op_type: str) -> str:
+    for family in ("matmul", "bmm", "add", "linear"):
+        if family in op_type:
+            return family
+    return op_type
+
+
+def _is_float_op(args: tuple) -> bool:
+    """IPEX tracks only ops on floating-point tensors (integer index arithmetic is never quantized)."""
+    tensors = [a for a in args[:2] if isinstance(a, torch.Tensor)]
+    return bool(tensors) and all(t.is_floating_point() for t in tensors)
+
+
+def _input_quantizers(op: QuantOp) -> list[FakeQuantizer | None]:
+    return [None if q is None else FakeQuantizer(q.dtype, q.scale, q.zero_point) for q in op.input_qparams()]
+
+
+@dataclass
+class _Frame:
+    """A running module call: its qconf path and the functional ops it is expected to run, in order."""
+
+    path: str
+    ops: list[QuantFunctionalOp] | None
+    seen: int = 0
+    done: list[str] = field(default_factory=list)
+
+
+class _FunctionalOpQuantizer(TorchFunctionMode):
+    """Applies each module's QuantFunctionalOp input quantizers to the quantizable calls it makes."""
+
+    def __init__(self, model: FakeQuantModel) -> None:
+        super().__init__()
+        self.frames: list[_Frame] = []
+        self.lookup = model.frame_lookup()
+
+    def pre_hook(self, module: nn.Module, args: tuple) -> None:
+        path, ops = self.lookup.get(module, ("", None))
+        self.frames.append(_Frame(path, ops))
+
+    def post_hook(self, module: nn.Module, args: tuple, output: object) -> None:
+        frame = self.frames.pop()
+        if frame.ops is not None and frame.seen != len(frame.ops):
+            raise QatError(f"qconf does not match the model: module {frame.path!r} ran {frame.seen} quantizable ops, "
+                           f"the qconf lists {len(frame.ops)}")
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        frame = self.frames[-1] if self.frames else None
+        if frame is not None and frame.ops is not None and func in QUANTIZABLE_FUNCTIONS and _is_float_op(args):
+            if frame.seen >= len(frame.ops):
+                raise QatError(f"qconf does not match the model: module {frame.path!r} runs more quantizable ops "
+                               f"than the {len(frame.ops)} the qconf lists")
+            op = frame.ops[frame.seen]
+            if _family(str(func)) != _family(op.op_type):
+                raise QatError(f"qconf does not match the model: op {frame.seen} of {frame.path!r} is {func}, "
+                               f"the qconf expects {op.op_type}")
+            frame.seen += 1
+            args = op.quantize_inputs(args)
+        return func(*args, **kwargs)
+
+
+class FakeQuantModel(nn.Module):
+    """An EncoderModule whose ops are fake-quantized as the qconf says; weights stay fp32 parameters."""
+
+    def __init__(self, encoder: EncoderModule, qconf: Qconf) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.qconf = qconf
+        self._keyed_paths = {key.replace(":", ".").strip() for key in qconf.data}
+        for op in qconf.ops:
+            if op.is_module:
+                self._swap_module(op)
+            else:
+                owner = self._submodule(op.owner, op)
+                if not hasattr(owner, OPS_ATTRIBUTE):
+                    owner.register_module(OPS_ATTRIBUTE, nn.ModuleList())
+                getattr(owner, OPS_ATTRIBUTE).append(QuantFunctionalOp(op.info["op_type"], _input_quantizers(op)))
+
+    def _submodule(self, path: str, op: QuantOp) -> nn.Module:
+        try:
+            return self.encoder.get_submodule(path.strip())
+        except AttributeError:
+            raise QatError(f"qconf does not match the model: it names module {path!r} (op {op.fqn!r}), "
+                           "which the model does not have") from None
+
+    def _swap_module(self, op: QuantOp) -> None:
+        module = self._submodule(op.fqn, op)
+        if op.kind != "linear" or not isinstance(module, nn.Linear):
+            if op.quantized:
+                raise QatError(f"qconf quantizes {op.fqn!r} ({op.info['op_type']}); only Linear modules are supported")
+            return
+        if op.quantized:
+            parent_path, _, child = op.fqn.rpartition(".")
+            input_quantizer = _input_quantizers(op)[0]
+            self._submodule(parent_path, op).register_module(child, QuantLinear.from_float(module, input_quantizer, op.weight_range))
+
+    def frame_lookup(self) -> dict[nn.Module, tuple[str, list[QuantFunctionalOp] | None]]:
+        """Module -> (path, functional ops it must run), for modules that IPEX tracks (the qconf's keys)."""
+        lookup: dict[nn.Module, tuple[str, list[QuantFunctionalOp] | None]] = {}
+        for path, module in self.encoder.named_modules():
+            if path in self._keyed_paths:
+                lookup[module] = (path, list(getattr(module, OPS_ATTRIBUTE, [])))
+        return lookup
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mode = _FunctionalOpQuantizer(self)
+        pre = nn.modules.module.register_module_forward_pre_hook(mode.pre_hook)
+        post = nn.modules.module.register_module_forward_hook(mode.post_hook)
+        try:
+            with mode:
+                return self.encoder(input_ids, attention_mask)
+        finally:
+            pre.remove()
+            post.remove()
+
+    def quantizers(self) -> list[FakeQuantizer]:
+        return [m for m in self.modules() if isinstance(m, FakeQuantizer)]
+
+    def weight_qparams(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per-channel qparams of every quantized Linear's current weight, keyed by qconf fqn."""
+        return {path: weight_qparams(m.weight, *m.weight_quantizer.weight_range)
+                for path, m in self.encoder.named_modules() if isinstance(m, QuantLinear)}
+
+
+def fake_quantize(encoder: EncoderModule, qconf: Qconf) -> FakeQuantModel:
+    """Entry point: the fp32 wrapper (modified in place) simulating the qconf's int8 recipe."""
+    return FakeQuantModel(encoder, qconf)

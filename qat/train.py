@@ -1,0 +1,29 @@
+"""`python -m qat.train`: the recovery job, composed by Hydra from conf/."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from qat.config import to_run_config
+from qat.errors import QatError
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        from qat.pipeline import run_pipeline
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        run_pipeline(to_run_config(cfg), run_dir)
+        print(f"report: {run_dir / 'report.md'}")
+    except QatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
