@@ -64,6 +64,7 @@ class SourceConfig:
 class DataConfig:
     """Calibration/training texts, held-out texts for fidelity, and labelled task sets (STS pairs, reranking)."""
 
+    root: str = ""  # base folder that file paths in data/*.yaml interpolate (${..root})
     calibration: SourceConfig = field(default_factory=lambda: SourceConfig(limit=256))
     heldout: SourceConfig = field(default_factory=lambda: SourceConfig(offset=256))
     tasks: dict[str, SourceConfig] = field(default_factory=dict)

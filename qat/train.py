@@ -15,10 +15,11 @@ from qat.errors import QatError
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     try:
-        from qat.pipeline import run_pipeline
+        config = to_run_config(cfg)
+        from qat.pipeline import run_pipeline  # heavy imports (torch, IPEX) only after the config is valid
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        run_pipeline(to_run_config(cfg), run_dir)
+        run_pipeline(config, run_dir)
         print(f"report: {run_dir / 'report.md'}")
     except QatError as error:
         print(f"error: {error}", file=sys.stderr)

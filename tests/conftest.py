@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny random-weight BERT saved as a local model folder, and short texts."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from qat.config import ModelConfig
+from qat.data import builtin_sentences
+from qat.load import Encoder, load_encoder, resolve_model_path
+
+warnings.filterwarnings("ignore", category=UserWarning)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and the bundled MiniLM tokenizer."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("bundled:all-MiniLM-L6-v2"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny_encoder(tiny_model_dir: Path) -> Encoder:
+    return load_encoder(ModelConfig(name_or_path=str(tiny_model_dir), max_length=32))
+
+
+@pytest.fixture(scope="session")
+def texts() -> list[str]:
+    return builtin_sentences()

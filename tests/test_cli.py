@@ -1,0 +1,81 @@
+"""`python -m qat.train` as a user runs it: the real bundled model end to end, and bad input."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import REPO
+
+SHORT = ["calib.samples=64", "calib.batch_size=32"]
+
+
+def run_train(run_dir, *overrides):
+    return subprocess.run([sys.executable, "-m", "qat.train", f"hydra.run.dir={run_dir}", *overrides],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_default_job_end_to_end_on_the_bundled_model(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train(run_dir, *SHORT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"report: {run_dir / 'report.md'}" in result.stdout
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["variants"]) == {"fp32", "ptq_fakequant", "ptq_int8"}
+    assert report["export"]["graph_int8_ops"] == {"linear": 36, "matmul": 12, "add": 0}
+    assert report["parity"]["passed"]
+    int8 = report["variants"]["ptq_int8"]
+    assert 0.95 < int8["cosine_mean"] < 1.0 and report["variants"]["fp32"]["cosine_mean"] == pytest.approx(1.0)
+    for name in ("model/model.safetensors", "qconf.json", "metadata.json"):
+        assert (run_dir / "ptq" / name).is_file()
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert "| PTQ int8 (exported IPEX) |" in (run_dir / "report.md").read_text()
+
+    # A fresh process loads the exported TorchScript (with IPEX imported) and reproduces the reported fidelity.
+    check = textwrap.dedent(f"""
+        import json, torch
+        import intel_extension_for_pytorch
+        from qat.config import ModelConfig
+        from qat.data import builtin_sentences
+        from qat.evaluate import embed, cosine_fidelity
+        from qat.load import EncoderModule, load_encoder
+        encoder = load_encoder(ModelConfig())
+        texts = builtin_sentences()[256:]
+        exported = torch.jit.load({str(run_dir / 'export' / 'model_int8.pt')!r})
+        int8, fp32 = embed(exported, encoder, texts, 64), embed(EncoderModule(encoder.model).eval(), encoder, texts, 64)
+        print(json.dumps(cosine_fidelity(torch.stack([fp32[t] for t in texts]), torch.stack([int8[t] for t in texts]))))
+    """)
+    fresh = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    reproduced = json.loads(fresh.stdout.strip().splitlines()[-1])
+    assert reproduced["cosine_mean"] == pytest.approx(int8["cosine_mean"], abs=1e-4)
+    assert reproduced["cosine_min"] == pytest.approx(int8["cosine_min"], abs=1e-4)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.name_or_path=/nonexistent/model"], "model path '/nonexistent/model' does not exist"),
+    (["model.max_length=4096"], "model.max_length=4096 exceeds the model's limit; expected at most 512"),
+    (["data.heldout.offset=100000"], "has no rows"),
+    (["+data.calibration.path=MISSING_COLUMNS", "data.calibration.kind=file", "data.calibration.format=pairs"],
+     "lacks column(s) ['sentence1', 'sentence2']"),
+    (["calib.samples=100000"], "calib.samples=100000 but the calibration set has only 256 texts"),
+    (["quant.skip=[encoder.layer.9.output.dense]"], "match no quantizable module"),
+])
+def test_bad_input_is_one_clear_line_and_no_artifact(tmp_path, overrides, message):
+    bad_file = tmp_path / "scores_only.tsv"
+    bad_file.write_text("score\n1.0\n")
+    overrides = [o.replace("MISSING_COLUMNS", str(bad_file)) for o in overrides]
+    run_dir = tmp_path / "run"
+    result = run_train(run_dir, *overrides)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert not (run_dir / "ptq").exists() and not (run_dir / "report.json").exists()
+
+
+def test_unknown_group_value_fails(tmp_path):
+    result = run_train(tmp_path / "run", "quant=nonsense")
+    assert result.returncode != 0
+    assert "Could not find 'quant/nonsense'" in result.stderr

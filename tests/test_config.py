@@ -1,0 +1,44 @@
+"""Every config group composes and validates; bad values are one-line QatErrors."""
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import REPO
+from qat.config import QuantConfig, RunConfig, to_run_config
+from qat.errors import QatError
+
+GROUPS = {group.name: sorted(p.stem for p in group.glob("*.yaml")) for group in (REPO / "conf").iterdir() if group.is_dir()}
+
+
+def compose_run(*overrides: str) -> RunConfig:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return to_run_config(compose(config_name="train", overrides=list(overrides)))
+
+
+def test_groups_are_the_documented_ones():
+    assert set(GROUPS) == {"model", "data", "quant", "calib", "train", "teacher", "export", "eval"}
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUPS.items() for o in options])
+def test_every_option_composes(group, option):
+    assert isinstance(compose_run(f"{group}={option}"), RunConfig)
+
+
+def test_defaults_are_ipex_default_recipe():
+    cfg = compose_run()
+    assert cfg.quant.op_kinds() == {"linear", "matmul"} and cfg.calib.algorithm == "histogram"
+    assert cfg.model.name_or_path == "bundled:all-MiniLM-L6-v2" and not cfg.train.enabled
+    assert QuantConfig(ops=["add"]).op_kinds() == {"residual_add", "embedding_add"}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("calib.algorithm=magic", "calib.algorithm='magic'"),
+    ("quant.ops=[conv]", "quant.ops entry='conv'"),
+    ("quant.ops=[]", "quant.ops is empty"),
+    ("+calib.sampels=3", "invalid config: Key 'sampels' not in 'CalibConfig'"),
+    ("model.pooling=max", "model.pooling='max'"),
+    ("export.parity_min_cosine=1.5", "export.parity_min_cosine=1.5"),
+    ("calib.samples=0", "calib.samples=0"),
+])
+def test_bad_values(override, message):
+    with pytest.raises(QatError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        compose_run(override)

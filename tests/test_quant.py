@@ -1,0 +1,110 @@
+"""Calibration, qconf recipe edits, the fake-quant simulation and its match to IPEX's unfused int8 graph."""
+import copy
+
+import pytest
+import torch
+
+from qat.calibrate import calibrate
+from qat.config import CalibConfig, QuantConfig
+from qat.errors import QatError
+from qat.export.ipex import export_ipex, load_exported
+from qat.load import EncoderModule, batches
+from qat.quant.modules import QuantLinear
+from qat.quant.qconf import Qconf
+from qat.quant.simulate import fake_quantize
+
+CALIB = CalibConfig(samples=32, batch_size=16)
+
+
+@pytest.fixture
+def qconf(tiny_encoder, texts) -> Qconf:
+    return calibrate(tiny_encoder, texts, CALIB, QuantConfig(ops=["linear", "matmul", "add"], weight_bits="8"))
+
+
+def test_calibrated_qconf_classifies_every_op(qconf):
+    kinds = [op.kind for op in qconf.ops]
+    # 2 layers: 6 Linear, 2 matmuls, a mask add and 2 residual adds each; 2 embedding adds
+    assert kinds.count("linear") == 12 and kinds.count("matmul") == 4
+    assert kinds.count("mask_add") == 2 and kinds.count("residual_add") == 4 and kinds.count("embedding_add") == 2
+    assert qconf.int8_counts() == {"linear": 12, "matmul": 4, "residual_add": 4, "embedding_add": 2}
+    assert not any(op.quantized for op in qconf.ops if op.kind == "mask_add")
+    assert qconf.weight_range == (-128, 127)
+
+
+def test_recipe_op_kinds_and_skip_patterns(qconf):
+    edited = qconf.copy()
+    edited.apply_recipe(QuantConfig(ops=["linear"], skip=[r"encoder\.layer\.1\.output\.dense", "encoder.layer.0.attention"]))
+    int8 = {op.name for op in edited.ops if op.quantized}
+    assert "encoder.layer.1.output.dense" not in int8 and "encoder.layer.0.attention.self.query" not in int8
+    assert "encoder.layer.1.attention.self.query" in int8
+    assert edited.int8_counts() == {"linear": 12 - 1 - 4, "matmul": 0, "residual_add": 0, "embedding_add": 0}
+    with pytest.raises(QatError, match="match no quantizable module"):
+        edited.apply_recipe(QuantConfig(skip=["encoder.layer.7.output.dense"]))
+
+
+def test_seven_bit_weights_are_recorded_in_the_qconf(tiny_encoder, texts):
+    narrow = calibrate(tiny_encoder, texts, CALIB, QuantConfig(weight_bits="7"))
+    assert narrow.weight_range == (-64, 63)
+    weight = tiny_encoder.model.encoder.layer[0].attention.self.query.weight
+    query = next(op for op in narrow.ops if op.name == "encoder.layer.0.attention.self.query")
+    expected = weight.detach().abs().amax(1) / 63.5
+    assert query.info["weight_tensor_infos"][0]["scale"] == pytest.approx(expected.tolist(), rel=1e-6)
+
+
+def test_simulation_swaps_quantized_linears_and_stays_close_to_fp32(tiny_encoder, qconf, texts):
+    sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), qconf).eval()
+    assert sum(isinstance(m, QuantLinear) for m in sim.modules()) == 12
+    ids, mask = next(batches(tiny_encoder, texts[:8], 8))
+    with torch.no_grad():
+        reference, simulated = EncoderModule(tiny_encoder.model)(ids, mask), sim(ids, mask)
+    assert not torch.equal(reference, simulated)
+    assert torch.nn.functional.cosine_similarity(reference.flatten(1), simulated.flatten(1)).min() > 0.9
+
+
+def test_simulation_equals_ipex_unfused_int8_graph_exactly(tiny_encoder, qconf, texts, tmp_path):
+    """Every op of the full-operator recipe, simulated, matches IPEX's converted graph bit for bit."""
+    sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), qconf).eval()
+    example = next(batches(tiny_encoder, texts[:4], 4))
+    result = export_ipex(tiny_encoder.model, qconf, sim.weight_qparams(), example, tmp_path)
+    assert result.graph_int8_ops == {"linear": 12, "matmul": 4, "add": 6}
+    exported = load_exported(result.path)
+    ids, mask = next(batches(tiny_encoder, texts[40:52], 12))
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        torch.testing.assert_close(exported(ids, mask), sim(ids, mask), atol=1e-5, rtol=0)
+
+
+def test_unpadded_batches_run_the_same_ops(tiny_encoder, qconf):
+    sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), qconf).eval()
+    ids, mask = next(batches(tiny_encoder, ["one single sentence"], 1))
+    assert mask.all()
+    with torch.no_grad():
+        assert sim(ids, mask).shape == (1, ids.shape[1], 32)
+
+
+def test_qconf_of_another_architecture_is_rejected(tiny_encoder, qconf, tiny_model_dir, tmp_path, texts):
+    from transformers import BertConfig, BertModel
+
+    deeper = BertModel(BertConfig(vocab_size=tiny_encoder.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3,
+                                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=64),
+                       add_pooling_layer=False)
+    deeper.config._attn_implementation = "eager"
+    example = next(batches(tiny_encoder, texts[:4], 4))
+    with pytest.raises(QatError, match="does not match the model"):
+        export_ipex(deeper.eval(), qconf, {}, example, tmp_path)
+    missing = qconf.copy()
+    del missing.data["model:encoder:layer:1:output"]["q_op_infos"]["1"]
+    with pytest.raises(QatError, match="does not match the model"):
+        sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), Qconf(missing.data))
+        sim(*example)
+
+
+def test_qconf_read_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(QatError, match="not valid JSON"):
+        Qconf.read(bad)
+    bad.write_text('{"model": {"nothing": 1}}')
+    with pytest.raises(QatError, match="not an IPEX qconf"):
+        Qconf.read(bad)
+    with pytest.raises(QatError, match="does not exist"):
+        Qconf.read(tmp_path / "missing.json")
