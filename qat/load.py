@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -62,6 +63,8 @@ def resolve_model_path(name_or_path: str) -> str:
 
 def load_encoder(cfg: ModelConfig) -> Encoder:
     path = resolve_model_path(cfg.name_or_path)
+    # The load report would list the pooler weights that qat drops on purpose (see below).
+    transformers.logging.set_verbosity_error()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         # Eager attention: with SDPA the attention products are one fused op that no int8 recipe can see.

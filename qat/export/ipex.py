@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,9 @@ def export_ipex(model: PreTrainedModel, qconf: Qconf, weight_qparams: dict[str, 
     except (AssertionError, KeyError, IndexError) as error:
         raise QatError(f"qconf {qconf.source} does not match the model ({error or type(error).__name__}); "
                        "expected a qconf calibrated on this architecture") from None
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # IPEX's converted ops read their scales as Python numbers: constants in the trace, which is intended.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         converted = convert(prepared)
         traced = torch.jit.trace(converted, example, check_trace=False, strict=False)
         frozen = torch.jit.freeze(traced)

@@ -1,0 +1,118 @@
+"""Latency and throughput of fp32 eager, fp32 TorchScript, bf16 TorchScript and the exported int8 model.
+
+    .venv/bin/python scripts/bench.py --run outputs/runs/<run>      # prints a table, writes <run>/bench.json
+
+Medians over repeated calls after warm-up; ratios are against fp32 TorchScript at the same shape.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+warnings.filterwarnings("ignore")
+from qat.artifact import library_versions, read_ptq_artifact  # noqa: E402
+from qat.export.ipex import load_exported  # noqa: E402  (imports IPEX: registers the int8 kernels)
+from qat.load import EncoderModule  # noqa: E402
+from qat.numerics import cpu_has_vnni  # noqa: E402
+
+SHAPES = [("latency", 1, 32), ("latency", 1, 128), ("throughput", 32, 128), ("throughput", 128, 128)]
+
+
+def inputs(batch: int, seq: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(1000, vocab, (batch, seq), generator=generator), torch.ones(batch, seq, dtype=torch.long)
+
+
+def trace(module: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor], bf16: bool) -> torch.jit.ScriptModule:
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return torch.jit.freeze(torch.jit.trace(module, example, check_trace=False, strict=False))
+
+
+class Autocast(torch.nn.Module):
+    """bf16 through autocast in eager mode: runs on CPUs whose oneDNN has no bf16 TorchScript kernels."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.module(*args)
+
+
+def median_seconds(model, example, warmup: int, repeats: int) -> float:
+    with torch.no_grad():
+        for _ in range(warmup):
+            model(*example)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(*example)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="a run folder of python -m qat.train")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path, help="JSON path (default: <run>/bench.json)")
+    args = parser.parse_args()
+    if not (args.run / "export" / "model_int8.pt").is_file():
+        sys.exit(f"error: run folder {args.run} has no export/model_int8.pt; expected a finished qat.train run")
+    torch.set_num_threads(args.threads)
+
+    artifact = read_ptq_artifact(args.run / "ptq")
+    fp32 = EncoderModule(artifact.encoder.model).eval()
+    vocab = artifact.encoder.tokenizer.vocab_size
+    example = inputs(2, 32, vocab)
+    models = {
+        "fp32 eager": fp32,
+        "fp32 TorchScript": trace(fp32, example, bf16=False),
+        "bf16 TorchScript": trace(fp32, example, bf16=True),
+        "bf16 eager": Autocast(fp32),
+        "int8 IPEX": load_exported(args.run / "export" / "model_int8.pt"),
+    }
+    rows = []
+    for kind, batch, seq in SHAPES:
+        shape = inputs(batch, seq, vocab)
+        seconds: dict[str, float | str] = {}
+        for name, model in models.items():
+            try:
+                seconds[name] = median_seconds(model, shape, args.warmup, args.repeats)
+            except RuntimeError as error:  # a kernel this CPU cannot run: report it, do not hide the variant
+                seconds[name] = next(line for line in str(error).splitlines() if line.startswith("RuntimeError")) \
+                    if "RuntimeError" in str(error) else str(error).splitlines()[0]
+        for name, value in seconds.items():
+            row = {"variant": name, "kind": kind, "batch": batch, "seq": seq}
+            if isinstance(value, str):
+                row["error"] = value
+            else:
+                row.update(median_ms=1000 * value, sequences_per_s=batch / value,
+                           speedup_vs_fp32_torchscript=seconds["fp32 TorchScript"] / value)
+            rows.append(row)
+    print(f"{'variant':<18}{'shape':<14}{'median ms':>11}{'seq/s':>9}{'x fp32 TS':>11}")
+    for r in rows:
+        where = f"{r['variant']:<18}{r['kind'][:3]} {r['batch']:>3}x{r['seq']:<5}"
+        if "error" in r:
+            print(where + f"  failed: {r['error'][:90]}")
+        else:
+            print(where + f"{r['median_ms']:>11.2f}{r['sequences_per_s']:>9.1f}{r['speedup_vs_fp32_torchscript']:>11.2f}")
+    out = args.out or args.run / "bench.json"
+    out.write_text(json.dumps({"run": str(args.run), "threads": args.threads, "cpu_has_vnni": cpu_has_vnni(),
+                               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "warmup": args.warmup,
+                               "repeats": args.repeats, "rows": rows, "versions": library_versions()}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
