@@ -114,9 +114,46 @@ class CalibConfig:
 
 @dataclass
 class TrainConfig:
-    """Recovery training (QAT). Not implemented yet: enabling it is an error, never a silent no-op."""
+    """Recovery training (QAT): block-wise distillation of the fake-quant student, through accelerate."""
 
-    enabled: bool = False
+    enabled: bool = True
+    steps: int = 300
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    dropout: bool = False
+    bf16: bool = False
+    train_layernorm: bool = False
+    block_weight: float = 1.0
+    output_weight: float = 1.0
+    eval_every: int = 100
+    save_every: int = 100
+    resume: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "lr", "max_grad_norm", "eval_every", "save_every"):
+            _positive(f"train.{name}", getattr(self, name))
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise QatError(f"train.warmup_ratio={self.warmup_ratio} is not valid; expected a number in [0, 1)")
+        if self.block_weight < 0 or self.output_weight < 0 or self.block_weight + self.output_weight == 0:
+            raise QatError(f"train.block_weight={self.block_weight}, train.output_weight={self.output_weight} are not "
+                           "valid; expected non-negative weights, not both zero")
+
+
+@dataclass
+class RecoveryConfig:
+    """When to train: only if PTQ loses more than `threshold` on the dev metric (relative), unless forced."""
+
+    metric: str = "cosine_mean"
+    threshold: float = 0.01
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold < 1.0:
+            raise QatError(f"recovery.threshold={self.threshold} is not valid; expected a relative loss in [0, 1)")
 
 
 @dataclass
@@ -160,6 +197,7 @@ class RunConfig:
     quant: QuantConfig = field(default_factory=QuantConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

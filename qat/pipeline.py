@@ -1,7 +1,9 @@
-"""The job behind `python -m qat.train`: calibrate -> PTQ artifact -> simulate -> export -> evaluate -> report."""
+"""The job behind `python -m qat.train`: calibrate -> PTQ artifact -> decide -> train -> export -> evaluate -> report."""
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import time
 from dataclasses import asdict
@@ -10,19 +12,23 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from safetensors.torch import load_file
+from torch import nn
 
-from qat.artifact import library_versions, write_ptq_artifact
+from qat.artifact import library_versions, read_ptq_artifact, write_ptq_artifact
 from qat.calibrate import calibrate
 from qat.config import ExportConfig, RunConfig
 from qat.data import load_task, load_texts
 from qat.errors import QatError
 from qat.evaluate import EvalData, cosine_fidelity, embed, evaluate
-from qat.export.ipex import export_ipex, load_exported
+from qat.export.ipex import ExportResult, export_ipex, load_exported
+from qat.load import Encoder, EncoderModule, batches, load_encoder
 from qat.numerics import cpu_has_vnni
-from qat.load import EncoderModule, batches, load_encoder
-from qat.quant.simulate import fake_quantize
+from qat.quant.qconf import Qconf
+from qat.quant.simulate import FakeQuantModel, fake_quantize
 from qat.report import write_report
+from qat.trainer import Trainer, higher_is_better, resolve_resume
 
 log = logging.getLogger(__name__)
 
@@ -38,67 +44,131 @@ def parity(reference: dict[str, torch.Tensor], candidate: dict[str, torch.Tensor
     return result
 
 
+def relative_loss(metric: str, fp32: float, quantized: float) -> float:
+    """How much worse the quantized model is, relative to fp32 (positive = worse)."""
+    gap = fp32 - quantized if higher_is_better(metric) else quantized - fp32
+    return gap / max(abs(fp32), 1e-12) if higher_is_better(metric) else gap
+
+
+def fingerprint(cfg: RunConfig, qconf: Qconf) -> str:
+    """Identifies what a checkpoint belongs to: model, qconf, data, seed and the training recipe."""
+    train = {k: v for k, v in asdict(cfg.train).items() if k not in ("resume", "steps", "eval_every", "save_every")}
+    payload = json.dumps([cfg.model.name_or_path, asdict(cfg.data), cfg.seed, train, asdict(cfg.teacher),
+                          json.dumps(qconf.data, sort_keys=True)], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def ptq_artifact(cfg: RunConfig, encoder: Encoder, run_dir: Path, accelerator: Accelerator) -> Path:
+    """Calibrate once (main process) into run_dir/ptq; a resumed run reuses the artifact it made before."""
+    path = run_dir / "ptq"
+    if path.exists() and cfg.train.resume is not None:
+        log.info("resuming: reusing the PTQ artifact %s", path)
+        return path
+    if accelerator.is_main_process:
+        qconf = calibrate(encoder, load_texts(cfg.data.calibration), cfg.calib, cfg.quant)
+        write_ptq_artifact(path, encoder, qconf, {
+            "recipe": asdict(cfg.quant), "calibration": asdict(cfg.calib),
+            "calibration_data": {"source": asdict(cfg.data.calibration), "texts": cfg.calib.samples},
+        })
+    accelerator.wait_for_everyone()
+    return path
+
+
+def export_and_check(sim: FakeQuantModel, encoder: Encoder, data: EvalData, cfg: RunConfig, out_dir: Path,
+                     tables: dict[str, dict[str, torch.Tensor]], name: str) -> tuple[ExportResult, dict[str, Any]]:
+    example = next(batches(encoder, data.heldout, 8))
+    result = export_ipex(sim.to_float().eval(), sim.qconf, sim.weight_qparams(), example, out_dir)
+    texts = data.texts()
+    tables[f"{name}_fakequant"] = embed(sim.eval(), encoder, texts, cfg.eval.batch_size)
+    tables[f"{name}_int8"] = embed(load_exported(result.path), encoder, texts, cfg.eval.batch_size)
+    return result, parity(tables[f"{name}_fakequant"], tables[f"{name}_int8"], data.heldout, cfg.export)
+
+
 def run_pipeline(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
-    if cfg.train.enabled:
-        raise QatError("train.enabled=true but recovery training (QAT) is not implemented yet; expected train=none")
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     set_seed(cfg.seed)
-    tracker = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(run_dir))
-    tracker.init_trackers("tensorboard")
+    accelerator = Accelerator(
+        cpu=True, log_with="tensorboard", project_dir=str(run_dir), gradient_accumulation_steps=cfg.train.grad_accum,
+        mixed_precision="bf16" if cfg.train.bf16 else "no",
+        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True))
+    accelerator.init_trackers("tensorboard")
     seconds: dict[str, float] = {}
 
     calib_texts = load_texts(cfg.data.calibration)
-    data = EvalData(load_texts(cfg.data.heldout), {name: load_task(src) for name, src in cfg.data.tasks.items()})
+    tasks = {name: load_task(src) for name, src in cfg.data.tasks.items()}
+    data = EvalData(load_texts(cfg.data.heldout), tasks)
+    dev = EvalData(data.heldout, {n: t for n, t in tasks.items() if "test" not in n})
+    if "test" in cfg.recovery.metric:
+        raise QatError(f"recovery.metric={cfg.recovery.metric!r} reads a test split; expected a dev metric (test splits only report)")
     encoder = load_encoder(cfg.model)
 
     start = time.perf_counter()
-    qconf = calibrate(encoder, calib_texts, cfg.calib, cfg.quant)
-    ptq_dir = write_ptq_artifact(run_dir / "ptq", encoder, qconf, {
-        "recipe": asdict(cfg.quant), "calibration": asdict(cfg.calib),
-        "calibration_data": {"source": asdict(cfg.data.calibration), "texts": cfg.calib.samples},
-    })
+    artifact = read_ptq_artifact(ptq_artifact(cfg, encoder, run_dir, accelerator))
+    qconf = artifact.qconf
     seconds["calibrate"] = time.perf_counter() - start
-    log.info("PTQ artifact: %s (int8 ops %s)", ptq_dir, qconf.int8_counts())
 
-    simulated = fake_quantize(EncoderModule(copy.deepcopy(encoder.model)), qconf).eval()
-    log.info("recovery training (QAT): not implemented yet, skipped; the exported model is the PTQ model")
+    fp32 = EncoderModule(encoder.model).eval()
+    ptq = fake_quantize(EncoderModule(copy.deepcopy(encoder.model)), qconf).eval()
+    fp32_dev = embed(fp32, encoder, dev.texts(), cfg.eval.batch_size)
+    ptq_dev_metrics = evaluate(embed(ptq, encoder, dev.texts(), cfg.eval.batch_size), fp32_dev, dev)
+    fp32_dev_metrics = evaluate(fp32_dev, fp32_dev, dev)
+    if cfg.recovery.metric not in ptq_dev_metrics:
+        raise QatError(f"recovery.metric={cfg.recovery.metric!r} is not measured; expected one of {sorted(ptq_dev_metrics)}")
+    loss = relative_loss(cfg.recovery.metric, fp32_dev_metrics[cfg.recovery.metric], ptq_dev_metrics[cfg.recovery.metric])
+    decision = {"metric": cfg.recovery.metric, "fp32": fp32_dev_metrics[cfg.recovery.metric],
+                "ptq": ptq_dev_metrics[cfg.recovery.metric], "ptq_loss": loss, "threshold": cfg.recovery.threshold,
+                "force": cfg.recovery.force}
+    decision["train"] = cfg.train.enabled and (cfg.recovery.force or loss > cfg.recovery.threshold)
+    log.info("PTQ loss on dev %s: %.4f (threshold %.4f): %s", cfg.recovery.metric, loss, cfg.recovery.threshold,
+             "training" if decision["train"] else "no training needed" if cfg.train.enabled else "training disabled")
+
+    training: dict[str, Any] | None = None
+    student: FakeQuantModel | None = None
+    if decision["train"]:
+        student = fake_quantize(EncoderModule(copy.deepcopy(encoder.model)), qconf)
+        teacher: nn.Module = ptq if cfg.teacher.kind == "int8" else fp32
+        trainer = Trainer(
+            accelerator, student, teacher, encoder, calib_texts, cfg.train, run_dir, fingerprint(cfg, qconf), cfg.seed,
+            lambda model: evaluate(embed(model, encoder, dev.texts(), cfg.eval.batch_size), fp32_dev, dev),
+            cfg.recovery.metric)
+        result = trainer.train(resolve_resume(cfg.train.resume, run_dir / "checkpoints"))
+        student = accelerator.unwrap_model(trainer.student)
+        if result.best_weights is not None:
+            student.load_state_dict(load_file(str(result.best_weights)))
+        training = {**asdict(result.state), "seconds": result.seconds, "seconds_per_step": result.seconds_per_step,
+                    "teacher": cfg.teacher.kind, "processes": accelerator.num_processes}
+        seconds["train"] = result.seconds
+    if not accelerator.is_main_process:
+        accelerator.end_training()
+        return {}
 
     start = time.perf_counter()
-    example = next(batches(encoder, data.heldout, 8))
-    exported_path = export_ipex(encoder.model, qconf, simulated.weight_qparams(), example, run_dir / "export")
-    exported = load_exported(exported_path.path)
-    seconds["export"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    texts, size = data.texts(), cfg.eval.batch_size
-    tables = {
-        "fp32": embed(EncoderModule(encoder.model).eval(), encoder, texts, size),
-        "ptq_fakequant": embed(simulated, encoder, texts, size),
-        "ptq_int8": embed(exported, encoder, texts, size),
-    }
+    texts = data.texts()
+    tables = {"fp32": embed(fp32, encoder, texts, cfg.eval.batch_size)}
+    exports: dict[str, Any] = {}
+    for name, sim in [("ptq", ptq)] + ([("qat", student)] if student is not None else []):
+        result, check = export_and_check(sim, encoder, data, cfg, run_dir / "export" / name, tables, name)
+        exports[name] = {"path": str(result.path), "qconf": str(result.qconf_path),
+                         "graph_int8_ops": result.graph_int8_ops, "parity": check}
+    seconds["export_and_evaluate"] = time.perf_counter() - start
     variants = {name: evaluate(table, tables["fp32"], data) for name, table in tables.items()}
-    check = parity(tables["ptq_fakequant"], tables["ptq_int8"], data.heldout, cfg.export)
-    seconds["evaluate"] = time.perf_counter() - start
-
     for name, metrics in variants.items():
-        tracker.log({f"eval/{name}/{key}": value for key, value in metrics.items()}, step=0)
-    tracker.log({f"parity/{k}": v for k, v in check.items() if isinstance(v, float)}, step=0)
-    tracker.end_training()
+        accelerator.log({f"eval/{name}/{key}": value for key, value in metrics.items()}, step=0)
+    accelerator.end_training()
 
+    final = "qat" if student is not None else "ptq"
     report = {
         "model": encoder.source, "run_dir": str(run_dir), "recipe": asdict(cfg.quant),
         "calibration": {**asdict(cfg.calib), "texts": cfg.calib.samples},
-        "data": {"heldout_texts": len(data.heldout), "tasks": list(data.tasks)},
-        "variants": variants, "parity": check,
-        "export": {"graph_int8_ops": exported_path.graph_int8_ops, "qconf_int8_ops": qconf.int8_counts(),
-                   "weight_range": qconf.weight_range, "cpu_has_vnni": cpu_has_vnni()},
-        "qat": "not implemented yet (skipped); the exported model is the PTQ model",
-        "artifacts": {"ptq": str(ptq_dir), "int8_model": str(exported_path.path), "qconf": str(exported_path.qconf_path)},
+        "data": {"heldout_texts": len(data.heldout), "tasks": list(data.tasks), "train_texts": len(calib_texts)},
+        "recovery": decision, "training": training, "final": final, "variants": variants, "exports": exports,
+        "weight_range": qconf.weight_range, "cpu_has_vnni": cpu_has_vnni(),
         "seconds": seconds, "versions": library_versions(),
     }
     path = write_report(run_dir, report)
-    if not check["passed"]:
-        raise QatError(f"parity check failed: exported int8 vs fake-quant cosine mean {check['cosine_mean']:.6f}, "
-                       f"min {check['cosine_min']:.6f}; expected at least {check['thresholds']}; see {path}")
+    failed = [name for name, e in exports.items() if not e["parity"]["passed"]]
+    if failed:
+        raise QatError(f"parity check failed for {failed}: exported int8 differs from its fake-quant model beyond "
+                       f"{cfg.export.parity_mean_cosine}/{cfg.export.parity_min_cosine}; see {path}")
     log.info("report: %s", path)
     return report

@@ -24,8 +24,9 @@ def test_default_job_end_to_end_on_the_bundled_model(tmp_path):
     assert f"report: {run_dir / 'report.md'}" in result.stdout
     report = json.loads((run_dir / "report.json").read_text())
     assert set(report["variants"]) == {"fp32", "ptq_fakequant", "ptq_int8"}
-    assert report["export"]["graph_int8_ops"] == {"linear": 36, "matmul": 12, "add": 0}
-    assert report["parity"]["passed"]
+    assert report["recovery"]["ptq_loss"] < report["recovery"]["threshold"] and report["training"] is None
+    assert report["exports"]["ptq"]["graph_int8_ops"] == {"linear": 36, "matmul": 12, "add": 0, "linear_weight_only": 0}
+    assert report["exports"]["ptq"]["parity"]["passed"] and report["final"] == "ptq"
     int8 = report["variants"]["ptq_int8"]
     assert 0.95 < int8["cosine_mean"] < 1.0 and report["variants"]["fp32"]["cosine_mean"] == pytest.approx(1.0)
     for name in ("model/model.safetensors", "qconf.json", "metadata.json"):
@@ -43,7 +44,7 @@ def test_default_job_end_to_end_on_the_bundled_model(tmp_path):
         from qat.load import EncoderModule, load_encoder
         encoder = load_encoder(ModelConfig())
         texts = builtin_sentences()[256:]
-        exported = torch.jit.load({str(run_dir / 'export' / 'model_int8.pt')!r})
+        exported = torch.jit.load({str(run_dir / 'export' / 'ptq' / 'model_int8.pt')!r})
         int8, fp32 = embed(exported, encoder, texts, 64), embed(EncoderModule(encoder.model).eval(), encoder, texts, 64)
         print(json.dumps(cosine_fidelity(torch.stack([fp32[t] for t in texts]), torch.stack([int8[t] for t in texts]))))
     """)

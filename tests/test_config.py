@@ -26,7 +26,7 @@ def test_every_option_composes(group, option):
 def test_defaults_are_ipex_default_recipe():
     cfg = compose_run()
     assert cfg.quant.op_kinds() == {"linear", "matmul"} and cfg.calib.algorithm == "histogram"
-    assert cfg.model.name_or_path == "bundled:all-MiniLM-L6-v2" and not cfg.train.enabled
+    assert cfg.model.name_or_path == "bundled:all-MiniLM-L6-v2" and cfg.train.enabled and not cfg.recovery.force
     assert QuantConfig(ops=["add"]).op_kinds() == {"residual_add", "embedding_add"}
 
 

@@ -66,11 +66,24 @@ def test_simulation_equals_ipex_unfused_int8_graph_exactly(tiny_encoder, qconf, 
     sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), qconf).eval()
     example = next(batches(tiny_encoder, texts[:4], 4))
     result = export_ipex(tiny_encoder.model, qconf, sim.weight_qparams(), example, tmp_path)
-    assert result.graph_int8_ops == {"linear": 12, "matmul": 4, "add": 6}
+    assert result.graph_int8_ops == {"linear": 12, "matmul": 4, "add": 6, "linear_weight_only": 0}
     exported = load_exported(result.path)
     ids, mask = next(batches(tiny_encoder, texts[40:52], 12))
     with torch.no_grad(), torch.jit.optimized_execution(False):
         torch.testing.assert_close(exported(ids, mask), sim(ids, mask), atol=1e-5, rtol=0)
+
+
+def test_skipped_linears_are_really_fp32_in_the_export(tiny_encoder, qconf, texts, tmp_path):
+    """A skipped Linear must keep fp32 weights too: IPEX quantizes weights unless the qconf says otherwise."""
+    skipped = qconf.copy()
+    skipped.apply_recipe(QuantConfig(ops=["linear", "residual_add"], skip=[r"encoder\.layer\.\d+\.output\.dense"]))
+    sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), skipped).eval()
+    example = next(batches(tiny_encoder, texts[:4], 4))
+    result = export_ipex(sim.to_float(), skipped, sim.weight_qparams(), example, tmp_path)
+    assert result.graph_int8_ops == {"linear": 10, "matmul": 0, "add": 4, "linear_weight_only": 0}
+    ids, mask = next(batches(tiny_encoder, texts[60:70], 10))
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        torch.testing.assert_close(load_exported(result.path)(ids, mask), sim(ids, mask), atol=1e-5, rtol=0)
 
 
 def test_unpadded_batches_run_the_same_ops(tiny_encoder, qconf):

@@ -37,22 +37,25 @@ def _produced_by_dequantize(value: torch.Value) -> bool:
 
 
 def int8_op_counts(graph: torch.Graph) -> dict[str, int]:
-    """Ops of the frozen graph whose tensor inputs all come from dequantize nodes, i.e. that IPEX runs in int8."""
-    counts: Counter[str] = Counter({kind: 0 for kind in set(GRAPH_KINDS.values())})
+    """Ops of the frozen graph whose tensor inputs all come from dequantize nodes, i.e. that IPEX runs in int8;
+    plus Linears whose weight alone is dequantized ('linear_weight_only'), which no recipe here asks for."""
+    counts: Counter[str] = Counter({kind: 0 for kind in [*set(GRAPH_KINDS.values()), "linear_weight_only"]})
     for node in graph.nodes():
         kind = GRAPH_KINDS.get(node.kind())
         if kind is None:
             continue
-        operands = list(node.inputs())[:2]
-        if all(_produced_by_dequantize(op) for op in operands):
+        dequantized = [_produced_by_dequantize(op) for op in list(node.inputs())[:2]]
+        if all(dequantized):
             counts[kind] += 1
+        elif kind == "linear" and dequantized[1]:
+            counts["linear_weight_only"] += 1
     return dict(counts)
 
 
 def expected_graph_counts(qconf: Qconf) -> dict[str, int]:
     counts = qconf.int8_counts()
     return {"linear": counts["linear"], "matmul": counts["matmul"],
-            "add": counts["residual_add"] + counts["embedding_add"]}
+            "add": counts["residual_add"] + counts["embedding_add"], "linear_weight_only": 0}
 
 
 def export_ipex(model: PreTrainedModel, qconf: Qconf, weight_qparams: dict[str, tuple[torch.Tensor, torch.Tensor]],

@@ -139,6 +139,10 @@ class Qconf:
             for tensor in op.info["input_tensor_infos"]:
                 if tensor:
                     tensor["force_dtype"] = dtype
+            # IPEX quantizes a Linear's weight whenever the weight says qint8, even if its input stays fp32.
+            for weight in op.info["weight_tensor_infos"]:
+                if weight:
+                    weight["inf_dtype"] = op.info["weight_observer"]["dtype"] if int8 else FP32
         unused = [p for p in quant.skip if p not in used]
         if unused:
             names = sorted({op.name for op in self.ops if op.kind in RECIPE_KINDS})

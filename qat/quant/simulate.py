@@ -6,6 +6,7 @@ bookkeeping IPEX uses, so a qconf that does not fit the model fails loudly inste
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -142,8 +143,16 @@ class FakeQuantModel(nn.Module):
             pre.remove()
             post.remove()
 
-    def quantizers(self) -> list[FakeQuantizer]:
-        return [m for m in self.modules() if isinstance(m, FakeQuantizer)]
+    def to_float(self) -> nn.Module:
+        """A copy of the Hugging Face model with plain nn.Linear layers and no quantizers: what IPEX converts."""
+        model = copy.deepcopy(self.encoder.model)
+        for path, module in list(model.named_modules()):
+            if isinstance(module, QuantLinear):
+                parent, _, child = path.rpartition(".")
+                model.get_submodule(parent).register_module(child, module.to_float())
+            if hasattr(module, OPS_ATTRIBUTE):
+                delattr(module, OPS_ATTRIBUTE)
+        return model
 
     def weight_qparams(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per-channel qparams of every quantized Linear's current weight, keyed by qconf fqn."""

@@ -1,0 +1,68 @@
+"""Block-wise distillation: every transformer block of the student is supervised by the same block of a teacher."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from qat.errors import QatError
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The encoder's blocks: the longest ModuleList whose children all share one class (BERT: encoder.layer)."""
+    best: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > len(best) and len({type(m) for m in module}) == 1:
+            best = list(module)
+    if not best:
+        raise QatError(f"no transformer blocks found in {type(model).__name__}; expected a ModuleList of layers")
+    return best
+
+
+@contextmanager
+def record_blocks(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect each block's output hidden states during the forward passes run inside the context."""
+    outputs: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+        outputs.append(output[0] if isinstance(output, tuple) else output)
+
+    handles = [block.register_forward_hook(hook) for block in transformer_blocks(model)]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass
+class DistillLoss:
+    total: torch.Tensor
+    blocks: list[torch.Tensor]
+    output: torch.Tensor
+
+
+def normalized_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per sample, MSE over its real (unpadded) tokens divided by the teacher's mean square; then the mean over
+    samples. Normalised so blocks are comparable; per sample so that a batch split across processes averages
+    to exactly the whole batch's loss."""
+    weights = mask.unsqueeze(-1).float()
+    count = weights.sum(dim=(1, 2)) * student.shape[-1]
+    mse = ((student.float() - teacher.float()) ** 2 * weights).sum(dim=(1, 2)) / count
+    power = (teacher.float() ** 2 * weights).sum(dim=(1, 2)) / count
+    return (mse / power.clamp(min=1e-12)).mean()
+
+
+def distillation_loss(student_blocks: list[torch.Tensor], teacher_blocks: list[torch.Tensor],
+                      student_pooled: torch.Tensor, teacher_pooled: torch.Tensor, mask: torch.Tensor,
+                      block_weight: float, output_weight: float) -> DistillLoss:
+    """sum_b block_weight * nMSE(block b) + output_weight * (1 - cosine of pooled embeddings)."""
+    if len(student_blocks) != len(teacher_blocks):
+        raise QatError(f"student has {len(student_blocks)} blocks, teacher {len(teacher_blocks)}; expected the same")
+    blocks = [normalized_mse(s, t.detach(), mask) for s, t in zip(student_blocks, teacher_blocks)]
+    output = 1.0 - nn.functional.cosine_similarity(student_pooled.float(), teacher_pooled.detach().float(), dim=-1).mean()
+    total = block_weight * torch.stack(blocks).sum() + output_weight * output
+    return DistillLoss(total, blocks, output)

@@ -1,0 +1,221 @@
+"""Recovery training through accelerate: AdamW, warm-up + cosine, clipping, accumulation, checkpoints, resume."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import get_cosine_schedule_with_warmup
+
+from qat.atomic import atomic_path
+from qat.config import TrainConfig
+from qat.distill import distillation_loss, record_blocks
+from qat.errors import QatError
+from qat.load import Encoder, pool
+from qat.quant.modules import QuantLinear
+from qat.quant.simulate import FakeQuantModel
+
+log = logging.getLogger(__name__)
+STATE_FILE = "trainer_state.json"
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint records besides accelerate's state: where training is, and what it belongs to."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    fingerprint: str = ""
+
+
+@dataclass
+class TrainResult:
+    state: TrainState
+    seconds: float
+    seconds_per_step: float
+    best_weights: Path | None
+
+
+def higher_is_better(metric: str) -> bool:
+    return "emd" not in metric
+
+
+def text_loader(encoder: Encoder, texts: list[str], batch_size: int, seed: int) -> DataLoader:
+    """Shuffled, tokenized batches; drop_last keeps every batch divisible across processes."""
+    def collate(batch: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = encoder.tokenizer(batch, padding=True, truncation=True, max_length=encoder.max_length, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    if len(texts) < batch_size:
+        raise QatError(f"training set has {len(texts)} texts; expected at least train.batch_size={batch_size}")
+    return DataLoader(texts, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def select_trainable(student: FakeQuantModel, train_layernorm: bool) -> list[nn.Parameter]:
+    """Linear weights and biases train; LayerNorm only if asked; embeddings and all scales stay frozen."""
+    for parameter in student.parameters():
+        parameter.requires_grad_(False)
+    trainable = []
+    for module in student.modules():
+        if isinstance(module, nn.Linear) or (train_layernorm and isinstance(module, nn.LayerNorm)):
+            for parameter in module.parameters(recurse=False):
+                parameter.requires_grad_(True)
+                trainable.append(parameter)
+    return trainable
+
+
+def weight_quant_errors(student: FakeQuantModel) -> dict[str, float]:
+    """Relative weight-quantization error ||fq(w) - w|| / ||w|| of each quantized Linear."""
+    with torch.no_grad():
+        return {name: ((m.weight_quantizer(m.weight) - m.weight).norm() / m.weight.norm()).item()
+                for name, m in student.encoder.named_modules() if isinstance(m, QuantLinear)}
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The checkpoint with the highest recorded step (read from its state file, not its name)."""
+    found = [(json.loads((p / STATE_FILE).read_text())["step"], p) for p in root.glob("step_*") if (p / STATE_FILE).is_file()]
+    return max(found)[1] if found else None
+
+
+def resolve_resume(resume: str | None, root: Path) -> Path | None:
+    if resume is None:
+        return None
+    path = latest_checkpoint(root) if resume == "auto" else Path(resume)
+    if resume == "auto" and path is None:
+        log.info("train.resume=auto: no checkpoint under %s, starting fresh", root)
+        return None
+    if not (path / STATE_FILE).is_file():
+        raise QatError(f"train.resume={resume!r}: {path} is not a checkpoint; expected a folder with {STATE_FILE}")
+    return path
+
+
+class Trainer:
+    """Block-wise distillation of a fake-quant student from a frozen teacher."""
+
+    def __init__(self, accelerator: Accelerator, student: FakeQuantModel, teacher: nn.Module, encoder: Encoder,
+                 texts: list[str], cfg: TrainConfig, run_dir: Path, fingerprint: str, seed: int,
+                 evaluate_dev: Callable[[FakeQuantModel], dict[str, float]], metric: str) -> None:
+        self.accelerator, self.encoder, self.cfg = accelerator, encoder, cfg
+        self.teacher, self.evaluate_dev, self.metric = teacher.eval(), evaluate_dev, metric
+        self.checkpoints = run_dir / "checkpoints"
+        self.best_path = run_dir / "checkpoints" / "best_student.safetensors"
+        self.state = TrainState(fingerprint=fingerprint)
+        self.parameters = select_trainable(student, cfg.train_layernorm)
+        optimizer = torch.optim.AdamW(self.parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
+        loader = text_loader(encoder, texts, cfg.batch_size, seed)
+        self.student, self.optimizer, self.loader, self.scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
+
+    def resume(self, path: Path) -> None:
+        state = TrainState(**json.loads((path / STATE_FILE).read_text()))
+        if state.fingerprint != self.state.fingerprint:
+            raise QatError(f"checkpoint {path} belongs to another model or config (fingerprint {state.fingerprint[:12]}, "
+                           f"this run {self.state.fingerprint[:12]}); expected a checkpoint of this run")
+        self.accelerator.load_state(str(path))
+        self.state = state
+        log.info("resumed from %s at step %d", path, state.step)
+
+    def loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        with torch.no_grad(), record_blocks(self.teacher) as teacher_blocks:
+            teacher_pooled = pool(self.teacher(input_ids, attention_mask), attention_mask, self.encoder.pooling)
+        with record_blocks(self.accelerator.unwrap_model(self.student)) as student_blocks, \
+                self.accelerator.autocast():
+            student_pooled = pool(self.student(input_ids, attention_mask), attention_mask, self.encoder.pooling)
+        return distillation_loss(student_blocks, teacher_blocks, student_pooled, teacher_pooled, attention_mask,
+                                 self.cfg.block_weight, self.cfg.output_weight)
+
+    def save_checkpoint(self) -> Path:
+        """accelerate's full state plus ours, written under a temporary name and renamed when complete."""
+        final = self.checkpoints / f"step_{self.state.step:06d}"
+        tmp = self.checkpoints / f".step_{self.state.step:06d}.tmp"
+        self.accelerator.save_state(str(tmp))
+        if self.accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps(asdict(self.state), indent=2))
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            older = sorted(p for p in self.checkpoints.glob("step_*") if p != final)
+            for stale in older[:max(0, len(older) - KEEP_CHECKPOINTS + 1)]:
+                shutil.rmtree(stale)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def evaluate(self) -> None:
+        student = self.accelerator.unwrap_model(self.student)
+        student.eval()
+        metrics = self.evaluate_dev(student) if self.accelerator.is_main_process else {}
+        student.train(self.cfg.dropout)
+        if not self.accelerator.is_main_process:
+            return
+        value = metrics[self.metric]
+        errors = weight_quant_errors(student)
+        self.accelerator.log({**{f"dev/{k}": v for k, v in metrics.items()},
+                              **{f"weight_quant_error/{k}": v for k, v in errors.items()}}, step=self.state.step)
+        better = self.state.best_metric is None or (
+            value > self.state.best_metric if higher_is_better(self.metric) else value < self.state.best_metric)
+        log.info("step %d: dev %s = %.6f%s", self.state.step, self.metric, value, " (best)" if better else "")
+        if better:
+            self.state.best_metric, self.state.best_step = value, self.state.step
+            with atomic_path(self.best_path) as tmp:
+                save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(tmp))
+
+    def train(self, resume_from: Path | None) -> TrainResult:
+        if resume_from is not None:
+            self.resume(resume_from)
+        cfg, acc = self.cfg, self.accelerator
+        self.student.train(cfg.dropout)
+        start, first_step = time.perf_counter(), self.state.step
+        last_checkpoint = resume_from
+        if self.state.step == 0:
+            self.evaluate()  # the PTQ starting point, so "best" never falls below it
+        while self.state.step < cfg.steps:
+            self.loader.set_epoch(self.state.epoch)
+            loader = acc.skip_first_batches(self.loader, self.state.batch_in_epoch) if self.state.batch_in_epoch else self.loader
+            for input_ids, attention_mask in loader:
+                with acc.accumulate(self.student):
+                    loss = self.loss(input_ids, attention_mask)
+                    if not torch.isfinite(loss.total):
+                        raise QatError(f"loss became {loss.total.item()} at step {self.state.step + 1}; stopped without "
+                                       f"saving. Last good checkpoint: {last_checkpoint or 'none'}")
+                    acc.backward(loss.total)
+                    grad_norm = acc.clip_grad_norm_(self.parameters, cfg.max_grad_norm) if acc.sync_gradients else None
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad()
+                self.state.batch_in_epoch += 1
+                if not acc.sync_gradients:
+                    continue
+                self.state.step += 1
+                acc.log({"train/loss": loss.total.item(), "train/output_loss": loss.output.item(),
+                         "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
+                         **{f"train/block_{i}": b.item() for i, b in enumerate(loss.blocks)}}, step=self.state.step)
+                if self.state.step % cfg.eval_every == 0 or self.state.step == cfg.steps:
+                    self.evaluate()
+                if self.state.step % cfg.save_every == 0 or self.state.step == cfg.steps:
+                    last_checkpoint = self.save_checkpoint()
+                if self.state.step >= cfg.steps:
+                    break
+            else:
+                self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+        seconds = time.perf_counter() - start
+        steps_run = max(1, self.state.step - first_step)
+        best = self.best_path if self.best_path.is_file() else None
+        return TrainResult(self.state, seconds, seconds / steps_run, best)
+
+
+
