@@ -12,10 +12,12 @@ from qat.errors import QatError
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The encoder's blocks: the longest ModuleList whose children all share one class (BERT: encoder.layer)."""
+    """The encoder's blocks: the longest ModuleList of same-class modules that hold weights (BERT: encoder.layer;
+    lists of quantizers hold only buffers)."""
     best: list[nn.Module] = []
     for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) > len(best) and len({type(m) for m in module}) == 1:
+        if (isinstance(module, nn.ModuleList) and len(module) > len(best) and len({type(m) for m in module}) == 1
+                and all(next(m.parameters(), None) is not None for m in module)):
             best = list(module)
     if not best:
         raise QatError(f"no transformer blocks found in {type(model).__name__}; expected a ModuleList of layers")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -163,6 +164,8 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         value = metrics[self.metric]
+        if not math.isfinite(value):
+            raise QatError(f"dev {self.metric} became {value} at step {self.state.step}; stopped without saving it as best")
         errors = weight_quant_errors(student)
         self.accelerator.log({**{f"dev/{k}": v for k, v in metrics.items()},
                               **{f"weight_quant_error/{k}": v for k, v in errors.items()}}, step=self.state.step)

@@ -1,0 +1,130 @@
+"""Recovery training: distillation loss, exact resume, NaN guard, fingerprint check, end to end."""
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DataLoaderConfiguration
+from safetensors.torch import load_file
+
+from conftest import REPO
+from qat.calibrate import calibrate
+from qat.config import CalibConfig, QuantConfig, TrainConfig
+from qat.distill import distillation_loss, record_blocks, transformer_blocks
+from qat.errors import QatError
+from qat.evaluate import EvalData, embed, evaluate
+from qat.load import EncoderModule, batches, pool
+from qat.quant.simulate import fake_quantize
+from qat.trainer import STATE_FILE, Trainer, resolve_resume
+
+
+@pytest.fixture
+def qconf(tiny_encoder, texts):
+    return calibrate(tiny_encoder, texts, CalibConfig(samples=32, batch_size=16), QuantConfig(ops=["linear", "matmul", "add"]))
+
+
+def make_trainer(tiny_encoder, qconf, texts, run_dir, fingerprint="same", evaluate_hook=None, **train):
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True))
+    torch.manual_seed(0)
+    teacher = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), qconf).eval()
+    student = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), qconf)
+    dev = EvalData(texts[200:216])
+    reference = embed(EncoderModule(tiny_encoder.model).eval(), tiny_encoder, dev.texts(), 16)
+
+    def evaluate_dev(model):
+        metrics = evaluate(embed(model, tiny_encoder, dev.texts(), 16), reference, dev)
+        if evaluate_hook:
+            evaluate_hook(metrics)
+        return metrics
+
+    cfg = TrainConfig(**{"steps": 6, "batch_size": 8, "lr": 1e-3, "eval_every": 100, "save_every": 3, **train})
+    return Trainer(accelerator, student, teacher, tiny_encoder, texts[:64], cfg, run_dir, fingerprint, 0,
+                   evaluate_dev, "cosine_mean")
+
+
+def test_blocks_are_found_and_loss_is_zero_when_student_equals_teacher(tiny_encoder, qconf, texts):
+    sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), qconf).eval()
+    same = copy.deepcopy(sim)
+    assert len(transformer_blocks(sim)) == 2
+    ids, mask = next(batches(tiny_encoder, texts[:8], 8))
+    with torch.no_grad(), record_blocks(sim) as a, record_blocks(same) as b:
+        pa, pb = pool(sim(ids, mask), mask, "mean"), pool(same(ids, mask), mask, "mean")
+    loss = distillation_loss(a, b, pa, pb, mask, 1.0, 1.0)
+    assert len(a) == 2 and loss.total.item() == pytest.approx(0.0, abs=1e-7)
+    shifted = distillation_loss([x + 0.1 for x in a], b, pa, pb, mask, 1.0, 0.0)
+    assert shifted.total.item() > 0 and all(x.item() > 0 for x in shifted.blocks)
+
+
+def test_training_changes_weights_not_scales(tiny_encoder, qconf, texts, tmp_path):
+    trainer = make_trainer(tiny_encoder, qconf, texts, tmp_path)
+    student = trainer.accelerator.unwrap_model(trainer.student)
+    weights = student.encoder.model.encoder.layer[0].output.dense.weight.detach().clone()
+    buffers = {k: v.clone() for k, v in student.state_dict().items() if k.endswith(("scale", "zero_point"))}
+    result = trainer.train(None)
+    assert result.state.step == 6
+    assert not torch.equal(weights, student.encoder.model.encoder.layer[0].output.dense.weight)
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in buffers.items()) and buffers
+
+
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(tiny_encoder, qconf, texts, tmp_path):
+    full = make_trainer(tiny_encoder, qconf, texts, tmp_path / "full", eval_every=4)
+    full.train(None)
+    expected = full.accelerator.unwrap_model(full.student).state_dict()
+
+    def kill_at_step_4(metrics):
+        if killed.state.step == 4:
+            raise KeyboardInterrupt("killed")
+
+    killed = make_trainer(tiny_encoder, qconf, texts, tmp_path / "resumed", evaluate_hook=kill_at_step_4, eval_every=4)
+    with pytest.raises(KeyboardInterrupt):
+        killed.train(None)
+    checkpoint = resolve_resume("auto", tmp_path / "resumed" / "checkpoints")
+    assert json.loads((checkpoint / STATE_FILE).read_text())["step"] == 3
+    resumed = make_trainer(tiny_encoder, qconf, texts, tmp_path / "resumed", eval_every=4)
+    assert resumed.train(checkpoint).state.step == 6
+    got = resumed.accelerator.unwrap_model(resumed.student).state_dict()
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0, msg=key)
+
+
+def test_nan_loss_stops_with_step_and_keeps_a_finite_best(tiny_encoder, qconf, texts, tmp_path):
+    trainer = make_trainer(tiny_encoder, qconf, texts, tmp_path, save_every=100)
+    transformer_blocks(trainer.teacher)[0].register_forward_hook(lambda module, args, out: out * float("nan"))
+    with pytest.raises(QatError, match=r"loss became nan at step 1; stopped without saving. Last good checkpoint: none"):
+        trainer.train(None)
+    best = load_file(str(tmp_path / "checkpoints" / "best_student.safetensors"))
+    assert all(torch.isfinite(t).all() for t in best.values() if t.is_floating_point())
+    assert not list((tmp_path / "checkpoints").glob("step_*"))
+
+
+def test_resume_from_another_config_is_refused(tiny_encoder, qconf, texts, tmp_path):
+    make_trainer(tiny_encoder, qconf, texts, tmp_path, steps=3).train(None)
+    other = make_trainer(tiny_encoder, qconf, texts, tmp_path, fingerprint="different")
+    with pytest.raises(QatError, match="belongs to another model or config"):
+        other.train(resolve_resume("auto", tmp_path / "checkpoints"))
+    with pytest.raises(QatError, match="is not a checkpoint"):
+        resolve_resume(str(tmp_path), tmp_path / "checkpoints")
+
+
+@pytest.mark.slow
+def test_recovery_run_end_to_end(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "qat.train", f"hydra.run.dir={run_dir}", f"model.name_or_path={tiny_model_dir}",
+         "model.max_length=32", "calib.samples=64", "recovery.force=true", "train.steps=4", "train.batch_size=16",
+         "train.eval_every=2", "train.save_every=2", "train.lr=1e-4", "export.parity_min_cosine=0.9",
+         "export.parity_mean_cosine=0.9"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["final"] == "qat" and report["training"]["step"] == 4
+    assert {"fp32", "ptq_fakequant", "ptq_int8", "qat_fakequant", "qat_int8"} == set(report["variants"])
+    assert (run_dir / "export" / "qat" / "model_int8.pt").is_file()
+    assert report["training"]["best_step"] in (0, 2, 4)
