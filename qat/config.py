@@ -158,12 +158,16 @@ class RecoveryConfig:
 
 @dataclass
 class TeacherConfig:
-    """Distillation teacher for recovery training: the int8 PTQ model or the fp32 model."""
+    """Distillation teacher: the fp32 model, or the int8 PTQ model under its own (partial-operator) recipe,
+    simulated with the same calibration as the student."""
 
     kind: str = "int8"
+    ops: list[str] = field(default_factory=lambda: ["linear", "matmul"])
+    skip: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _one_of("teacher.kind", self.kind, ("int8", "fp32"))
+        QuantConfig(ops=self.ops, skip=self.skip)  # same validation as the student's recipe
 
 
 @dataclass

@@ -18,7 +18,7 @@ from torch import nn
 
 from qat.artifact import library_versions, read_ptq_artifact, write_ptq_artifact
 from qat.calibrate import calibrate
-from qat.config import ExportConfig, RunConfig
+from qat.config import ExportConfig, QuantConfig, RunConfig
 from qat.data import load_task, load_texts
 from qat.errors import QatError
 from qat.evaluate import EvalData, cosine_fidelity, embed, evaluate
@@ -56,6 +56,18 @@ def fingerprint(cfg: RunConfig, qconf: Qconf) -> str:
     payload = json.dumps([cfg.model.name_or_path, asdict(cfg.data), cfg.seed, train, asdict(cfg.teacher),
                           json.dumps(qconf.data, sort_keys=True)], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def build_teacher(cfg: RunConfig, encoder: Encoder, qconf: Qconf, fp32: nn.Module) -> nn.Module:
+    """fp32, or the PTQ model under the teacher's recipe (frozen, same scales as the student)."""
+    if cfg.teacher.kind == "fp32":
+        return fp32
+    recipe = qconf.copy()
+    recipe.apply_recipe(QuantConfig(ops=cfg.teacher.ops, skip=cfg.teacher.skip))
+    if recipe.data == qconf.data:
+        raise QatError(f"teacher=int8 with ops {cfg.teacher.ops} and skip {cfg.teacher.skip} is the student itself "
+                       "(the distillation loss would be zero); expected a partial-operator teacher recipe or teacher=fp32")
+    return fake_quantize(EncoderModule(copy.deepcopy(encoder.model)), recipe).eval()
 
 
 def ptq_artifact(cfg: RunConfig, encoder: Encoder, run_dir: Path, accelerator: Accelerator) -> Path:
@@ -126,7 +138,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     student: FakeQuantModel | None = None
     if decision["train"]:
         student = fake_quantize(EncoderModule(copy.deepcopy(encoder.model)), qconf)
-        teacher: nn.Module = ptq if cfg.teacher.kind == "int8" else fp32
+        teacher = build_teacher(cfg, encoder, qconf, fp32)
         trainer = Trainer(
             accelerator, student, teacher, encoder, calib_texts, cfg.train, run_dir, fingerprint(cfg, qconf), cfg.seed,
             lambda model: evaluate(embed(model, encoder, dev.texts(), cfg.eval.batch_size), fp32_dev, dev),

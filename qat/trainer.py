@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ from qat.quant.modules import QuantLinear
 from qat.quant.simulate import FakeQuantModel
 
 log = logging.getLogger(__name__)
+# IPEX registers a layer_norm kernel without an autograd entry; torch falls back to the correct gradient and
+# warns. tests/test_train.py checks the gradients against a hand-written LayerNorm.
+warnings.filterwarnings("ignore", message="aten::layer_norm: an autograd kernel was not registered")
 STATE_FILE = "trainer_state.json"
 KEEP_CHECKPOINTS = 2
 

@@ -32,7 +32,9 @@ def make_trainer(tiny_encoder, qconf, texts, run_dir, fingerprint="same", evalua
     GradientState._reset_state()
     accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True))
     torch.manual_seed(0)
-    teacher = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), qconf).eval()
+    partial = qconf.copy()
+    partial.apply_recipe(QuantConfig(ops=["linear", "matmul"]))
+    teacher = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), partial).eval()
     student = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), qconf)
     dev = EvalData(texts[200:216])
     reference = embed(EncoderModule(tiny_encoder.model).eval(), tiny_encoder, dev.texts(), 16)
@@ -104,6 +106,15 @@ def test_nan_loss_stops_with_step_and_keeps_a_finite_best(tiny_encoder, qconf, t
     assert not list((tmp_path / "checkpoints").glob("step_*"))
 
 
+def test_int8_teacher_must_differ_from_the_student(tiny_model_dir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "qat.train", f"hydra.run.dir={tmp_path / 'run'}", f"model.name_or_path={tiny_model_dir}",
+         "model.max_length=32", "calib.samples=64", "recovery.force=true"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2
+    assert "is the student itself" in result.stderr.splitlines()[-1]
+
+
 def test_resume_from_another_config_is_refused(tiny_encoder, qconf, texts, tmp_path):
     make_trainer(tiny_encoder, qconf, texts, tmp_path, steps=3).train(None)
     other = make_trainer(tiny_encoder, qconf, texts, tmp_path, fingerprint="different")
@@ -118,7 +129,7 @@ def test_recovery_run_end_to_end(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "qat.train", f"hydra.run.dir={run_dir}", f"model.name_or_path={tiny_model_dir}",
-         "model.max_length=32", "calib.samples=64", "recovery.force=true", "train.steps=4", "train.batch_size=16",
+         "model.max_length=32", "calib.samples=64", "quant=full_int8", "recovery.force=true", "train.steps=4", "train.batch_size=16",
          "train.eval_every=2", "train.save_every=2", "train.lr=1e-4", "export.parity_min_cosine=0.9",
          "export.parity_mean_cosine=0.9"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -128,3 +139,20 @@ def test_recovery_run_end_to_end(tiny_model_dir, tmp_path):
     assert {"fp32", "ptq_fakequant", "ptq_int8", "qat_fakequant", "qat_int8"} == set(report["variants"])
     assert (run_dir / "export" / "qat" / "model_int8.pt").is_file()
     assert report["training"]["best_step"] in (0, 2, 4)
+
+
+def test_layer_norm_gradients_are_right_with_ipex_imported():
+    """IPEX registers a layer_norm kernel without autograd and torch warns; the gradients must still be exact."""
+    import qat.ipex_backend  # noqa: F401
+
+    torch.manual_seed(0)
+    x, w, b = (torch.randn(shape, requires_grad=True) for shape in ((4, 7, 32), (32,), (32,)))
+    g = torch.randn(4, 7, 32)
+    (torch.nn.functional.layer_norm(x, (32,), w, b, 1e-12) * g).sum().backward()
+    grads = [t.grad.clone() for t in (x, w, b)]
+    for t in (x, w, b):
+        t.grad = None
+    manual = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-12) * w + b
+    (manual * g).sum().backward()
+    for got, expected in zip(grads, (x.grad, w.grad, b.grad)):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
