@@ -13,7 +13,7 @@ from qat.errors import QatError
 from qat.ipex_backend import prepare
 from qat.load import Encoder, EncoderModule, batches
 from qat.numerics import WEIGHT_RANGES, resolve_weight_bits, weight_qparams
-from qat.quant.qconf import Qconf
+from qat.quant.qconf import WRAPPER_PREFIX, Qconf
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,13 @@ def calibrate(encoder: Encoder, texts: list[str], calib: CalibConfig, quant: Qua
         qconf = Qconf.read(path)
     qconf.source = "calibration"
     qconf.apply_recipe(quant)
-    weight_range = WEIGHT_RANGES[resolve_weight_bits(quant.weight_bits)]
-    qconf.set_weight_range(*weight_range)
-    qconf.set_weight_scales({f"model.{name}": weight_qparams(m.weight, *weight_range)
-                             for name, m in encoder.model.named_modules() if isinstance(m, torch.nn.Linear)})
+    set_weight_qparams(qconf, encoder, quant.weight_bits)
     return qconf
+
+
+def set_weight_qparams(qconf: Qconf, encoder: Encoder, weight_bits: str) -> None:
+    """Per-channel weight scales for the weight range this CPU needs (see numerics.WEIGHT_RANGES)."""
+    weight_range = WEIGHT_RANGES[resolve_weight_bits(weight_bits)]
+    qconf.set_weight_range(*weight_range)
+    qconf.set_weight_scales({f"{WRAPPER_PREFIX}{name}": weight_qparams(m.weight, *weight_range)
+                             for name, m in encoder.model.named_modules() if isinstance(m, torch.nn.Linear)})

@@ -113,6 +113,19 @@ class CalibConfig:
 
 
 @dataclass
+class PtqConfig:
+    """Start from an existing PTQ model instead of calibrating: a PTQ folder written by qat (`artifact`), or an
+    IPEX qconf JSON for model.name_or_path (`qconf`: INC's qconfig.json or IPEX's save_qconf_summary)."""
+
+    artifact: str | None = None
+    qconf: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.artifact and self.qconf:
+            raise QatError("ptq.artifact and ptq.qconf are both set; expected at most one PTQ source")
+
+
+@dataclass
 class TrainConfig:
     """Recovery training (QAT): block-wise distillation of the fake-quant student, through accelerate."""
 
@@ -200,6 +213,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
+    ptq: PtqConfig = field(default_factory=PtqConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)

