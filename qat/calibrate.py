@@ -47,6 +47,9 @@ def calibrate(encoder: Encoder, texts: list[str], calib: CalibConfig, quant: Qua
         qconf = Qconf.read(path)
     qconf.source = "calibration"
     qconf.apply_recipe(quant)
+    if quant.scale_min is not None or quant.scale_max is not None:
+        log.info("clamped %d activation scales into [%s, %s]", qconf.clamp_activation_scales(quant.scale_min, quant.scale_max),
+                 quant.scale_min, quant.scale_max)
     set_weight_qparams(qconf, encoder, quant.weight_bits)
     return qconf
 

@@ -77,15 +77,22 @@ class DataConfig:
 
 @dataclass
 class QuantConfig:
-    """Which op kinds run in int8, which modules stay fp32 (exact names or regular expressions), and the weight
-    range: 8 bits, or 7 on CPUs without VNNI whose int8 GEMM saturates ('auto' picks by this CPU)."""
+    """Which op kinds run in int8, which modules stay fp32 (exact names or regular expressions), the weight
+    range (8 bits, or 7 on CPUs without VNNI whose int8 GEMM saturates; 'auto' picks by this CPU), and an
+    optional clamp of the frozen activation scales (a limited range: finer steps, clipped outliers)."""
 
     ops: list[str] = field(default_factory=lambda: ["linear", "matmul"])
     skip: list[str] = field(default_factory=list)
     weight_bits: str = "auto"
+    scale_min: float | None = None
+    scale_max: float | None = None
 
     def __post_init__(self) -> None:
         _one_of("quant.weight_bits", self.weight_bits, ("auto", "8", "7"))
+        _positive("quant.scale_min", self.scale_min)
+        _positive("quant.scale_max", self.scale_max)
+        if self.scale_min is not None and self.scale_max is not None and self.scale_min > self.scale_max:
+            raise QatError(f"quant.scale_min={self.scale_min} > quant.scale_max={self.scale_max}; expected min <= max")
         if not self.ops:
             raise QatError("quant.ops is empty; expected at least one of " + str(list(OP_KINDS) + list(OP_ALIASES)))
         for op in self.ops:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from qat.artifact import library_versions, read_ptq_artifact  # noqa: E402
 from qat.export.ipex import load_exported  # noqa: E402  (imports IPEX: registers the int8 kernels)
 from qat.load import EncoderModule  # noqa: E402
 from qat.numerics import cpu_has_vnni  # noqa: E402
+from qat.timing import median_seconds  # noqa: E402
 
 SHAPES = [("latency", 1, 32), ("latency", 1, 128), ("throughput", 32, 128), ("throughput", 128, 128)]
 
@@ -45,18 +44,6 @@ class Autocast(torch.nn.Module):
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return self.module(*args)
-
-
-def median_seconds(model, example, warmup: int, repeats: int) -> float:
-    with torch.no_grad():
-        for _ in range(warmup):
-            model(*example)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(*example)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -88,7 +75,8 @@ def main() -> None:
         seconds: dict[str, float | str] = {}
         for name, model in models.items():
             try:
-                seconds[name] = median_seconds(model, shape, args.warmup, args.repeats)
+                with torch.no_grad():
+                    seconds[name] = median_seconds(lambda: model(*shape), args.warmup, args.repeats)
             except RuntimeError as error:  # a kernel this CPU cannot run: report it, do not hide the variant
                 seconds[name] = next(line for line in str(error).splitlines() if line.startswith("RuntimeError")) \
                     if "RuntimeError" in str(error) else str(error).splitlines()[0]

@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
-import time
 import warnings
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from qat.distill import distillation_loss, record_blocks  # noqa: E402
 from qat.load import EncoderModule, batches, pool  # noqa: E402
 from qat.numerics import cpu_has_vnni  # noqa: E402
 from qat.quant.simulate import fake_quantize  # noqa: E402
+from qat.timing import median_seconds  # noqa: E402
 
 
 def step_seconds(student: torch.nn.Module, teacher: torch.nn.Module, batch, pooling: str, warmup: int, repeats: int) -> float:
@@ -41,14 +40,7 @@ def step_seconds(student: torch.nn.Module, teacher: torch.nn.Module, batch, pool
         optimizer.step()
         optimizer.zero_grad()
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(step, warmup, repeats)
 
 
 def main() -> None:

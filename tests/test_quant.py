@@ -42,6 +42,20 @@ def test_recipe_op_kinds_and_skip_patterns(qconf):
         edited.apply_recipe(QuantConfig(skip=["encoder.layer.7.output.dense"]))
 
 
+def test_activation_scale_clamp_is_simulated_and_exported_alike(tiny_encoder, texts, tmp_path):
+    clamped = calibrate(tiny_encoder, texts, CALIB, QuantConfig(ops=["linear", "matmul"], scale_max=0.01))
+    scales = [q.scale for op in clamped.ops for q in op.input_qparams() if q is not None]
+    assert scales and max(scales) <= 0.01
+    assert all(op.info["input_tensor_infos"][1]["scale"][0] > 1e30 for op in clamped.ops if op.kind == "mask_add")
+    sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), clamped).eval()
+    result = export_ipex(sim.to_float(), clamped, sim.weight_qparams(), next(batches(tiny_encoder, texts[:4], 4)), tmp_path)
+    ids, mask = next(batches(tiny_encoder, texts[40:52], 12))
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        torch.testing.assert_close(load_exported(result.path)(ids, mask), sim(ids, mask), atol=1e-5, rtol=0)
+    with pytest.raises(QatError, match="scale_min=0.5 > quant.scale_max=0.1"):
+        QuantConfig(scale_min=0.5, scale_max=0.1)
+
+
 def test_seven_bit_weights_are_recorded_in_the_qconf(tiny_encoder, texts):
     narrow = calibrate(tiny_encoder, texts, CALIB, QuantConfig(weight_bits="7"))
     assert narrow.weight_range == (-64, 63)

@@ -130,7 +130,7 @@ def test_recovery_run_end_to_end(tiny_model_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "qat.train", f"hydra.run.dir={run_dir}", f"model.name_or_path={tiny_model_dir}",
          "model.max_length=32", "calib.samples=64", "quant=full_int8", "recovery.force=true", "train.steps=4", "train.batch_size=16",
-         "train.eval_every=2", "train.save_every=2", "train.lr=1e-4", "export.parity_min_cosine=0.9",
+         "train.eval_every=2", "train.save_every=2", "train.lr=1e-4", "train.bf16=true", "export.parity_min_cosine=0.9",
          "export.parity_mean_cosine=0.9"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -156,6 +156,21 @@ class Qconf:
             raise QatError(f"qconf {self.source} mixes weight ranges {sorted(ranges)}; expected one")
         return ranges.pop() if ranges else None
 
+    def clamp_activation_scales(self, scale_min: float | None, scale_max: float | None) -> int:
+        """Clamp every int8 input's frozen scale into [scale_min, scale_max], keeping its zero point (so zero
+        stays exact). Returns how many scales changed."""
+        changed = 0
+        for op in self.ops:
+            if op.kind == "mask_add":
+                continue
+            for tensor in op.info["input_tensor_infos"]:
+                if tensor and "scale" in tensor and parse_dtype(tensor["force_dtype"]) in QUANTIZED_DTYPES:
+                    scale = tensor["scale"][0]
+                    clamped = min(max(scale, scale_min or scale), scale_max or scale)
+                    changed += clamped != scale
+                    tensor["scale"] = [clamped]
+        return changed
+
     def set_weight_range(self, quant_min: int, quant_max: int) -> None:
         """Record the weight range in every Linear's weight observer (the simulation and export read it there)."""
         for op in self.ops:
