@@ -66,6 +66,7 @@ def load_encoder(cfg: ModelConfig) -> Encoder:
     path = resolve_model_path(cfg.name_or_path)
     # The load report would list the pooler weights that qat drops on purpose (see below).
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         # Eager attention: with SDPA the attention products are one fused op that no int8 recipe can see.
