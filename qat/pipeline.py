@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,35 @@ def ptq_artifact(cfg: RunConfig, encoder: Encoder, texts: list[str], run_dir: Pa
     return path
 
 
+def recovery_decision(cfg: RunConfig, fp32_metrics: dict[str, float], ptq_metrics: dict[str, float]) -> dict[str, Any]:
+    """Train only if PTQ loses more than recovery.threshold on the dev metric (or if forced)."""
+    metric = cfg.recovery.metric
+    if metric not in ptq_metrics:
+        raise QatError(f"recovery.metric={metric!r} is not measured; expected one of {sorted(ptq_metrics)}")
+    loss = relative_loss(metric, fp32_metrics[metric], ptq_metrics[metric])
+    decision = {"metric": metric, "fp32": fp32_metrics[metric], "ptq": ptq_metrics[metric], "ptq_loss": loss,
+                "threshold": cfg.recovery.threshold, "force": cfg.recovery.force,
+                "train": cfg.train.enabled and (cfg.recovery.force or loss > cfg.recovery.threshold)}
+    log.info("PTQ loss on dev %s: %.4f (threshold %.4f): %s", metric, loss, cfg.recovery.threshold,
+             "training" if decision["train"] else "no training needed" if cfg.train.enabled else "training disabled")
+    return decision
+
+
+def recover(cfg: RunConfig, accelerator: Accelerator, encoder: Encoder, qconf: Qconf, fp32: nn.Module,
+            texts: list[str], run_dir: Path,
+            evaluate_dev: Callable[[FakeQuantModel], dict[str, float]]) -> tuple[FakeQuantModel, dict[str, Any]]:
+    """Recovery training; returns the student with its best dev weights and what the training did."""
+    student = fake_quantize(EncoderModule(copy.deepcopy(encoder.model)), qconf)
+    trainer = Trainer(accelerator, student, build_teacher(cfg, encoder, qconf, fp32), encoder, texts, cfg.train,
+                      run_dir, fingerprint(cfg, qconf), cfg.seed, evaluate_dev, cfg.recovery.metric)
+    result = trainer.train(resolve_resume(cfg.train.resume, run_dir / "checkpoints"))
+    student = accelerator.unwrap_model(trainer.student)
+    if result.best_weights is not None:
+        student.load_state_dict(load_file(str(result.best_weights)))
+    return student, {**asdict(result.state), "seconds": result.seconds, "seconds_per_step": result.seconds_per_step,
+                     "teacher": cfg.teacher.kind, "processes": accelerator.num_processes}
+
+
 def export_and_check(sim: FakeQuantModel, encoder: Encoder, data: EvalData, cfg: RunConfig, out_dir: Path,
                      tables: dict[str, dict[str, torch.Tensor]], name: str) -> tuple[ExportResult, dict[str, Any]]:
     example = next(batches(encoder, data.heldout, 8))
@@ -130,33 +160,13 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     ptq = fake_quantize(EncoderModule(copy.deepcopy(encoder.model)), qconf).eval()
     fp32_dev = embed(fp32, encoder, dev.texts(), cfg.eval.batch_size)
     ptq_dev_metrics = evaluate(embed(ptq, encoder, dev.texts(), cfg.eval.batch_size), fp32_dev, dev)
-    fp32_dev_metrics = evaluate(fp32_dev, fp32_dev, dev)
-    if cfg.recovery.metric not in ptq_dev_metrics:
-        raise QatError(f"recovery.metric={cfg.recovery.metric!r} is not measured; expected one of {sorted(ptq_dev_metrics)}")
-    loss = relative_loss(cfg.recovery.metric, fp32_dev_metrics[cfg.recovery.metric], ptq_dev_metrics[cfg.recovery.metric])
-    decision = {"metric": cfg.recovery.metric, "fp32": fp32_dev_metrics[cfg.recovery.metric],
-                "ptq": ptq_dev_metrics[cfg.recovery.metric], "ptq_loss": loss, "threshold": cfg.recovery.threshold,
-                "force": cfg.recovery.force}
-    decision["train"] = cfg.train.enabled and (cfg.recovery.force or loss > cfg.recovery.threshold)
-    log.info("PTQ loss on dev %s: %.4f (threshold %.4f): %s", cfg.recovery.metric, loss, cfg.recovery.threshold,
-             "training" if decision["train"] else "no training needed" if cfg.train.enabled else "training disabled")
+    decision = recovery_decision(cfg, evaluate(fp32_dev, fp32_dev, dev), ptq_dev_metrics)
 
-    training: dict[str, Any] | None = None
-    student: FakeQuantModel | None = None
+    student, training = None, None
     if decision["train"]:
-        student = fake_quantize(EncoderModule(copy.deepcopy(encoder.model)), qconf)
-        teacher = build_teacher(cfg, encoder, qconf, fp32)
-        trainer = Trainer(
-            accelerator, student, teacher, encoder, calib_texts, cfg.train, run_dir, fingerprint(cfg, qconf), cfg.seed,
-            lambda model: evaluate(embed(model, encoder, dev.texts(), cfg.eval.batch_size), fp32_dev, dev),
-            cfg.recovery.metric)
-        result = trainer.train(resolve_resume(cfg.train.resume, run_dir / "checkpoints"))
-        student = accelerator.unwrap_model(trainer.student)
-        if result.best_weights is not None:
-            student.load_state_dict(load_file(str(result.best_weights)))
-        training = {**asdict(result.state), "seconds": result.seconds, "seconds_per_step": result.seconds_per_step,
-                    "teacher": cfg.teacher.kind, "processes": accelerator.num_processes}
-        seconds["train"] = result.seconds
+        student, training = recover(cfg, accelerator, encoder, qconf, fp32, calib_texts, run_dir,
+                                    lambda model: evaluate(embed(model, encoder, dev.texts(), cfg.eval.batch_size), fp32_dev, dev))
+        seconds["train"] = training["seconds"]
     if not accelerator.is_main_process:
         accelerator.end_training()
         return {}
