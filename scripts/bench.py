@@ -17,6 +17,7 @@ import torch
 warnings.filterwarnings("ignore")
 from qat.artifact import library_versions, read_ptq_artifact  # noqa: E402
 from qat.export.ipex import load_exported  # noqa: E402  (imports IPEX: registers the int8 kernels)
+from qat.ipex_backend import ipex  # noqa: E402
 from qat.load import EncoderModule  # noqa: E402
 from qat.numerics import cpu_has_vnni  # noqa: E402
 from qat.timing import median_seconds  # noqa: E402
@@ -53,10 +54,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, help="JSON path (default: <run>/bench.json)")
+    parser.add_argument("--export", default="ptq", help="which export of the run: ptq or qat (default: ptq)")
+    parser.add_argument("--variants", nargs="+", help="measure only these variants (e.g. 'fp32 TorchScript' 'int8 IPEX')")
+    parser.add_argument("--onednn-fusion", action=argparse.BooleanOptionalAction, default=True,
+                        help="IPEX's oneDNN Graph fusion at run time (--no-onednn-fusion turns it off)")
     args = parser.parse_args()
-    if not (args.run / "export" / "model_int8.pt").is_file():
-        sys.exit(f"error: run folder {args.run} has no export/model_int8.pt; expected a finished qat.train run")
+    int8_path = args.run / "export" / args.export / "model_int8.pt"
+    if not int8_path.is_file():
+        sys.exit(f"error: run folder {args.run} has no export/{args.export}/model_int8.pt; expected a finished qat.train run")
     torch.set_num_threads(args.threads)
+    ipex.enable_onednn_fusion(args.onednn_fusion)
 
     artifact = read_ptq_artifact(args.run / "ptq")
     fp32 = EncoderModule(artifact.encoder.model).eval()
@@ -67,8 +74,13 @@ def main() -> None:
         "fp32 TorchScript": trace(fp32, example, bf16=False),
         "bf16 TorchScript": trace(fp32, example, bf16=True),
         "bf16 eager": Autocast(fp32),
-        "int8 IPEX": load_exported(args.run / "export" / "model_int8.pt"),
+        "int8 IPEX": load_exported(int8_path),
     }
+    if args.variants:
+        unknown = sorted(set(args.variants) - set(models))
+        if unknown:
+            sys.exit(f"error: unknown variants {unknown}; expected some of {list(models)}")
+        models = {name: models[name] for name in args.variants}
     rows = []
     for kind, batch, seq in SHAPES:
         shape = inputs(batch, seq, vocab)
@@ -80,13 +92,14 @@ def main() -> None:
             except RuntimeError as error:  # a kernel this CPU cannot run: report it, do not hide the variant
                 seconds[name] = next(line for line in str(error).splitlines() if line.startswith("RuntimeError")) \
                     if "RuntimeError" in str(error) else str(error).splitlines()[0]
+        baseline = seconds.get("fp32 TorchScript")
         for name, value in seconds.items():
             row = {"variant": name, "kind": kind, "batch": batch, "seq": seq}
             if isinstance(value, str):
                 row["error"] = value
             else:
                 row.update(median_ms=1000 * value, sequences_per_s=batch / value,
-                           speedup_vs_fp32_torchscript=seconds["fp32 TorchScript"] / value)
+                           speedup_vs_fp32_torchscript=baseline / value if isinstance(baseline, float) else None)
             rows.append(row)
     print(f"{'variant':<18}{'shape':<14}{'median ms':>11}{'seq/s':>9}{'x fp32 TS':>11}")
     for r in rows:
@@ -94,9 +107,10 @@ def main() -> None:
         if "error" in r:
             print(where + f"  failed: {r['error'][:90]}")
         else:
-            print(where + f"{r['median_ms']:>11.2f}{r['sequences_per_s']:>9.1f}{r['speedup_vs_fp32_torchscript']:>11.2f}")
+            ratio = r["speedup_vs_fp32_torchscript"]
+            print(where + f"{r['median_ms']:>11.2f}{r['sequences_per_s']:>9.1f}" + (f"{ratio:>11.2f}" if ratio else f"{'-':>11}"))
     out = args.out or args.run / "bench.json"
-    out.write_text(json.dumps({"run": str(args.run), "threads": args.threads, "cpu_has_vnni": cpu_has_vnni(),
+    out.write_text(json.dumps({"run": str(args.run), "export": args.export, "onednn_fusion": args.onednn_fusion, "threads": args.threads, "cpu_has_vnni": cpu_has_vnni(),
                                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "warmup": args.warmup,
                                "repeats": args.repeats, "rows": rows, "versions": library_versions()}, indent=2))
     print(f"wrote {out}")
