@@ -1,4 +1,5 @@
 """Restoring PTQ models made elsewhere: Intel Neural Compressor's qconfig.json, on a tiny BERT."""
+import contextlib
 import json
 import subprocess
 import sys
@@ -24,11 +25,13 @@ def inc_qconf(model_dir, out_dir, texts):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()
     enc = tokenizer(texts[:32], padding=True, return_tensors="pt")
-    prepared = prepare(model, quant_config=StaticQuantConfig(), example_inputs=(enc["input_ids"][:8], enc["attention_mask"][:8]))
-    with torch.no_grad():
-        for start in range(0, 32, 8):
-            prepared(enc["input_ids"][start:start + 8], enc["attention_mask"][start:start + 8])
-    convert(prepared).save(str(out_dir))
+    with contextlib.chdir(out_dir.parent):  # INC writes its nc_workspace/ into the working directory
+        prepared = prepare(model, quant_config=StaticQuantConfig(),
+                           example_inputs=(enc["input_ids"][:8], enc["attention_mask"][:8]))
+        with torch.no_grad():
+            for start in range(0, 32, 8):
+                prepared(enc["input_ids"][start:start + 8], enc["attention_mask"][start:start + 8])
+        convert(prepared).save(str(out_dir))
     return out_dir / "qconfig.json"
 
 
