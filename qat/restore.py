@@ -19,10 +19,6 @@ CARRIED_INPUT_KEYS = ("scale", "zero_point", "force_dtype")
 CARRIED_WEIGHT_KEYS = ("scale", "zero_point", "inf_dtype")
 
 
-def _family(op: QuantOp) -> str:
-    return op.kind if op.kind != "mask_add" else "add"
-
-
 def _by_owner(qconf: Qconf, prefix: str) -> dict[str, list[QuantOp]]:
     """Ops grouped by owning module (relative to the Hugging Face model), in execution order; mask adds left out
     (transformers skips them on unpadded batches and they are never int8)."""
@@ -57,9 +53,9 @@ def transplant(foreign: Qconf, skeleton: Qconf) -> Qconf:
                        f"only in the model {missing[:3]}")
     for owner, our_ops in ours.items():
         their_ops = theirs[owner]
-        if [_family(o) for o in our_ops] != [_family(o) for o in their_ops]:
+        if [o.kind for o in our_ops] != [o.kind for o in their_ops]:
             raise QatError(f"qconf {foreign.source} does not match the model at module {owner!r}: ops "
-                           f"{[_family(o) for o in their_ops]}, the model runs {[_family(o) for o in our_ops]}")
+                           f"{[o.kind for o in their_ops]}, the model runs {[o.kind for o in our_ops]}")
         for mine, other in zip(our_ops, their_ops):
             for target, source in zip(mine.info["input_tensor_infos"], other.info["input_tensor_infos"]):
                 target.update({k: source[k] for k in CARRIED_INPUT_KEYS if k in source})

@@ -7,7 +7,7 @@ bookkeeping IPEX uses, so a qconf that does not fit the model fails loudly inste
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from intel_extension_for_pytorch.quantization._quantization_state_utils import (
@@ -52,7 +52,6 @@ class _Frame:
     path: str
     ops: list[QuantFunctionalOp] | None
     seen: int = 0
-    done: list[str] = field(default_factory=list)
 
 
 class _FunctionalOpQuantizer(TorchFunctionMode):
