@@ -1,62 +1,112 @@
-"""PTQ calibration through IPEX's own prepare/observers, so the qconf is exactly what IPEX will convert."""
+"""PTQ calibration: IPEX's own qconf skeleton (so the op list is exactly what IPEX will convert), activation
+statistics collected once, then a range algorithm, the recipe, weight scales and optional bias correction."""
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.ao.quantization import HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping
+from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping
+from transformers import PreTrainedModel
 
 from qat.config import CalibConfig, QuantConfig
 from qat.errors import QatError
 from qat.ipex_backend import prepare
 from qat.load import Encoder, EncoderModule, batches
 from qat.numerics import WEIGHT_RANGES, resolve_weight_bits, weight_qparams
+from qat.quant.observe import Batch, TensorStats, collect_statistics
 from qat.quant.qconf import WRAPPER_PREFIX, Qconf
+from qat.quant.quantizer import FakeQuantizer
+from qat.quant.ranges import activation_qparams, activation_range
 
 log = logging.getLogger(__name__)
+# IPEX's static recipe: quint8 per-tensor activations, qint8 per-channel symmetric weights.
+SKELETON_QCONFIG = QConfigMapping().set_global(QConfig(
+    activation=MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=False),
+    weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)))
 
 
-def qconfig_mapping(calib: CalibConfig) -> QConfigMapping:
-    """IPEX's static recipe: quint8 per-tensor affine activations, qint8 per-channel symmetric weights."""
-    if calib.algorithm == "histogram":
-        activation = HistogramObserver.with_args(bins=calib.bins, reduce_range=False)
-    else:
-        activation = MinMaxObserver.with_args(reduce_range=False)
-    weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
-    return QConfigMapping().set_global(QConfig(activation=activation, weight=weight))
+@dataclass
+class Calibration:
+    """A calibrated qconf and the fp32 weights it goes with (the original model, or a copy with corrected biases)."""
+
+    qconf: Qconf
+    model: PreTrainedModel
 
 
-def calibrate(encoder: Encoder, texts: list[str], calib: CalibConfig, quant: QuantConfig) -> Qconf:
-    """Observe activations on `calib.samples` texts and return the qconf with the recipe's int8 ops set."""
+def calibration_batches(encoder: Encoder, texts: list[str], calib: CalibConfig) -> list[Batch]:
     if len(texts) < calib.samples:
         raise QatError(f"calib.samples={calib.samples} but the calibration set has only {len(texts)} texts; "
                        "expected at most that many samples")
-    calib_batches = list(batches(encoder, texts[:calib.samples], calib.batch_size))
-    log.info("calibrating %s on %d texts in %d batches (%s observer)", encoder.source, calib.samples,
-             len(calib_batches), calib.algorithm)
-    prepared = prepare(EncoderModule(encoder.model).eval(), qconfig_mapping(calib),
-                       example_inputs=calib_batches[0], inplace=False)
+    return list(batches(encoder, texts[:calib.samples], calib.batch_size))
+
+
+def ipex_skeleton(encoder: Encoder, example: Batch) -> Qconf:
+    """The qconf IPEX's prepare writes for this model: every quantizable op, tensor ids, observer settings."""
+    prepared = prepare(EncoderModule(encoder.model).eval(), SKELETON_QCONFIG, example_inputs=example, inplace=False)
     with torch.no_grad():
-        for batch in calib_batches:
-            prepared(*batch)
+        prepared(*example)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "qconf.json"
         prepared.save_qconf_summary(qconf_summary=str(path))
         qconf = Qconf.read(path)
     qconf.source = "calibration"
+    return qconf
+
+
+def calibrate(encoder: Encoder, texts: list[str], calib: CalibConfig, quant: QuantConfig) -> Calibration:
+    """Observe activations on `calib.samples` texts and return the qconf with the recipe's int8 ops set."""
+    calib_batches = calibration_batches(encoder, texts, calib)
+    log.info("calibrating %s on %d texts in %d batches (%s)", encoder.source, calib.samples, len(calib_batches),
+             calib.algorithm)
+    skeleton = ipex_skeleton(encoder, calib_batches[0])
+    return apply_calibration(encoder, skeleton, collect_statistics(encoder, skeleton, calib_batches, calib.bins), calib, quant)
+
+
+def apply_calibration(encoder: Encoder, skeleton: Qconf, stats: dict[int, TensorStats], calib: CalibConfig,
+                      quant: QuantConfig) -> Calibration:
+    """The calibrated qconf from statistics already collected (a search trial reuses them)."""
+    if calib.batches > min(len(s.batch_min) for s in stats.values()):
+        raise QatError(f"calib.samples={calib.samples} needs {calib.batches} batches but only "
+                       f"{len(next(iter(stats.values())).batch_min)} were observed; expected at most that many")
+    qconf = skeleton.copy()
+    qconf.set_activation_qparams({
+        tensor_id: activation_qparams(*activation_range(s, calib.batches, calib.algorithm, calib.percentile,
+                                                        calib.averaging_constant, calib.symmetric), calib.symmetric)
+        for tensor_id, s in stats.items()})
     qconf.apply_recipe(quant)
     if quant.scale_min is not None or quant.scale_max is not None:
         log.info("clamped %d activation scales into [%s, %s]", qconf.clamp_activation_scales(quant.scale_min, quant.scale_max),
                  quant.scale_min, quant.scale_max)
-    set_weight_qparams(qconf, encoder, quant.weight_bits)
-    return qconf
+    qconf.set_weight_range(*WEIGHT_RANGES[resolve_weight_bits(quant.weight_bits)])
+    model = corrected_biases(encoder.model, qconf, stats, calib.batches) if calib.bias_correction else encoder.model
+    set_weight_qparams(qconf, model, quant.weight_bits)
+    return Calibration(qconf, model)
 
 
-def set_weight_qparams(qconf: Qconf, encoder: Encoder, weight_bits: str) -> None:
+@torch.no_grad()
+def corrected_biases(model: PreTrainedModel, qconf: Qconf, stats: dict[int, TensorStats], batches: int) -> PreTrainedModel:
+    """A copy whose int8 Linears' biases absorb the mean output shift of weight quantization, (W - Q(W)) E[x]
+    (Nagel et al., 2019, empirical bias correction with the calibration inputs' channel means)."""
+    model = copy.deepcopy(model)
+    for op in qconf.ops:
+        if op.kind != "linear" or not op.quantized:
+            continue
+        linear = model.get_submodule(op.name)
+        mean = stats[op.info["input_tensor_infos"][0]["id"]].channel_mean(batches).float()
+        shift = (linear.weight - FakeQuantizer.for_weight(op.weight_range)(linear.weight)) @ mean
+        if linear.bias is None:
+            linear.bias = torch.nn.Parameter(torch.zeros_like(shift))
+        linear.bias += shift
+    return model
+
+
+def set_weight_qparams(qconf: Qconf, model: PreTrainedModel, weight_bits: str) -> None:
     """Per-channel weight scales for the weight range this CPU needs (see numerics.WEIGHT_RANGES)."""
     weight_range = WEIGHT_RANGES[resolve_weight_bits(weight_bits)]
     qconf.set_weight_range(*weight_range)
     qconf.set_weight_scales({f"{WRAPPER_PREFIX}{name}": weight_qparams(m.weight, *weight_range)
-                             for name, m in encoder.model.named_modules() if isinstance(m, torch.nn.Linear)})
+                             for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})

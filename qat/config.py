@@ -11,7 +11,7 @@ from qat.errors import QatError
 
 OP_KINDS = ("linear", "matmul", "residual_add", "embedding_add")
 OP_ALIASES = {"add": ("residual_add", "embedding_add")}
-CALIB_ALGORITHMS = ("histogram", "minmax")
+CALIB_ALGORITHMS = ("minmax", "moving_average", "histogram", "percentile", "entropy", "mse")
 
 
 def _one_of(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
@@ -61,11 +61,25 @@ class SourceConfig:
 
 
 @dataclass
+class MixPart:
+    """One source of a calibration mix and its share of the texts."""
+
+    proportion: float = 1.0
+    source: SourceConfig = field(default_factory=SourceConfig)
+
+    def __post_init__(self) -> None:
+        _positive("data.mix proportion", self.proportion)
+
+
+@dataclass
 class DataConfig:
-    """Calibration/training texts, held-out texts for fidelity, and labelled task sets (STS pairs, reranking)."""
+    """Calibration/training texts, held-out texts for fidelity, and labelled task sets (STS pairs, reranking).
+    A non-empty `mix` replaces `calibration` with several sources interleaved in the given proportions
+    (for a model that serves several tasks)."""
 
     root: str = ""  # base folder that file paths in data/*.yaml interpolate (${..root})
     calibration: SourceConfig = field(default_factory=lambda: SourceConfig(limit=256))
+    mix: dict[str, MixPart] = field(default_factory=dict)
     heldout: SourceConfig = field(default_factory=lambda: SourceConfig(offset=256))
     tasks: dict[str, SourceConfig] = field(default_factory=dict)
 
@@ -105,18 +119,32 @@ class QuantConfig:
 
 @dataclass
 class CalibConfig:
-    """Activation calibration: IPEX-compatible observers over `samples` texts."""
+    """Activation calibration over `samples` texts in batches of `batch_size`: a range algorithm (see
+    qat/quant/ranges.py; 'histogram' is IPEX's default L2 search), symmetric or affine quint8 activations, and
+    optional bias correction of the weight quantization error (the Linear biases absorb (W - Q(W)) E[x])."""
 
     algorithm: str = "histogram"
     bins: int = 2048
     samples: int = 256
     batch_size: int = 32
+    percentile: float = 99.99
+    averaging_constant: float = 0.01
+    symmetric: bool = False
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         _one_of("calib.algorithm", self.algorithm, CALIB_ALGORITHMS)
         _positive("calib.bins", self.bins)
         _positive("calib.samples", self.samples)
         _positive("calib.batch_size", self.batch_size)
+        if not 0.0 < self.percentile <= 100.0:
+            raise QatError(f"calib.percentile={self.percentile} is not valid; expected a number in (0, 100]")
+        if not 0.0 < self.averaging_constant <= 1.0:
+            raise QatError(f"calib.averaging_constant={self.averaging_constant} is not valid; expected a number in (0, 1]")
+
+    @property
+    def batches(self) -> int:
+        return -(-self.samples // self.batch_size)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from qat.config import SourceConfig
+from qat.config import MixPart, SourceConfig
 from qat.errors import QatError
 
 REQUIRED_COLUMNS = {
@@ -123,3 +123,22 @@ def load_task(source: SourceConfig) -> PairSet | RerankSet:
     if source.format == "rerank":
         return RerankSet([str(r["query"]) for r in rows], [list(r["positive"]) for r in rows], [list(r["negative"]) for r in rows])
     raise QatError(f"format {source.format!r} has no task metric; expected 'pairs' or 'rerank'")
+
+
+def mix_texts(parts: dict[str, MixPart]) -> tuple[list[str], list[str]]:
+    """Texts of several sources interleaved so that every prefix keeps the proportions (to within one text);
+    the mix is as long as the scarcest source allows. Returns the texts and each text's source name."""
+    pools = {name: load_texts(part.source) for name, part in parts.items()}
+    total = sum(part.proportion for part in parts.values())
+    shares = {name: part.proportion / total for name, part in parts.items()}
+    length = int(min(len(pools[name]) / share for name, share in shares.items()))
+    taken = dict.fromkeys(parts, 0)
+    texts, origins = [], []
+    for position in range(1, length + 1):
+        name = max(shares, key=lambda n: shares[n] * position - taken[n])
+        if taken[name] >= len(pools[name]):
+            break
+        texts.append(pools[name][taken[name]])
+        origins.append(name)
+        taken[name] += 1
+    return texts, origins

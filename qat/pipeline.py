@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -16,11 +18,12 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file
 from torch import nn
+from transformers import PreTrainedModel
 
 from qat.artifact import library_versions, read_ptq_artifact, write_ptq_artifact
 from qat.calibrate import calibrate
 from qat.config import ExportConfig, QuantConfig, RunConfig
-from qat.data import load_task, load_texts
+from qat.data import load_task, load_texts, mix_texts
 from qat.errors import QatError
 from qat.evaluate import EvalData, cosine_fidelity, embed, evaluate
 from qat.export.ipex import ExportResult, export_ipex, load_exported
@@ -60,7 +63,7 @@ def fingerprint(cfg: RunConfig, qconf: Qconf) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def build_teacher(cfg: RunConfig, encoder: Encoder, qconf: Qconf, fp32: nn.Module) -> nn.Module:
+def build_teacher(cfg: RunConfig, ptq_model: PreTrainedModel, qconf: Qconf, fp32: nn.Module) -> nn.Module:
     """fp32, or the PTQ model under the teacher's recipe (frozen, same scales as the student)."""
     if cfg.teacher.kind == "fp32":
         return fp32
@@ -69,10 +72,20 @@ def build_teacher(cfg: RunConfig, encoder: Encoder, qconf: Qconf, fp32: nn.Modul
     if recipe.data == qconf.data:
         raise QatError(f"teacher=int8 with ops {cfg.teacher.ops} and skip {cfg.teacher.skip} is the student itself "
                        "(the distillation loss would be zero); expected a partial-operator teacher recipe or teacher=fp32")
-    return fake_quantize(EncoderModule(copy.deepcopy(encoder.model)), recipe).eval()
+    return fake_quantize(EncoderModule(copy.deepcopy(ptq_model)), recipe).eval()
 
 
-def ptq_artifact(cfg: RunConfig, encoder: Encoder, texts: list[str], run_dir: Path, accelerator: Accelerator) -> Path:
+def calibration_data(cfg: RunConfig, origins: list[str] | None) -> dict[str, Any]:
+    """What the calibration texts were: one source, or a mix with the texts each source gave."""
+    if origins is None:
+        return {"source": asdict(cfg.data.calibration), "texts": cfg.calib.samples}
+    used = Counter(origins[:cfg.calib.samples])
+    return {"mix": {name: {"proportion": part.proportion, "source": asdict(part.source), "texts": used[name]}
+                    for name, part in cfg.data.mix.items()}, "texts": cfg.calib.samples}
+
+
+def ptq_artifact(cfg: RunConfig, encoder: Encoder, texts: list[str], origins: list[str] | None, run_dir: Path,
+                 accelerator: Accelerator) -> Path:
     """The PTQ model: a given artifact, a restored foreign qconf, or our calibration (main process only).
     A resumed run reuses the artifact it made before."""
     if cfg.ptq.artifact:
@@ -86,9 +99,10 @@ def ptq_artifact(cfg: RunConfig, encoder: Encoder, texts: list[str], run_dir: Pa
             qconf = restore_qconf(encoder, Qconf.read(cfg.ptq.qconf), texts, cfg.quant)
             metadata = {"restored_from": cfg.ptq.qconf, "recipe": "as in the restored qconf"}
         else:
-            qconf = calibrate(encoder, texts, cfg.calib, cfg.quant)
+            calibration = calibrate(encoder, texts, cfg.calib, cfg.quant)
+            qconf, encoder = calibration.qconf, dataclasses.replace(encoder, model=calibration.model)
             metadata = {"recipe": asdict(cfg.quant), "calibration": asdict(cfg.calib),
-                        "calibration_data": {"source": asdict(cfg.data.calibration), "texts": cfg.calib.samples}}
+                        "calibration_data": calibration_data(cfg, origins)}
         write_ptq_artifact(path, encoder, qconf, metadata)
     accelerator.wait_for_everyone()
     return path
@@ -108,12 +122,13 @@ def recovery_decision(cfg: RunConfig, fp32_metrics: dict[str, float], ptq_metric
     return decision
 
 
-def recover(cfg: RunConfig, accelerator: Accelerator, encoder: Encoder, qconf: Qconf, fp32: nn.Module,
+def recover(cfg: RunConfig, accelerator: Accelerator, encoder: Encoder, ptq_model: PreTrainedModel, qconf: Qconf,
+            fp32: nn.Module,
             texts: list[str], run_dir: Path,
             evaluate_dev: Callable[[FakeQuantModel], dict[str, float]]) -> tuple[FakeQuantModel, dict[str, Any]]:
     """Recovery training; returns the student with its best dev weights and what the training did."""
-    student = fake_quantize(EncoderModule(copy.deepcopy(encoder.model)), qconf)
-    trainer = Trainer(accelerator, student, build_teacher(cfg, encoder, qconf, fp32), encoder, texts, cfg.train,
+    student = fake_quantize(EncoderModule(copy.deepcopy(ptq_model)), qconf)
+    trainer = Trainer(accelerator, student, build_teacher(cfg, ptq_model, qconf, fp32), encoder, texts, cfg.train,
                       run_dir, fingerprint(cfg, qconf), cfg.seed, evaluate_dev, cfg.recovery.metric)
     result = trainer.train(resolve_resume(cfg.train.resume, run_dir / "checkpoints"))
     student = accelerator.unwrap_model(trainer.student)
@@ -143,7 +158,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     accelerator.init_trackers("tensorboard")
     seconds: dict[str, float] = {}
 
-    calib_texts = load_texts(cfg.data.calibration)
+    calib_texts, origins = mix_texts(cfg.data.mix) if cfg.data.mix else (load_texts(cfg.data.calibration), None)
     tasks = {name: load_task(src) for name, src in cfg.data.tasks.items()}
     data = EvalData(load_texts(cfg.data.heldout), tasks)
     dev = EvalData(data.heldout, {n: t for n, t in tasks.items() if "test" not in n})
@@ -152,19 +167,19 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     encoder = load_encoder(cfg.model)
 
     start = time.perf_counter()
-    artifact = read_ptq_artifact(ptq_artifact(cfg, encoder, calib_texts, run_dir, accelerator))
+    artifact = read_ptq_artifact(ptq_artifact(cfg, encoder, calib_texts, origins, run_dir, accelerator))
     qconf = artifact.qconf
     seconds["calibrate"] = time.perf_counter() - start
 
     fp32 = EncoderModule(encoder.model).eval()
-    ptq = fake_quantize(EncoderModule(copy.deepcopy(encoder.model)), qconf).eval()
+    ptq = fake_quantize(EncoderModule(copy.deepcopy(artifact.encoder.model)), qconf).eval()
     fp32_dev = embed(fp32, encoder, dev.texts(), cfg.eval.batch_size)
     ptq_dev_metrics = evaluate(embed(ptq, encoder, dev.texts(), cfg.eval.batch_size), fp32_dev, dev)
     decision = recovery_decision(cfg, evaluate(fp32_dev, fp32_dev, dev), ptq_dev_metrics)
 
     student, training = None, None
     if decision["train"]:
-        student, training = recover(cfg, accelerator, encoder, qconf, fp32, calib_texts, run_dir,
+        student, training = recover(cfg, accelerator, encoder, artifact.encoder.model, qconf, fp32, calib_texts, run_dir,
                                     lambda model: evaluate(embed(model, encoder, dev.texts(), cfg.eval.batch_size), fp32_dev, dev))
         seconds["train"] = training["seconds"]
     if not accelerator.is_main_process:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from qat.calibrate import calibrate, set_weight_qparams
-from qat.config import OP_KINDS, CalibConfig, QuantConfig
+from qat.calibrate import ipex_skeleton, set_weight_qparams
+from qat.config import QuantConfig
 from qat.errors import QatError
-from qat.load import DROPPED_MODULES, Encoder
+from qat.load import DROPPED_MODULES, Encoder, batches
 from qat.quant.qconf import WRAPPER_PREFIX, Qconf, QuantOp
 
 CARRIED_INPUT_KEYS = ("scale", "zero_point", "force_dtype")
@@ -68,9 +68,6 @@ def transplant(foreign: Qconf, skeleton: Qconf) -> Qconf:
 
 def restore_qconf(encoder: Encoder, foreign: Qconf, texts: list[str], quant: QuantConfig) -> Qconf:
     """The foreign qconf on this project's skeleton, keeping its recipe; weights use this CPU's weight range."""
-    samples = min(8, len(texts))
-    skeleton = calibrate(encoder, texts, CalibConfig(samples=samples, batch_size=samples),
-                         QuantConfig(ops=list(OP_KINDS), weight_bits=quant.weight_bits))
-    restored = transplant(foreign, skeleton)
-    set_weight_qparams(restored, encoder, quant.weight_bits)
+    restored = transplant(foreign, ipex_skeleton(encoder, next(batches(encoder, texts[:8], 8))))
+    set_weight_qparams(restored, encoder.model, quant.weight_bits)
     return restored

@@ -18,7 +18,7 @@ CALIB = CalibConfig(samples=32, batch_size=16)
 
 @pytest.fixture
 def qconf(tiny_encoder, texts) -> Qconf:
-    return calibrate(tiny_encoder, texts, CALIB, QuantConfig(ops=["linear", "matmul", "add"], weight_bits="8"))
+    return calibrate(tiny_encoder, texts, CALIB, QuantConfig(ops=["linear", "matmul", "add"], weight_bits="8")).qconf
 
 
 def test_calibrated_qconf_classifies_every_op(qconf):
@@ -43,7 +43,7 @@ def test_recipe_op_kinds_and_skip_patterns(qconf):
 
 
 def test_activation_scale_clamp_is_simulated_and_exported_alike(tiny_encoder, texts, tmp_path):
-    clamped = calibrate(tiny_encoder, texts, CALIB, QuantConfig(ops=["linear", "matmul"], scale_max=0.01))
+    clamped = calibrate(tiny_encoder, texts, CALIB, QuantConfig(ops=["linear", "matmul"], scale_max=0.01)).qconf
     scales = [q.scale for op in clamped.ops for q in op.input_qparams() if q is not None]
     assert scales and max(scales) <= 0.01
     assert all(op.info["input_tensor_infos"][1]["scale"][0] > 1e30 for op in clamped.ops if op.kind == "mask_add")
@@ -57,7 +57,7 @@ def test_activation_scale_clamp_is_simulated_and_exported_alike(tiny_encoder, te
 
 
 def test_seven_bit_weights_are_recorded_in_the_qconf(tiny_encoder, texts):
-    narrow = calibrate(tiny_encoder, texts, CALIB, QuantConfig(weight_bits="7"))
+    narrow = calibrate(tiny_encoder, texts, CALIB, QuantConfig(weight_bits="7")).qconf
     assert narrow.weight_range == (-64, 63)
     weight = tiny_encoder.model.encoder.layer[0].attention.self.query.weight
     query = next(op for op in narrow.ops if op.name == "encoder.layer.0.attention.self.query")

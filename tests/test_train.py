@@ -24,7 +24,7 @@ from qat.trainer import STATE_FILE, Trainer, resolve_resume
 
 @pytest.fixture
 def qconf(tiny_encoder, texts):
-    return calibrate(tiny_encoder, texts, CalibConfig(samples=32, batch_size=16), QuantConfig(ops=["linear", "matmul", "add"]))
+    return calibrate(tiny_encoder, texts, CalibConfig(samples=32, batch_size=16), QuantConfig(ops=["linear", "matmul", "add"])).qconf
 
 
 def make_trainer(tiny_encoder, qconf, texts, run_dir, fingerprint="same", evaluate_hook=None, **train):

@@ -5,6 +5,7 @@ import copy
 import json
 import re
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,20 +157,35 @@ class Qconf:
             raise QatError(f"qconf {self.source} mixes weight ranges {sorted(ranges)}; expected one")
         return ranges.pop() if ranges else None
 
+    def tensor_infos(self) -> Iterator[dict[str, Any]]:
+        """Every activation tensor record: op inputs and outputs, and module outputs (IPEX quantizes a module
+        output that an int8 op consumes with the scale recorded there, so all records of one id must agree)."""
+        for state in self.data.values():
+            for info in state["q_op_infos"].values():
+                yield from (t for t in info["input_tensor_infos"] + info["output_tensor_infos"] if t)
+            yield from (t for t in state.get("layer_output_infos", []) if t)
+
+    def set_activation_qparams(self, qparams: dict[int, tuple[float, int]]) -> None:
+        """Set (scale, zero point) of tensors by qconf tensor id, in every record of that id."""
+        for tensor in self.tensor_infos():
+            if tensor.get("id") in qparams and "scale" in tensor:
+                scale, zero_point = qparams[tensor["id"]]
+                tensor.update(scale=[scale], zero_point=[zero_point])
+
     def clamp_activation_scales(self, scale_min: float | None, scale_max: float | None) -> int:
         """Clamp every int8 input's frozen scale into [scale_min, scale_max], keeping its zero point (so zero
-        stays exact). Returns how many scales changed."""
-        changed = 0
+        stays exact). Returns how many tensors changed."""
+        clamped: dict[int, tuple[float, int]] = {}
         for op in self.ops:
             if op.kind == "mask_add":
                 continue
-            for tensor in op.info["input_tensor_infos"]:
-                if tensor and "scale" in tensor and parse_dtype(tensor["force_dtype"]) in QUANTIZED_DTYPES:
-                    scale = tensor["scale"][0]
-                    clamped = min(max(scale, scale_min or scale), scale_max or scale)
-                    changed += clamped != scale
-                    tensor["scale"] = [clamped]
-        return changed
+            for tensor, qparams in zip(op.info["input_tensor_infos"], op.input_qparams()):
+                if qparams is not None:
+                    scale = min(max(qparams.scale, scale_min or qparams.scale), scale_max or qparams.scale)
+                    if scale != qparams.scale:
+                        clamped[tensor["id"]] = (scale, qparams.zero_point)
+        self.set_activation_qparams(clamped)
+        return len(clamped)
 
     def set_weight_range(self, quant_min: int, quant_max: int) -> None:
         """Record the weight range in every Linear's weight observer (the simulation and export read it there)."""

@@ -12,6 +12,8 @@ class FakeQuantizer(nn.Module):
 
     Activation quantizers hold a frozen scale and zero point as buffers: nothing trains them.
     Weight quantizers hold nothing: the per-channel scale follows the weight at every call.
+    An optional observer sees every input first (as in torch.ao's FakeQuantize): calibration statistics are
+    collected through the same sites the simulation quantizes, with `enabled=False` leaving the model fp32.
     """
 
     def __init__(self, dtype: torch.dtype, scale: float | None = None, zero_point: int | None = None,
@@ -24,6 +26,7 @@ class FakeQuantizer(nn.Module):
         self.weight_range = weight_range
         self.per_channel = scale is None
         self.enabled = True
+        self.observer: nn.Module | None = None
         if not self.per_channel:
             self.register_buffer("scale", torch.tensor([scale], dtype=torch.float32))
             self.register_buffer("zero_point", torch.tensor([zero_point], dtype=torch.int32))
@@ -33,6 +36,8 @@ class FakeQuantizer(nn.Module):
         return cls(WEIGHT_DTYPE, weight_range=weight_range)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer is not None:
+            self.observer(x)
         if not self.enabled:
             return x
         if self.per_channel:

@@ -41,10 +41,6 @@ def _is_float_op(args: tuple) -> bool:
     return bool(tensors) and all(t.is_floating_point() for t in tensors)
 
 
-def _input_quantizers(op: QuantOp) -> list[FakeQuantizer | None]:
-    return [None if q is None else FakeQuantizer(q.dtype, q.scale, q.zero_point) for q in op.input_qparams()]
-
-
 @dataclass
 class _Frame:
     """A running module call: its qconf path and the functional ops it is expected to run, in order."""
@@ -96,6 +92,7 @@ class FakeQuantModel(nn.Module):
         self.encoder = encoder
         self.qconf = qconf
         self._keyed_paths = {key.replace(":", ".").strip() for key in qconf.data}
+        self.activation_sites: list[tuple[QuantOp, int, FakeQuantizer]] = []
         for op in qconf.ops:
             if op.is_module:
                 self._swap_module(op)
@@ -103,7 +100,12 @@ class FakeQuantModel(nn.Module):
                 owner = self._submodule(op.owner, op)
                 if not hasattr(owner, OPS_ATTRIBUTE):
                     owner.register_module(OPS_ATTRIBUTE, nn.ModuleList())
-                getattr(owner, OPS_ATTRIBUTE).append(QuantFunctionalOp(op.info["op_type"], _input_quantizers(op)))
+                getattr(owner, OPS_ATTRIBUTE).append(QuantFunctionalOp(op.info["op_type"], self._input_quantizers(op)))
+
+    def _input_quantizers(self, op: QuantOp) -> list[FakeQuantizer | None]:
+        quantizers = [None if q is None else FakeQuantizer(q.dtype, q.scale, q.zero_point) for q in op.input_qparams()]
+        self.activation_sites += [(op, i, q) for i, q in enumerate(quantizers) if q is not None]
+        return quantizers
 
     def _submodule(self, path: str, op: QuantOp) -> nn.Module:
         try:
@@ -120,7 +122,7 @@ class FakeQuantModel(nn.Module):
             return
         if op.quantized:
             parent_path, _, child = op.fqn.rpartition(".")
-            input_quantizer = _input_quantizers(op)[0]
+            input_quantizer = self._input_quantizers(op)[0]
             self._submodule(parent_path, op).register_module(child, QuantLinear.from_float(module, input_quantizer, op.weight_range))
 
     def frame_lookup(self) -> dict[nn.Module, tuple[str, list[QuantFunctionalOp] | None]]:
