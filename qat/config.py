@@ -243,6 +243,70 @@ class EvalConfig:
 
 
 @dataclass
+class SpaceConfig:
+    """One stage of the calibration search: lists of choices; `percentile` and `batches` are [low, high]
+    ranges (a single value fixes them)."""
+
+    algorithm: list[str] = field(default_factory=lambda: ["histogram"])
+    percentile: list[float] = field(default_factory=lambda: [99.99])
+    batches: list[int] = field(default_factory=lambda: [8])
+    bias_correction: list[bool] = field(default_factory=lambda: [False])
+    symmetric: list[bool] = field(default_factory=lambda: [False])
+
+    def __post_init__(self) -> None:
+        for name in ("algorithm", "percentile", "batches", "bias_correction", "symmetric"):
+            if not getattr(self, name):
+                raise QatError(f"search space {name} is empty; expected at least one value")
+        for algorithm in self.algorithm:
+            _one_of("search space algorithm", algorithm, CALIB_ALGORITHMS)
+        for name in ("percentile", "batches"):
+            values = getattr(self, name)
+            if len(values) > 2 or values[0] > values[-1]:
+                raise QatError(f"search space {name}={values} is not valid; expected [value] or [low, high] with low <= high")
+        for value in self.percentile:
+            if not 0.0 < value <= 100.0:
+                raise QatError(f"search space percentile {value} is not valid; expected a number in (0, 100]")
+        for value in self.batches:
+            _positive("search space batches", value)
+
+
+@dataclass
+class SearchConfig:
+    """Optuna TPE over calibration settings: `trials` in the narrow space; if the best misses `bound`, `trials`
+    more in the wide space. The objective is a metric of the fake-quant model against fp32 on held-out texts
+    (or a dev task metric)."""
+
+    objective: str = "emd_heldout_pairs"
+    bound: float | None = None
+    trials: int = 16
+    narrow: SpaceConfig = field(default_factory=SpaceConfig)
+    wide: SpaceConfig = field(default_factory=SpaceConfig)
+
+    def __post_init__(self) -> None:
+        _positive("search.trials", self.trials)
+        if "test" in self.objective:
+            raise QatError(f"search.objective={self.objective!r} reads a test split; expected a held-out or dev metric")
+
+
+@dataclass
+class SensitivityConfig:
+    """Per-group sensitivity: rank Linear groups (and the recipe's functional ops) by `metric`, then skip the
+    top `top_k` groups, or (top_k null) the fewest top groups that bring the loss under recovery.threshold."""
+
+    enabled: bool = False
+    metric: str = "emd_heldout_pairs"
+    top_k: int | None = None
+    max_skip: int = 8
+
+    def __post_init__(self) -> None:
+        if self.top_k is not None and self.top_k < 0:
+            raise QatError(f"sensitivity.top_k={self.top_k} is not valid; expected a count >= 0 or null")
+        _positive("sensitivity.max_skip", self.max_skip)
+        if "test" in self.metric:
+            raise QatError(f"sensitivity.metric={self.metric!r} reads a test split; expected a held-out or dev metric")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -254,15 +318,30 @@ class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     seed: int = 0
     threads: int | None = None
 
 
-def to_run_config(cfg: DictConfig) -> RunConfig:
-    """Validate a composed Hydra config against the schemas; a typo or a wrong type is a QatError."""
+@dataclass
+class SearchRunConfig:
+    """`python -m qat.search`: statistics on calib.samples texts (the most any trial uses), then the search."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    seed: int = 0
+    threads: int | None = None
+
+
+def to_run_config(cfg: DictConfig, schema: type = RunConfig) -> Any:
+    """Validate a composed Hydra config against a schema; a typo or a wrong type is a QatError."""
     values = OmegaConf.to_container(cfg, resolve=True)
     values.pop("hydra", None)
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), values))
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
     except OmegaConfBaseException as error:
         raise QatError(f"invalid config: {str(error).splitlines()[0]}") from None

@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from qat.config import MixPart, SourceConfig
+from qat.config import DataConfig, MixPart, SourceConfig
 from qat.errors import QatError
 
 REQUIRED_COLUMNS = {
@@ -142,3 +142,8 @@ def mix_texts(parts: dict[str, MixPart]) -> tuple[list[str], list[str]]:
         origins.append(name)
         taken[name] += 1
     return texts, origins
+
+
+def calibration_texts(data: DataConfig) -> tuple[list[str], list[str] | None]:
+    """The calibration (and training) texts, and each text's source name when they are a mix."""
+    return mix_texts(data.mix) if data.mix else (load_texts(data.calibration), None)

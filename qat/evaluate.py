@@ -1,6 +1,7 @@
 """Fidelity to fp32 (cosine, EMD of similarity scores) and task metrics (STS Spearman, reranking MAP)."""
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -8,8 +9,11 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr, wasserstein_distance
 
-from qat.data import PairSet, RerankSet
-from qat.load import Encoder, batches, pool
+from qat.config import DataConfig
+from qat.data import PairSet, RerankSet, load_task, load_texts
+from qat.load import Encoder, EncoderModule, batches, pool
+from qat.quant.qconf import Qconf
+from qat.quant.simulate import fake_quantize
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -21,6 +25,10 @@ class EvalData:
     heldout: list[str]
     tasks: dict[str, PairSet | RerankSet] = field(default_factory=dict)
 
+    def for_metrics(self, metrics: list[str]) -> EvalData:
+        """Only the task sets these metrics read ('<task>/<metric>'): a search or sensitivity trial embeds no more."""
+        return EvalData(self.heldout, {n: t for n, t in self.tasks.items() if any(m.startswith(n + "/") for m in metrics)})
+
     def texts(self) -> list[str]:
         texts = list(self.heldout)
         for task in self.tasks.values():
@@ -29,6 +37,25 @@ class EvalData:
             else:
                 texts += task.queries + [t for group in task.positives + task.negatives for t in group]
         return list(dict.fromkeys(texts))
+
+
+def load_eval_data(data: DataConfig) -> tuple[EvalData, EvalData]:
+    """Everything evaluated (held-out texts and every task set), and the part that choices may use (no test)."""
+    tasks = {name: load_task(source) for name, source in data.tasks.items()}
+    everything = EvalData(load_texts(data.heldout), tasks)
+    return everything, EvalData(everything.heldout, {n: t for n, t in tasks.items() if "test" not in n})
+
+
+def higher_is_better(metric: str) -> bool:
+    return "emd" not in metric
+
+
+def relative_loss(metric: str, fp32: float, quantized: float) -> float:
+    """How much worse the quantized model is than fp32 (positive = worse): relative for scores, absolute for
+    distances (whose fp32 value is 0)."""
+    if higher_is_better(metric):
+        return (fp32 - quantized) / max(abs(fp32), 1e-12)
+    return quantized - fp32
 
 
 @torch.no_grad()
@@ -97,3 +124,10 @@ def evaluate(table: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
         else:
             metrics[f"{name}/map"] = rerank_map(table, task)
     return metrics
+
+
+def evaluate_recipe(model: torch.nn.Module, qconf: Qconf, encoder: Encoder, data: EvalData,
+                    reference: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
+    """Metrics of `model` under the qconf's fake-quant recipe (a copy: `model` is not changed)."""
+    sim = fake_quantize(EncoderModule(copy.deepcopy(model)), qconf).eval()
+    return evaluate(embed(sim, encoder, data.texts(), batch_size), reference, data)

@@ -23,9 +23,9 @@ from transformers import PreTrainedModel
 from qat.artifact import library_versions, read_ptq_artifact, write_ptq_artifact
 from qat.calibrate import calibrate
 from qat.config import ExportConfig, QuantConfig, RunConfig
-from qat.data import load_task, load_texts, mix_texts
+from qat.data import calibration_texts
 from qat.errors import QatError
-from qat.evaluate import EvalData, cosine_fidelity, embed, evaluate
+from qat.evaluate import EvalData, cosine_fidelity, embed, evaluate, load_eval_data, relative_loss
 from qat.export.ipex import ExportResult, export_ipex, load_exported
 from qat.load import Encoder, EncoderModule, batches, load_encoder
 from qat.numerics import cpu_has_vnni
@@ -33,7 +33,8 @@ from qat.quant.qconf import Qconf
 from qat.quant.simulate import FakeQuantModel, fake_quantize
 from qat.report import write_report
 from qat.restore import restore_qconf
-from qat.trainer import Trainer, higher_is_better, resolve_resume
+from qat.sensitivity import run_sensitivity
+from qat.trainer import Trainer, resolve_resume
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,6 @@ def parity(reference: dict[str, torch.Tensor], candidate: dict[str, torch.Tensor
                   thresholds={"cosine_mean": cfg.parity_mean_cosine, "cosine_min": cfg.parity_min_cosine})
     result["passed"] = result["cosine_mean"] >= cfg.parity_mean_cosine and result["cosine_min"] >= cfg.parity_min_cosine
     return result
-
-
-def relative_loss(metric: str, fp32: float, quantized: float) -> float:
-    """How much worse the quantized model is, relative to fp32 (positive = worse)."""
-    gap = fp32 - quantized if higher_is_better(metric) else quantized - fp32
-    return gap / max(abs(fp32), 1e-12) if higher_is_better(metric) else gap
 
 
 def fingerprint(cfg: RunConfig, qconf: Qconf) -> str:
@@ -108,6 +103,17 @@ def ptq_artifact(cfg: RunConfig, encoder: Encoder, texts: list[str], origins: li
     return path
 
 
+def with_sensitive_skips(cfg: RunConfig, out_dir: Path, accelerator: Accelerator) -> RunConfig:
+    """The sensitivity stage first (main process; a resumed run reuses its result): its skip list joins quant.skip."""
+    path = out_dir / "sensitivity.json"
+    if accelerator.is_main_process and not (path.exists() and cfg.train.resume is not None):
+        run_sensitivity(cfg, out_dir)
+    accelerator.wait_for_everyone()
+    skip = json.loads(path.read_text())["skip"]
+    log.info("sensitivity: %d more op(s) stay fp32: %s", len(skip), skip)
+    return dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, skip=list(dict.fromkeys(cfg.quant.skip + skip))))
+
+
 def recovery_decision(cfg: RunConfig, fp32_metrics: dict[str, float], ptq_metrics: dict[str, float]) -> dict[str, Any]:
     """Train only if PTQ loses more than recovery.threshold on the dev metric (or if forced)."""
     metric = cfg.recovery.metric
@@ -158,13 +164,13 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     accelerator.init_trackers("tensorboard")
     seconds: dict[str, float] = {}
 
-    calib_texts, origins = mix_texts(cfg.data.mix) if cfg.data.mix else (load_texts(cfg.data.calibration), None)
-    tasks = {name: load_task(src) for name, src in cfg.data.tasks.items()}
-    data = EvalData(load_texts(cfg.data.heldout), tasks)
-    dev = EvalData(data.heldout, {n: t for n, t in tasks.items() if "test" not in n})
+    calib_texts, origins = calibration_texts(cfg.data)
+    data, dev = load_eval_data(cfg.data)
     if "test" in cfg.recovery.metric:
         raise QatError(f"recovery.metric={cfg.recovery.metric!r} reads a test split; expected a dev metric (test splits only report)")
     encoder = load_encoder(cfg.model)
+    if cfg.sensitivity.enabled and not cfg.ptq.artifact and not cfg.ptq.qconf:
+        cfg = with_sensitive_skips(cfg, run_dir / "sensitivity", accelerator)
 
     start = time.perf_counter()
     artifact = read_ptq_artifact(ptq_artifact(cfg, encoder, calib_texts, origins, run_dir, accelerator))

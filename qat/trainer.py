@@ -23,6 +23,7 @@ from qat.atomic import atomic_path
 from qat.config import TrainConfig
 from qat.distill import distillation_loss, record_blocks
 from qat.errors import QatError
+from qat.evaluate import higher_is_better
 from qat.load import Encoder, pool
 from qat.quant.modules import QuantLinear
 from qat.quant.simulate import FakeQuantModel
@@ -53,10 +54,6 @@ class TrainResult:
     seconds: float
     seconds_per_step: float
     best_weights: Path | None
-
-
-def higher_is_better(metric: str) -> bool:
-    return "emd" not in metric
 
 
 def text_loader(encoder: Encoder, texts: list[str], batch_size: int, seed: int) -> DataLoader:

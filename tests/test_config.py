@@ -1,9 +1,10 @@
 """Every config group composes and validates; bad values are one-line QatErrors."""
+import re
 import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import REPO
-from qat.config import QuantConfig, RunConfig, to_run_config
+from qat.config import QuantConfig, RunConfig, SearchRunConfig, to_run_config
 from qat.errors import QatError
 
 GROUPS = {group.name: sorted(p.stem for p in group.glob("*.yaml")) for group in (REPO / "conf").iterdir() if group.is_dir()}
@@ -38,7 +39,23 @@ def test_defaults_are_ipex_default_recipe():
     ("model.pooling=max", "model.pooling='max'"),
     ("export.parity_min_cosine=1.5", "export.parity_min_cosine=1.5"),
     ("calib.samples=0", "calib.samples=0"),
+    ("calib.percentile=0", "calib.percentile=0.0 is not valid; expected a number in (0, 100]"),
+    ("calib.percentile=100.5", "calib.percentile=100.5 is not valid"),
+    ("sensitivity.metric=stsb_test/spearman", "reads a test split"),
 ])
 def test_bad_values(override, message):
-    with pytest.raises(QatError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(QatError, match=re.escape(message)):
         compose_run(override)
+
+
+@pytest.mark.parametrize("config_name, schema", [("search", SearchRunConfig), ("sensitivity", RunConfig)])
+def test_stage_configs_compose(config_name, schema):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = to_run_config(compose(config_name=config_name, overrides=["data=stsb"]), schema)
+    assert isinstance(cfg, schema) and cfg.data.tasks
+
+
+def test_search_objective_on_test_is_refused():
+    with pytest.raises(QatError, match="search.objective='stsb_test/spearman' reads a test split"):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            to_run_config(compose(config_name="search", overrides=["search.objective=stsb_test/spearman"]), SearchRunConfig)

@@ -40,6 +40,11 @@ def test_recipe_op_kinds_and_skip_patterns(qconf):
     assert edited.int8_counts() == {"linear": 12 - 1 - 4, "matmul": 0, "residual_add": 0, "embedding_add": 0}
     with pytest.raises(QatError, match="match no quantizable module"):
         edited.apply_recipe(QuantConfig(skip=["encoder.layer.7.output.dense"]))
+    # A functional op is named after its owner and family, so a skip entry can name it without the owner's Linear.
+    edited.apply_recipe(QuantConfig(ops=["linear", "add"], skip=["encoder.layer.0.output.add"]))
+    int8 = {op.name for op in edited.ops if op.quantized}
+    assert "encoder.layer.0.output.dense" in int8 and "encoder.layer.0.output.add" not in int8
+    assert "encoder.layer.1.output.add" in int8 and "embeddings.add" in int8
 
 
 def test_activation_scale_clamp_is_simulated_and_exported_alike(tiny_encoder, texts, tmp_path):

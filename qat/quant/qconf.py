@@ -19,6 +19,7 @@ from qat.numerics import QUANTIZED_DTYPES, parse_dtype
 WRAPPER_PREFIX = "model."
 FP32 = "torch.float32"
 RECIPE_KINDS = ("linear", "matmul", "residual_add", "embedding_add")
+FUNCTIONAL_FAMILIES = {"matmul": "matmul", "residual_add": "add", "embedding_add": "add", "mask_add": "add"}
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,12 @@ class QuantOp:
 
     @property
     def name(self) -> str:
-        """The op's module path inside the Hugging Face model (what skip lists name)."""
-        return self.fqn.removeprefix(WRAPPER_PREFIX)
+        """What skip lists name: a Linear's module path inside the Hugging Face model; for a functional op, its
+        owner's path plus the op family ('encoder.layer.0.output.add', '...attention.self.matmul'), so that a
+        skip entry can name the op without its owner's Linear layers."""
+        path = self.fqn.removeprefix(WRAPPER_PREFIX)
+        family = FUNCTIONAL_FAMILIES.get(self.kind)
+        return f"{path}.{family}" if family and not self.is_module else path
 
     @property
     def is_module(self) -> bool:

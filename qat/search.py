@@ -1,0 +1,173 @@
+"""`python -m qat.search`: calibration search with Optuna's TPE sampler.
+
+Activation statistics are collected once (for the most batches any trial may use); a trial only recomputes the
+ranges from them, simulates the recipe and scores it against fp32. The narrow space is searched first; the wide
+one only if the narrow best misses `search.bound`. The best setting is written as a Hydra `calib` option that
+`python -m qat.train --config-dir <run>/conf calib=searched` takes as is.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import optuna
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from qat.atomic import write_json, write_text
+from qat.calibrate import apply_calibration, calibration_batches, ipex_skeleton
+from qat.config import CalibConfig, SearchConfig, SearchRunConfig, SpaceConfig, to_run_config
+from qat.data import calibration_texts
+from qat.errors import QatError
+from qat.evaluate import embed, evaluate, evaluate_recipe, higher_is_better, load_eval_data
+from qat.load import EncoderModule, load_encoder
+from qat.quant.observe import collect_statistics
+
+log = logging.getLogger(__name__)
+Objective = Callable[[dict[str, Any]], dict[str, float]]
+IPEX_DEFAULT = {"algorithm": "histogram", "bias_correction": False, "symmetric": False}
+
+
+def suggest(trial: Any, space: SpaceConfig) -> dict[str, Any]:
+    """One point of the space; the percentile only exists for the percentile algorithm."""
+    def number(name: str, bounds: list, kind: type) -> Any:
+        if bounds[0] == bounds[-1]:
+            return bounds[0]
+        return trial.suggest_float(name, *bounds) if kind is float else trial.suggest_int(name, *bounds)
+
+    params: dict[str, Any] = {"algorithm": trial.suggest_categorical("algorithm", space.algorithm)}
+    if params["algorithm"] == "percentile":
+        params["percentile"] = number("percentile", space.percentile, float)
+    params["batches"] = number("batches", space.batches, int)
+    params["bias_correction"] = trial.suggest_categorical("bias_correction", space.bias_correction)
+    params["symmetric"] = trial.suggest_categorical("symmetric", space.symmetric)
+    return params
+
+
+def calib_setting(base: CalibConfig, params: dict[str, Any]) -> CalibConfig:
+    """The CalibConfig a trial stands for (samples = its batches x batch size)."""
+    return dataclasses.replace(base, algorithm=params["algorithm"], percentile=params.get("percentile", base.percentile),
+                               samples=params["batches"] * base.batch_size, bias_correction=params["bias_correction"],
+                               symmetric=params["symmetric"])
+
+
+def optimize(objective: Objective, search: SearchConfig, seed: int) -> list[dict[str, Any]]:
+    """Run the narrow stage, and the wide one if the bound is missed; every trial as a record."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    maximize = higher_is_better(search.objective)
+    records: list[dict[str, Any]] = []
+
+    def run(stage: str, space: SpaceConfig) -> None:
+        study = optuna.create_study(direction="maximize" if maximize else "minimize",
+                                    sampler=optuna.samplers.TPESampler(seed=seed))
+
+        def trial_objective(trial: Any) -> float:
+            params = suggest(trial, space)
+            metrics = objective(params)
+            records.append({"stage": stage, "trial": len(records), "params": params, "metrics": metrics,
+                            "objective": metrics[search.objective]})
+            log.info("%s trial %d: %s -> %s=%.6g", stage, len(records) - 1, params, search.objective,
+                     metrics[search.objective])
+            return metrics[search.objective]
+
+        study.optimize(trial_objective, n_trials=search.trials)
+
+    run("narrow", search.narrow)
+    best = best_record(records, search.objective)
+    if search.bound is None or not meets(best["objective"], search.bound, maximize):
+        log.info("narrow best %s=%.6g misses the bound %s: widening", search.objective, best["objective"], search.bound)
+        run("wide", search.wide)
+    return records
+
+
+def meets(value: float, bound: float, maximize: bool) -> bool:
+    return value >= bound if maximize else value <= bound
+
+
+def best_record(records: list[dict[str, Any]], objective: str) -> dict[str, Any]:
+    key = (lambda r: -r["objective"]) if higher_is_better(objective) else (lambda r: r["objective"])
+    return min(records, key=key)
+
+
+def run_search(cfg: SearchRunConfig, run_dir: Path) -> dict[str, Any]:
+    """Statistics once, the IPEX default recipe as the baseline, then the staged search; writes the results."""
+    torch.set_num_threads(cfg.threads or torch.get_num_threads())
+    torch.manual_seed(cfg.seed)
+    spaces = [cfg.search.narrow, cfg.search.wide]
+    batches_needed = max(max(space.batches) for space in spaces)
+    base = dataclasses.replace(cfg.calib, samples=batches_needed * cfg.calib.batch_size)
+    texts, _ = calibration_texts(cfg.data)
+    if len(texts) < base.samples:
+        raise QatError(f"the search space asks for {batches_needed} calibration batches of {cfg.calib.batch_size} "
+                       f"({base.samples} texts) but the calibration set has {len(texts)}; expected fewer batches or more texts")
+    dev = load_eval_data(cfg.data)[1].for_metrics([cfg.search.objective])
+    encoder = load_encoder(cfg.model)
+    fp32 = embed(EncoderModule(encoder.model).eval(), encoder, dev.texts(), cfg.eval.batch_size)
+    if cfg.search.objective not in evaluate(fp32, fp32, dev):
+        raise QatError(f"search.objective={cfg.search.objective!r} is not measured; expected one of {sorted(evaluate(fp32, fp32, dev))}")
+
+    calib_batches = calibration_batches(encoder, texts, base)
+    skeleton = ipex_skeleton(encoder, calib_batches[0])
+    stats = collect_statistics(encoder, skeleton, calib_batches, base.bins)
+    log.info("statistics of %d tensors on %d batches collected once", len(stats), len(calib_batches))
+
+    def objective(params: dict[str, Any]) -> dict[str, float]:
+        calibration = apply_calibration(encoder, skeleton, stats, calib_setting(base, params), cfg.quant)
+        return evaluate_recipe(calibration.model, calibration.qconf, encoder, dev, fp32, cfg.eval.batch_size)
+
+    baseline_params = {**IPEX_DEFAULT, "batches": -(-cfg.calib.samples // cfg.calib.batch_size)}
+    baseline = {"params": baseline_params, "metrics": objective(baseline_params)}
+    records = optimize(objective, cfg.search, cfg.seed)
+    best = best_record(records, cfg.search.objective)
+
+    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+        for record in records:
+            writer.add_scalar(f"search/{cfg.search.objective}", record["objective"], record["trial"])
+    searched = calib_setting(base, best["params"])
+    write_text(run_dir / "conf" / "calib" / "searched.yaml",
+               "# Written by qat.search: python -m qat.train --config-dir <this run>/conf calib=searched\n"
+               + OmegaConf.to_yaml(OmegaConf.structured(searched)))
+    result = {"objective": cfg.search.objective, "baseline_ipex_default": baseline, "best": best, "trials": records,
+              "statistics_collections": 1, "calib": dataclasses.asdict(searched)}
+    write_json(run_dir / "search.json", result)
+    write_text(run_dir / "search.md", search_table(result))
+    return result
+
+
+def search_table(result: dict[str, Any]) -> str:
+    objective = result["objective"]
+    lines = [f"# Calibration search ({objective}, {len(result['trials'])} trials)", "",
+             "| trial | stage | algorithm | percentile | batches | bias corr. | symmetric | " + objective + " | cosine_mean |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    rows = [("IPEX default", "-", result["baseline_ipex_default"])] + [(r["trial"], r["stage"], r) for r in result["trials"]]
+    for trial, stage, record in rows:
+        p, m = record["params"], record["metrics"]
+        lines.append(f"| {trial} | {stage} | {p['algorithm']} | {p.get('percentile', '')} | {p['batches']} | "
+                     f"{p['bias_correction']} | {p['symmetric']} | {m[objective]:.6g} | {m['cosine_mean']:.5f} |")
+    lines += ["", f"Best: trial {result['best']['trial']} {result['best']['params']}."]
+    return "\n".join(lines) + "\n"
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="search")
+def main(cfg: DictConfig) -> None:
+    try:
+        config = to_run_config(cfg, SearchRunConfig)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        result = run_search(config, run_dir)
+        print(f"best {result['objective']}={result['best']['objective']:.6g} "
+              f"(IPEX default {result['baseline_ipex_default']['metrics'][result['objective']]:.6g}); "
+              f"results: {run_dir / 'search.md'}; use: python -m qat.train --config-dir {run_dir / 'conf'} calib=searched")
+    except QatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
