@@ -63,6 +63,7 @@ def optimize(objective: Objective, search: SearchConfig, seed: int) -> list[dict
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     maximize = higher_is_better(search.objective)
     records: list[dict[str, Any]] = []
+    measured: dict[tuple, dict[str, float]] = {}
 
     def run(stage: str, space: SpaceConfig) -> None:
         study = optuna.create_study(direction="maximize" if maximize else "minimize",
@@ -70,9 +71,13 @@ def optimize(objective: Objective, search: SearchConfig, seed: int) -> list[dict
 
         def trial_objective(trial: Any) -> float:
             params = suggest(trial, space)
-            metrics = objective(params)
+            key = tuple(sorted(params.items()))
+            repeated = key in measured  # TPE may propose a point again: the objective is deterministic
+            if not repeated:
+                measured[key] = objective(params)
+            metrics = measured[key]
             records.append({"stage": stage, "trial": len(records), "params": params, "metrics": metrics,
-                            "objective": metrics[search.objective]})
+                            "objective": metrics[search.objective], "repeated": repeated})
             log.info("%s trial %d: %s -> %s=%.6g", stage, len(records) - 1, params, search.objective,
                      metrics[search.objective])
             return metrics[search.objective]

@@ -23,7 +23,10 @@ def test_search_finds_the_known_best_of_a_synthetic_objective():
     """Known optimum: mse with 3 batches; the wide stage runs only when the narrow best misses the bound."""
     cost = {"minmax": 2.0, "histogram": 0.5, "mse": 0.0, "percentile": 1.0}
 
+    calls = []
+
     def objective(params):
+        calls.append(params)
         return {"emd_heldout_pairs": cost[params["algorithm"]] + 0.01 * abs(params["batches"] - 3)}
 
     narrow = SpaceConfig(algorithm=["histogram", "percentile"], batches=[1, 8])
@@ -32,6 +35,7 @@ def test_search_finds_the_known_best_of_a_synthetic_objective():
     best = min(records, key=lambda r: r["objective"])
     assert best["params"]["algorithm"] == "mse" and best["params"]["batches"] == 3
     assert {r["stage"] for r in records} == {"narrow", "wide"} and len(records) == 60
+    assert len(calls) == len({tuple(sorted(r["params"].items())) for r in records}), "a repeated point is not re-measured"
     loose = optimize(objective, SearchConfig(trials=5, bound=10.0, narrow=narrow, wide=wide), seed=0)
     assert {r["stage"] for r in loose} == {"narrow"}
 
