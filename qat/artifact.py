@@ -8,11 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import safe_open
+
 from qat.atomic import new_directory, write_json
 from qat.config import ModelConfig
 from qat.errors import QatError
 from qat.load import Encoder, load_encoder
 from qat.quant.qconf import Qconf
+from qat.quant.smoothquant import SMOOTH_BUFFER, restore_smoothing
 
 MODEL_DIR, QCONF_FILE, METADATA_FILE = "model", "qconf.json", "metadata.json"
 VERSIONED = ("torch", "intel_extension_for_pytorch", "neural_compressor_pt", "transformers", "accelerate", "qat")
@@ -48,10 +52,22 @@ def write_ptq_artifact(path: Path, encoder: Encoder, qconf: Qconf, metadata: dic
     return path
 
 
+def saved_smoothing(model_dir: Path) -> dict[str, torch.Tensor]:
+    """SmoothQuant's 1/s buffers saved with the migrated weights (transformers does not load them back)."""
+    buffers = {}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as tensors:
+            for key in tensors.keys():
+                if key.endswith("." + SMOOTH_BUFFER):
+                    buffers[key.removesuffix("." + SMOOTH_BUFFER)] = tensors.get_tensor(key)
+    return buffers
+
+
 def read_ptq_artifact(path: Path) -> PtqArtifact:
     if not (path / METADATA_FILE).is_file():
         raise QatError(f"PTQ artifact {str(path)!r} has no {METADATA_FILE}; expected a folder written by qat's calibration")
     metadata = json.loads((path / METADATA_FILE).read_text())
     encoder = load_encoder(ModelConfig(str(path / MODEL_DIR), metadata["pooling"], metadata["max_length"]))
     encoder.source = metadata["model"]
+    restore_smoothing(encoder.model, saved_smoothing(path / MODEL_DIR))
     return PtqArtifact(encoder, Qconf.read(path / QCONF_FILE), metadata)

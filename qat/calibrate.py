@@ -12,7 +12,7 @@ import torch
 from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping
 from transformers import PreTrainedModel
 
-from qat.config import CalibConfig, QuantConfig
+from qat.config import CalibConfig, QuantConfig, SmoothQuantConfig
 from qat.errors import QatError
 from qat.ipex_backend import prepare
 from qat.load import Encoder, EncoderModule, batches
@@ -21,6 +21,7 @@ from qat.quant.observe import Batch, TensorStats, collect_statistics
 from qat.quant.qconf import WRAPPER_PREFIX, Qconf
 from qat.quant.quantizer import FakeQuantizer
 from qat.quant.ranges import activation_qparams, activation_range
+from qat.quant.smoothquant import migrate, smoothed_buffers
 
 log = logging.getLogger(__name__)
 # IPEX's static recipe: quint8 per-tensor activations, qint8 per-channel symmetric weights.
@@ -44,9 +45,9 @@ def calibration_batches(encoder: Encoder, texts: list[str], calib: CalibConfig) 
     return list(batches(encoder, texts[:calib.samples], calib.batch_size))
 
 
-def ipex_skeleton(encoder: Encoder, example: Batch) -> Qconf:
+def ipex_skeleton(model: PreTrainedModel, example: Batch) -> Qconf:
     """The qconf IPEX's prepare writes for this model: every quantizable op, tensor ids, observer settings."""
-    prepared = prepare(EncoderModule(encoder.model).eval(), SKELETON_QCONFIG, example_inputs=example, inplace=False)
+    prepared = prepare(EncoderModule(model).eval(), SKELETON_QCONFIG, example_inputs=example, inplace=False)
     with torch.no_grad():
         prepared(*example)
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,16 +58,32 @@ def ipex_skeleton(encoder: Encoder, example: Batch) -> Qconf:
     return qconf
 
 
-def calibrate(encoder: Encoder, texts: list[str], calib: CalibConfig, quant: QuantConfig) -> Calibration:
-    """Observe activations on `calib.samples` texts and return the qconf with the recipe's int8 ops set."""
+def calibrate(encoder: Encoder, texts: list[str], calib: CalibConfig, quant: QuantConfig,
+              smoothquant: SmoothQuantConfig | None = None) -> Calibration:
+    """Observe activations on `calib.samples` texts (after SmoothQuant migration, if enabled) and return the qconf
+    with the recipe's int8 ops set, and the fp32 weights it goes with."""
     calib_batches = calibration_batches(encoder, texts, calib)
     log.info("calibrating %s on %d texts in %d batches (%s)", encoder.source, calib.samples, len(calib_batches),
              calib.algorithm)
-    skeleton = ipex_skeleton(encoder, calib_batches[0])
-    return apply_calibration(encoder, skeleton, collect_statistics(encoder, skeleton, calib_batches, calib.bins), calib, quant)
+    model, skeleton, stats = prepare_statistics(encoder.model, calib_batches, calib, quant, smoothquant)
+    return apply_calibration(model, skeleton, stats, calib, quant)
 
 
-def apply_calibration(encoder: Encoder, skeleton: Qconf, stats: dict[int, TensorStats], calib: CalibConfig,
+def prepare_statistics(model: PreTrainedModel, calib_batches: list[Batch], calib: CalibConfig, quant: QuantConfig,
+                       smoothquant: SmoothQuantConfig | None) -> tuple[PreTrainedModel, Qconf, dict[int, TensorStats]]:
+    """The model to calibrate (migrated if SmoothQuant is on), its IPEX skeleton and its activation statistics.
+    Migration changes the model's ops (one fp32 mul per smoothed module), so skeleton and statistics are redone."""
+    skeleton = ipex_skeleton(model, calib_batches[0])
+    stats = collect_statistics(model, skeleton, calib_batches, calib.bins)
+    if smoothquant is not None and smoothquant.enabled:
+        model = migrate(model, skeleton, stats, calib.batches, quant, smoothquant, calib_batches[0])
+        skeleton = ipex_skeleton(model, calib_batches[0])
+        stats = collect_statistics(model, skeleton, calib_batches, calib.bins)
+        log.info("SmoothQuant alpha %.2f: %d modules smoothed", smoothquant.alpha, len(smoothed_buffers(model)))
+    return model, skeleton, stats
+
+
+def apply_calibration(model: PreTrainedModel, skeleton: Qconf, stats: dict[int, TensorStats], calib: CalibConfig,
                       quant: QuantConfig) -> Calibration:
     """The calibrated qconf from statistics already collected (a search trial reuses them)."""
     if calib.batches > min(len(s.batch_min) for s in stats.values()):
@@ -82,7 +99,8 @@ def apply_calibration(encoder: Encoder, skeleton: Qconf, stats: dict[int, Tensor
         log.info("clamped %d activation scales into [%s, %s]", qconf.clamp_activation_scales(quant.scale_min, quant.scale_max),
                  quant.scale_min, quant.scale_max)
     qconf.set_weight_range(*WEIGHT_RANGES[resolve_weight_bits(quant.weight_bits)])
-    model = corrected_biases(encoder.model, qconf, stats, calib.batches) if calib.bias_correction else encoder.model
+    if calib.bias_correction:
+        model = corrected_biases(model, qconf, stats, calib.batches)
     set_weight_qparams(qconf, model, quant.weight_bits)
     return Calibration(qconf, model)
 

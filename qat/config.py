@@ -148,6 +148,23 @@ class CalibConfig:
 
 
 @dataclass
+class SmoothQuantConfig:
+    """SmoothQuant migration before calibration (qat/quant/smoothquant.py): `alpha` in [0, 1] moves that much of
+    each input channel's range into the weights; `modules` (regular expressions) choose the owner modules whose
+    int8 Linears are smoothed ('.*': all of them)."""
+
+    enabled: bool = False
+    alpha: float = 0.5
+    modules: list[str] = field(default_factory=lambda: [".*"])
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise QatError(f"smoothquant.alpha={self.alpha} is not valid; expected a number in [0, 1]")
+        if not self.modules:
+            raise QatError("smoothquant.modules is empty; expected regular expressions of module paths, e.g. ['.*']")
+
+
+@dataclass
 class PtqConfig:
     """Start from an existing PTQ model instead of calibrating: a PTQ folder written by qat (`artifact`), or an
     IPEX qconf JSON for model.name_or_path (`qconf`: INC's qconfig.json or IPEX's save_qconf_summary)."""
@@ -252,14 +269,15 @@ class SpaceConfig:
     batches: list[int] = field(default_factory=lambda: [8])
     bias_correction: list[bool] = field(default_factory=lambda: [False])
     symmetric: list[bool] = field(default_factory=lambda: [False])
+    alpha: list[float] = field(default_factory=lambda: [0.5])  # SmoothQuant alpha, searched when smoothquant is on
 
     def __post_init__(self) -> None:
-        for name in ("algorithm", "percentile", "batches", "bias_correction", "symmetric"):
+        for name in ("algorithm", "percentile", "batches", "bias_correction", "symmetric", "alpha"):
             if not getattr(self, name):
                 raise QatError(f"search space {name} is empty; expected at least one value")
         for algorithm in self.algorithm:
             _one_of("search space algorithm", algorithm, CALIB_ALGORITHMS)
-        for name in ("percentile", "batches"):
+        for name in ("percentile", "batches", "alpha"):
             values = getattr(self, name)
             if len(values) > 2 or values[0] > values[-1]:
                 raise QatError(f"search space {name}={values} is not valid; expected [value] or [low, high] with low <= high")
@@ -268,6 +286,9 @@ class SpaceConfig:
                 raise QatError(f"search space percentile {value} is not valid; expected a number in (0, 100]")
         for value in self.batches:
             _positive("search space batches", value)
+        for value in self.alpha:
+            if not 0.0 <= value <= 1.0:
+                raise QatError(f"search space alpha {value} is not valid; expected a number in [0, 1]")
 
 
 @dataclass
@@ -311,6 +332,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    smoothquant: SmoothQuantConfig = field(default_factory=SmoothQuantConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
     ptq: PtqConfig = field(default_factory=PtqConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -330,6 +352,7 @@ class SearchRunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    smoothquant: SmoothQuantConfig = field(default_factory=SmoothQuantConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     search: SearchConfig = field(default_factory=SearchConfig)

@@ -91,12 +91,15 @@ def ptq_artifact(cfg: RunConfig, encoder: Encoder, texts: list[str], origins: li
         return path
     if accelerator.is_main_process:
         if cfg.ptq.qconf:
+            if cfg.smoothquant.enabled:
+                raise QatError("smoothquant=on with ptq.qconf: a restored qconf keeps its own calibration; expected "
+                               "smoothquant=off, or no ptq.qconf so that qat migrates and calibrates")
             qconf = restore_qconf(encoder, Qconf.read(cfg.ptq.qconf), texts, cfg.quant)
             metadata = {"restored_from": cfg.ptq.qconf, "recipe": "as in the restored qconf"}
         else:
-            calibration = calibrate(encoder, texts, cfg.calib, cfg.quant)
+            calibration = calibrate(encoder, texts, cfg.calib, cfg.quant, cfg.smoothquant)
             qconf, encoder = calibration.qconf, dataclasses.replace(encoder, model=calibration.model)
-            metadata = {"recipe": asdict(cfg.quant), "calibration": asdict(cfg.calib),
+            metadata = {"recipe": asdict(cfg.quant), "calibration": asdict(cfg.calib), "smoothquant": asdict(cfg.smoothquant),
                         "calibration_data": calibration_data(cfg, origins)}
         write_ptq_artifact(path, encoder, qconf, metadata)
     accelerator.wait_for_everyone()

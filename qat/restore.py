@@ -68,6 +68,6 @@ def transplant(foreign: Qconf, skeleton: Qconf) -> Qconf:
 
 def restore_qconf(encoder: Encoder, foreign: Qconf, texts: list[str], quant: QuantConfig) -> Qconf:
     """The foreign qconf on this project's skeleton, keeping its recipe; weights use this CPU's weight range."""
-    restored = transplant(foreign, ipex_skeleton(encoder, next(batches(encoder, texts[:8], 8))))
+    restored = transplant(foreign, ipex_skeleton(encoder.model, next(batches(encoder, texts[:8], 8))))
     set_weight_qparams(restored, encoder.model, quant.weight_bits)
     return restored

@@ -22,25 +22,26 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from qat.atomic import write_json, write_text
-from qat.calibrate import apply_calibration, calibration_batches, ipex_skeleton
+from qat.calibrate import apply_calibration, calibration_batches, prepare_statistics
 from qat.config import CalibConfig, SearchConfig, SearchRunConfig, SpaceConfig, to_run_config
 from qat.data import calibration_texts
 from qat.errors import QatError
 from qat.evaluate import embed, evaluate, evaluate_recipe, higher_is_better, load_eval_data
 from qat.load import EncoderModule, load_encoder
-from qat.quant.observe import collect_statistics
 
 log = logging.getLogger(__name__)
 Objective = Callable[[dict[str, Any]], dict[str, float]]
 IPEX_DEFAULT = {"algorithm": "histogram", "bias_correction": False, "symmetric": False}
+ALPHA_STEP = 0.05
 
 
-def suggest(trial: Any, space: SpaceConfig) -> dict[str, Any]:
-    """One point of the space; the percentile only exists for the percentile algorithm."""
-    def number(name: str, bounds: list, kind: type) -> Any:
+def suggest(trial: Any, space: SpaceConfig, smoothquant: bool) -> dict[str, Any]:
+    """One point of the space; the percentile only exists for the percentile algorithm, alpha only with
+    SmoothQuant on (on a 0.05 grid: each alpha needs its own statistics)."""
+    def number(name: str, bounds: list, kind: type, step: float | None = None) -> Any:
         if bounds[0] == bounds[-1]:
             return bounds[0]
-        return trial.suggest_float(name, *bounds) if kind is float else trial.suggest_int(name, *bounds)
+        return trial.suggest_float(name, *bounds, step=step) if kind is float else trial.suggest_int(name, *bounds)
 
     params: dict[str, Any] = {"algorithm": trial.suggest_categorical("algorithm", space.algorithm)}
     if params["algorithm"] == "percentile":
@@ -48,6 +49,8 @@ def suggest(trial: Any, space: SpaceConfig) -> dict[str, Any]:
     params["batches"] = number("batches", space.batches, int)
     params["bias_correction"] = trial.suggest_categorical("bias_correction", space.bias_correction)
     params["symmetric"] = trial.suggest_categorical("symmetric", space.symmetric)
+    if smoothquant:
+        params["alpha"] = number("alpha", space.alpha, float, step=ALPHA_STEP)
     return params
 
 
@@ -58,7 +61,7 @@ def calib_setting(base: CalibConfig, params: dict[str, Any]) -> CalibConfig:
                                symmetric=params["symmetric"])
 
 
-def optimize(objective: Objective, search: SearchConfig, seed: int) -> list[dict[str, Any]]:
+def optimize(objective: Objective, search: SearchConfig, seed: int, smoothquant: bool = False) -> list[dict[str, Any]]:
     """Run the narrow stage, and the wide one if the bound is missed; every trial as a record."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     maximize = higher_is_better(search.objective)
@@ -70,7 +73,7 @@ def optimize(objective: Objective, search: SearchConfig, seed: int) -> list[dict
                                     sampler=optuna.samplers.TPESampler(seed=seed))
 
         def trial_objective(trial: Any) -> float:
-            params = suggest(trial, space)
+            params = suggest(trial, space, smoothquant)
             key = tuple(sorted(params.items()))
             repeated = key in measured  # TPE may propose a point again: the objective is deterministic
             if not repeated:
@@ -119,28 +122,36 @@ def run_search(cfg: SearchRunConfig, run_dir: Path) -> dict[str, Any]:
         raise QatError(f"search.objective={cfg.search.objective!r} is not measured; expected one of {sorted(evaluate(fp32, fp32, dev))}")
 
     calib_batches = calibration_batches(encoder, texts, base)
-    skeleton = ipex_skeleton(encoder, calib_batches[0])
-    stats = collect_statistics(encoder, skeleton, calib_batches, base.bins)
-    log.info("statistics of %d tensors on %d batches collected once", len(stats), len(calib_batches))
+    prepared: dict[float | None, tuple] = {}
+
+    def statistics(alpha: float | None) -> tuple:
+        """Model, skeleton and statistics, collected once per SmoothQuant alpha (once in all without it)."""
+        if alpha not in prepared:
+            smoothquant = None if alpha is None else dataclasses.replace(cfg.smoothquant, alpha=alpha)
+            prepared[alpha] = prepare_statistics(encoder.model, calib_batches, base, cfg.quant, smoothquant)
+        return prepared[alpha]
 
     def objective(params: dict[str, Any]) -> dict[str, float]:
-        calibration = apply_calibration(encoder, skeleton, stats, calib_setting(base, params), cfg.quant)
+        calibration = apply_calibration(*statistics(params.get("alpha")), calib_setting(base, params), cfg.quant)
         return evaluate_recipe(calibration.model, calibration.qconf, encoder, dev, fp32, cfg.eval.batch_size)
 
     baseline_params = {**IPEX_DEFAULT, "batches": -(-cfg.calib.samples // cfg.calib.batch_size)}
     baseline = {"params": baseline_params, "metrics": objective(baseline_params)}
-    records = optimize(objective, cfg.search, cfg.seed)
+    records = optimize(objective, cfg.search, cfg.seed, cfg.smoothquant.enabled)
     best = best_record(records, cfg.search.objective)
+    log.info("statistics collected %d time(s) for %d trials", len(prepared), len(records))
 
     with SummaryWriter(str(run_dir / "tensorboard")) as writer:
         for record in records:
             writer.add_scalar(f"search/{cfg.search.objective}", record["objective"], record["trial"])
     searched = calib_setting(base, best["params"])
-    write_text(run_dir / "conf" / "calib" / "searched.yaml",
-               "# Written by qat.search: python -m qat.train --config-dir <this run>/conf calib=searched\n"
-               + OmegaConf.to_yaml(OmegaConf.structured(searched)))
+    header = "# Written by qat.search: python -m qat.train --config-dir <this run>/conf calib=searched smoothquant=searched\n"
+    write_text(run_dir / "conf" / "calib" / "searched.yaml", header + OmegaConf.to_yaml(OmegaConf.structured(searched)))
+    smoothquant = dataclasses.replace(cfg.smoothquant, alpha=best["params"].get("alpha", cfg.smoothquant.alpha))
+    write_text(run_dir / "conf" / "smoothquant" / "searched.yaml", header + OmegaConf.to_yaml(OmegaConf.structured(smoothquant)))
     result = {"objective": cfg.search.objective, "baseline_ipex_default": baseline, "best": best, "trials": records,
-              "statistics_collections": 1, "calib": dataclasses.asdict(searched)}
+              "statistics_collections": len(prepared), "calib": dataclasses.asdict(searched),
+              "smoothquant": dataclasses.asdict(smoothquant)}
     write_json(run_dir / "search.json", result)
     write_text(run_dir / "search.md", search_table(result))
     return result
@@ -168,7 +179,7 @@ def main(cfg: DictConfig) -> None:
         result = run_search(config, run_dir)
         print(f"best {result['objective']}={result['best']['objective']:.6g} "
               f"(IPEX default {result['baseline_ipex_default']['metrics'][result['objective']]:.6g}); "
-              f"results: {run_dir / 'search.md'}; use: python -m qat.train --config-dir {run_dir / 'conf'} calib=searched")
+              f"results: {run_dir / 'search.md'}; use: python -m qat.train --config-dir {run_dir / 'conf'} calib=searched smoothquant=searched")
     except QatError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

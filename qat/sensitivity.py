@@ -65,7 +65,7 @@ def run_sensitivity(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     dev = load_eval_data(cfg.data)[1].for_metrics([metric, rank_by])
     encoder = load_encoder(cfg.model)
     base_quant = dataclasses.replace(cfg.quant, skip=[])
-    calibration = calibrate(encoder, texts, cfg.calib, base_quant)
+    calibration = calibrate(encoder, texts, cfg.calib, base_quant, cfg.smoothquant)
     fp32_table = embed(EncoderModule(encoder.model).eval(), encoder, dev.texts(), cfg.eval.batch_size)
     fp32 = evaluate(fp32_table, fp32_table, dev)
     for name in (metric, rank_by):

@@ -68,14 +68,14 @@ def test_symmetric_activations_center_the_zero_point():
 def test_statistics_cover_every_quantizable_tensor_once(tiny_encoder, texts):
     calib = CalibConfig(samples=32, batch_size=16)
     calib_batches = calibration_batches(tiny_encoder, texts, calib)
-    skeleton = ipex_skeleton(tiny_encoder, calib_batches[0])
-    stats = collect_statistics(tiny_encoder, skeleton, calib_batches, bins=64)
+    skeleton = ipex_skeleton(tiny_encoder.model, calib_batches[0])
+    stats = collect_statistics(tiny_encoder.model, skeleton, calib_batches, bins=64)
     # embeddings: 2 adds (3 embeddings + the first sum); per layer: the QKV input (shared by the 3 Linears and
     # the attention residual add), 4 matmul inputs, 3 more Linear inputs, the first input of each residual add
     assert len(stats) == 4 + 2 * 10
     assert all(len(s.batch_min) == 2 and s.histograms.shape == (2, 128) for s in stats.values())
     with pytest.raises(QatError, match="needs 3 batches but only 2 were observed"):
-        apply_calibration(tiny_encoder, skeleton, stats, CalibConfig(samples=48, batch_size=16), QuantConfig())
+        apply_calibration(tiny_encoder.model, skeleton, stats, CalibConfig(samples=48, batch_size=16), QuantConfig())
 
 
 def test_bias_correction_absorbs_the_weight_error_and_keeps_the_original(tiny_encoder, texts):
@@ -85,7 +85,7 @@ def test_bias_correction_absorbs_the_weight_error_and_keeps_the_original(tiny_en
     corrected = calibration.model.encoder.layer[0].intermediate.dense
     assert calibration.model is not tiny_encoder.model and torch.equal(original.weight, corrected.weight)
     calib_batches = calibration_batches(tiny_encoder, texts, calib)
-    stats = collect_statistics(tiny_encoder, ipex_skeleton(tiny_encoder, calib_batches[0]), calib_batches, bins=64)
+    stats = collect_statistics(tiny_encoder.model, ipex_skeleton(tiny_encoder.model, calib_batches[0]), calib_batches, bins=64)
     op = next(op for op in calibration.qconf.ops if op.name == "encoder.layer.0.intermediate.dense")
     mean = stats[op.info["input_tensor_infos"][0]["id"]].channel_mean(2).float()
     expected = (original.weight - FakeQuantizer.for_weight((-64, 63))(original.weight)) @ mean

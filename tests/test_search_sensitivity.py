@@ -5,9 +5,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import qat.search
+import qat.calibrate
 from qat.config import (CalibConfig, DataConfig, EvalConfig, ModelConfig, QuantConfig, RunConfig, SearchConfig,
-                        RecoveryConfig, SearchRunConfig, SensitivityConfig, SourceConfig, SpaceConfig)
+                        RecoveryConfig, SearchRunConfig, SensitivityConfig, SmoothQuantConfig, SourceConfig,
+                        SpaceConfig)
 from qat.errors import QatError
 from qat.search import optimize, run_search
 from qat.sensitivity import run_sensitivity
@@ -42,8 +43,8 @@ def test_search_finds_the_known_best_of_a_synthetic_objective():
 
 def test_search_collects_statistics_once_and_writes_a_usable_recipe(tiny_model_dir, tmp_path, monkeypatch):
     calls = []
-    collect = qat.search.collect_statistics
-    monkeypatch.setattr(qat.search, "collect_statistics", lambda *a, **k: calls.append(1) or collect(*a, **k))
+    collect = qat.calibrate.collect_statistics
+    monkeypatch.setattr(qat.calibrate, "collect_statistics", lambda *a, **k: calls.append(1) or collect(*a, **k))
     space = SpaceConfig(algorithm=["minmax", "percentile", "mse"], percentile=[99.0, 100.0], batches=[1, 2],
                         bias_correction=[False, True], symmetric=[False, True])
     cfg = SearchRunConfig(model=ModelConfig(str(tiny_model_dir), max_length=32), data=tiny_data(), calib=FAST_CALIB,
@@ -107,3 +108,20 @@ def test_sensitivity_puts_a_deliberately_fragile_group_first(tiny_model_dir, tmp
                                                   OmegaConf.load(tmp_path / "run" / "conf" / "quant" / "sensitive.yaml")))
     assert skipped.skip == result["skip"]
     assert list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_search_over_smoothquant_alpha_collects_statistics_once_per_alpha(tiny_model_dir, tmp_path, monkeypatch):
+    calls = []
+    collect = qat.calibrate.collect_statistics
+    monkeypatch.setattr(qat.calibrate, "collect_statistics", lambda *a, **k: calls.append(1) or collect(*a, **k))
+    space = SpaceConfig(algorithm=["minmax"], batches=[2], alpha=[0.3, 0.5])
+    cfg = SearchRunConfig(model=ModelConfig(str(tiny_model_dir), max_length=32), data=tiny_data(), calib=FAST_CALIB,
+                          eval=EvalConfig(batch_size=32), smoothquant=SmoothQuantConfig(enabled=True),
+                          search=SearchConfig(trials=6, bound=1.0, narrow=space, wide=space))
+    result = run_search(cfg, tmp_path)
+    alphas = {round(t["params"]["alpha"], 2) for t in result["trials"]}
+    assert alphas <= {0.3, 0.35, 0.4, 0.45, 0.5} and result["statistics_collections"] == len(alphas) + 1  # + baseline
+    # without SmoothQuant one collection; with it, a migration pass and a collection on the migrated model per alpha
+    assert len(calls) == 1 + 2 * len(alphas)
+    searched = OmegaConf.load(tmp_path / "conf" / "smoothquant" / "searched.yaml")
+    assert searched.enabled and searched.alpha == result["best"]["params"]["alpha"]

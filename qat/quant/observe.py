@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from qat.config import OP_KINDS, QuantConfig
-from qat.load import Encoder, EncoderModule
+from qat.load import EncoderModule
 from qat.quant.qconf import Qconf
 from qat.quant.quantizer import FakeQuantizer
 from qat.quant.simulate import fake_quantize
@@ -30,8 +30,9 @@ class TensorStats:
     batch_max: torch.Tensor      # [batches]
     bound: float                 # the histograms cover [-bound, bound]
     histograms: torch.Tensor     # [batches, bins]
-    channel_sum: torch.Tensor | None = None  # Linear inputs: [batches, features], sums over tokens (bias correction)
-    rows: torch.Tensor | None = None         # [batches]: how many tokens each sum adds up
+    channel_sum: torch.Tensor | None = None     # Linear inputs: [batches, features], sums over tokens (bias correction)
+    rows: torch.Tensor | None = None            # [batches]: how many tokens each sum adds up
+    channel_absmax: torch.Tensor | None = None  # Linear inputs: [batches, features], max |x| (SmoothQuant)
 
     def min_max(self, batches: int) -> tuple[float, float]:
         return self.batch_min[:batches].min().item(), self.batch_max[:batches].max().item()
@@ -42,6 +43,10 @@ class TensorStats:
     def channel_mean(self, batches: int) -> torch.Tensor:
         assert self.channel_sum is not None and self.rows is not None, "channel sums are kept for Linear inputs only"
         return self.channel_sum[:batches].sum(0) / self.rows[:batches].sum()
+
+    def channel_max(self, batches: int) -> torch.Tensor:
+        assert self.channel_absmax is not None, "channel maxima are kept for Linear inputs only"
+        return self.channel_absmax[:batches].amax(0)
 
 
 class _Recorder(nn.Module):
@@ -56,6 +61,7 @@ class _Recorder(nn.Module):
         self.maxs: list[float] = []
         self.sums: list[torch.Tensor] = []
         self.rows: list[int] = []
+        self.absmax: list[torch.Tensor] = []
         self.histograms: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> None:
@@ -67,22 +73,24 @@ class _Recorder(nn.Module):
                 flat = x.reshape(-1, x.shape[-1])
                 self.sums.append(flat.sum(0).double())
                 self.rows.append(flat.shape[0])
+                self.absmax.append(flat.abs().amax(0))
         else:
             self.histograms.append(torch.histc(x, self.bins, -self.bound, self.bound).double())
 
     def stats(self) -> TensorStats:
-        sums = (torch.stack(self.sums), torch.tensor(self.rows, dtype=torch.float64)) if self.channel_sums else (None, None)
+        sums = ((torch.stack(self.sums), torch.tensor(self.rows, dtype=torch.float64), torch.stack(self.absmax))
+                if self.channel_sums else (None, None, None))
         return TensorStats(torch.tensor(self.mins), torch.tensor(self.maxs), float(self.bound),
                            torch.stack(self.histograms), *sums)
 
 
 @torch.no_grad()
-def collect_statistics(encoder: Encoder, skeleton: Qconf, calib_batches: list[Batch], bins: int) -> dict[int, TensorStats]:
+def collect_statistics(model: nn.Module, skeleton: Qconf, calib_batches: list[Batch], bins: int) -> dict[int, TensorStats]:
     """Statistics of every tensor that any recipe could put in int8, keyed by qconf tensor id.
     `bins` is per side: the histograms have 2 * bins bins, as fine on one side as IPEX's over [min, max]."""
     everything = skeleton.copy()
     everything.apply_recipe(QuantConfig(ops=list(OP_KINDS)))
-    sim = fake_quantize(EncoderModule(copy.deepcopy(encoder.model)), everything).eval()
+    sim = fake_quantize(EncoderModule(copy.deepcopy(model)), everything).eval()
     for module in sim.modules():
         if isinstance(module, FakeQuantizer):
             module.enabled = False

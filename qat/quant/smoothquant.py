@@ -1,0 +1,102 @@
+"""SmoothQuant migration (Xiao et al., 2022): move activation outliers into the weights before calibration.
+
+Per input channel j of a group of int8 Linears that share one input (Q/K/V share theirs), with X the calibration
+inputs and W the group's weights: s_j = max|X_j|^alpha / max|W_:,j|^(1 - alpha). The weights become W[:, j] * s_j
+and the input is multiplied by 1 / s_j, so the fp32 function is unchanged while the int8 input range shrinks.
+
+Where the 1/s goes: in a post-LayerNorm encoder such as BERT every LayerNorm output also feeds a residual add, so
+folding 1/s into the LayerNorm would rescale the residual stream too and change the function. The multiply
+therefore happens inside the module that owns the Linear(s), on that module's first input, right before the
+Linear; this is where IPEX's own SmoothQuant puts its `mul` too. The multiply stays fp32 (IPEX has no int8 mul),
+its output gets its own int8 scale, and the residual add keeps the unscaled tensor. The same mechanism works
+for Linears with no LayerNorm before them (attention output, FFN out).
+"""
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from qat.config import QuantConfig, SmoothQuantConfig
+from qat.errors import QatError
+from qat.load import EncoderModule
+from qat.quant.observe import Batch, TensorStats
+from qat.quant.qconf import Qconf, QuantOp
+
+SMOOTH_BUFFER = "smooth_inv_scale"
+_SMOOTHED_CLASSES: dict[type, type] = {}
+
+
+class _SmoothedInput:
+    """Mixin: the module's first input times the per-channel 1/s buffer, then the module's own forward."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return super().forward(hidden_states * getattr(self, SMOOTH_BUFFER), *args, **kwargs)  # type: ignore[misc]
+
+
+def smooth_input(module: nn.Module, inv_scale: torch.Tensor) -> None:
+    """Make `module` multiply its first input by `inv_scale` (same parameters and path; one buffer more)."""
+    if isinstance(module, _SmoothedInput):
+        raise QatError(f"module {type(module).__name__} is already smoothed; expected one migration per model")
+    base = type(module)
+    if base not in _SMOOTHED_CLASSES:
+        _SMOOTHED_CLASSES[base] = type(f"Smoothed{base.__name__}", (_SmoothedInput, base), {})
+    module.__class__ = _SMOOTHED_CLASSES[base]
+    module.register_buffer(SMOOTH_BUFFER, inv_scale.detach().clone())
+
+
+def smoothed_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Module path -> its 1/s buffer, for every smoothed module (what a saved model must carry)."""
+    return {path: getattr(m, SMOOTH_BUFFER) for path, m in model.named_modules() if isinstance(m, _SmoothedInput)}
+
+
+def restore_smoothing(model: nn.Module, buffers: dict[str, torch.Tensor]) -> None:
+    """Re-apply saved 1/s buffers to a freshly loaded model (whose weights are already migrated)."""
+    for path, inv_scale in buffers.items():
+        smooth_input(model.get_submodule(path), inv_scale)
+
+
+def smoothing_groups(qconf: Qconf, quant: QuantConfig, cfg: SmoothQuantConfig) -> dict[str, list[QuantOp]]:
+    """Owner module path -> the recipe's int8 Linears it owns, which must share one input."""
+    recipe = qconf.copy()
+    recipe.apply_recipe(quant)
+    patterns = [re.compile(p) for p in cfg.modules]
+    groups: dict[str, list[QuantOp]] = {}
+    for op in recipe.ops:
+        if op.kind == "linear" and op.quantized:
+            owner = op.name.rpartition(".")[0]
+            if any(p.fullmatch(owner) for p in patterns):
+                groups.setdefault(owner, []).append(op)
+    for owner, ops in groups.items():
+        inputs = {op.info["input_tensor_infos"][0]["id"] for op in ops}
+        if len(inputs) > 1:
+            raise QatError(f"the Linears {[op.name for op in ops]} of {owner!r} read different tensors; expected "
+                           "Linears that share their module's first input (SmoothQuant keeps one factor per input)")
+    if not groups:
+        raise QatError(f"smoothquant.modules={cfg.modules} selects no int8 Linear; expected module paths such as "
+                       "'encoder.layer.0.intermediate'")
+    return groups
+
+
+@torch.no_grad()
+def migrate(model: nn.Module, qconf: Qconf, stats: dict[int, TensorStats], batches: int, quant: QuantConfig,
+            cfg: SmoothQuantConfig, check: Batch) -> nn.Module:
+    """A migrated copy of `model`; fails unless its fp32 outputs on `check` equal the original's."""
+    migrated = copy.deepcopy(model)
+    for owner, ops in smoothing_groups(qconf, quant, cfg).items():
+        linears = [migrated.get_submodule(op.name) for op in ops]
+        act_max = stats[ops[0].info["input_tensor_infos"][0]["id"]].channel_max(batches).float()
+        weight_max = torch.stack([linear.weight.abs().amax(0) for linear in linears]).amax(0)
+        factors = (act_max.clamp(min=1e-5).pow(cfg.alpha) / weight_max.clamp(min=1e-5).pow(1 - cfg.alpha)).clamp(min=1e-5)
+        for linear in linears:
+            linear.weight.mul_(factors)
+        smooth_input(migrated.get_submodule(owner), 1.0 / factors)
+    reference, result = EncoderModule(model).eval()(*check), EncoderModule(migrated).eval()(*check)
+    error = (reference - result).abs().max().item()
+    if error > 1e-4 * reference.abs().max().item() + 1e-5:
+        raise QatError(f"SmoothQuant migration changed the fp32 outputs (max |diff| {error:.3g}); expected every "
+                       "smoothed Linear to be fed by its module's first input")
+    return migrated
