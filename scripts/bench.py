@@ -1,6 +1,8 @@
 """Latency and throughput of fp32 eager, fp32 TorchScript, bf16 TorchScript and the exported int8 model.
 
     .venv/bin/python scripts/bench.py --run outputs/runs/<run>      # prints a table, writes <run>/bench.json
+    .venv/bin/python scripts/bench.py --run outputs/runs/<partial> --int8 full=outputs/runs/<full> sq=outputs/runs/<sq>:qat
+        # several int8 exports side by side in one process (label=run folder[:export])
 
 Medians over repeated calls after warm-up; ratios are against fp32 TorchScript at the same shape.
 """
@@ -55,6 +57,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, help="JSON path (default: <run>/bench.json)")
     parser.add_argument("--export", default="ptq", help="which export of the run: ptq or qat (default: ptq)")
+    parser.add_argument("--int8", nargs="+", default=[], metavar="LABEL=RUN[:EXPORT]",
+                        help="more int8 exports to measure in the same process, e.g. full=outputs/runs/x:ptq")
     parser.add_argument("--variants", nargs="+", help="measure only these variants (e.g. 'fp32 TorchScript' 'int8 IPEX')")
     parser.add_argument("--onednn-fusion", action=argparse.BooleanOptionalAction, default=True,
                         help="IPEX's oneDNN Graph fusion at run time (--no-onednn-fusion turns it off)")
@@ -76,6 +80,13 @@ def main() -> None:
         "bf16 eager": Autocast(fp32),
         "int8 IPEX": load_exported(int8_path),
     }
+    for spec in args.int8:
+        label, _, where = spec.partition("=")
+        run, _, export = where.partition(":")
+        path = Path(run) / "export" / (export or "ptq") / "model_int8.pt"
+        if not label or not path.is_file():
+            sys.exit(f"error: --int8 {spec!r} names no export ({path} is missing); expected LABEL=RUN[:EXPORT]")
+        models[f"int8 {label}"] = load_exported(path)
     if args.variants:
         unknown = sorted(set(args.variants) - set(models))
         if unknown:
@@ -101,16 +112,16 @@ def main() -> None:
                 row.update(median_ms=1000 * value, sequences_per_s=batch / value,
                            speedup_vs_fp32_torchscript=baseline / value if isinstance(baseline, float) else None)
             rows.append(row)
-    print(f"{'variant':<18}{'shape':<14}{'median ms':>11}{'seq/s':>9}{'x fp32 TS':>11}")
+    print(f"{'variant':<22}{'shape':<14}{'median ms':>11}{'seq/s':>9}{'x fp32 TS':>11}")
     for r in rows:
-        where = f"{r['variant']:<18}{r['kind'][:3]} {r['batch']:>3}x{r['seq']:<5}"
+        where = f"{r['variant']:<22}{r['kind'][:3]} {r['batch']:>3}x{r['seq']:<5}"
         if "error" in r:
             print(where + f"  failed: {r['error'][:90]}")
         else:
             ratio = r["speedup_vs_fp32_torchscript"]
             print(where + f"{r['median_ms']:>11.2f}{r['sequences_per_s']:>9.1f}" + (f"{ratio:>11.2f}" if ratio else f"{'-':>11}"))
     out = args.out or args.run / "bench.json"
-    out.write_text(json.dumps({"run": str(args.run), "export": args.export, "onednn_fusion": args.onednn_fusion, "threads": args.threads, "cpu_has_vnni": cpu_has_vnni(),
+    out.write_text(json.dumps({"run": str(args.run), "export": args.export, "more_int8": args.int8, "onednn_fusion": args.onednn_fusion, "threads": args.threads, "cpu_has_vnni": cpu_has_vnni(),
                                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "warmup": args.warmup,
                                "repeats": args.repeats, "rows": rows, "versions": library_versions()}, indent=2))
     print(f"wrote {out}")
