@@ -50,7 +50,7 @@ def suggest(trial: Any, space: SpaceConfig, smoothquant: bool) -> dict[str, Any]
     params["bias_correction"] = trial.suggest_categorical("bias_correction", space.bias_correction)
     params["symmetric"] = trial.suggest_categorical("symmetric", space.symmetric)
     if smoothquant:
-        params["alpha"] = number("alpha", space.alpha, float, step=ALPHA_STEP)
+        params["alpha"] = round(number("alpha", space.alpha, float, step=ALPHA_STEP), 4)
     return params
 
 
@@ -160,13 +160,14 @@ def run_search(cfg: SearchRunConfig, run_dir: Path) -> dict[str, Any]:
 def search_table(result: dict[str, Any]) -> str:
     objective = result["objective"]
     lines = [f"# Calibration search ({objective}, {len(result['trials'])} trials)", "",
-             "| trial | stage | algorithm | percentile | batches | bias corr. | symmetric | " + objective + " | cosine_mean |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| trial | stage | algorithm | percentile | batches | bias corr. | symmetric | SmoothQuant alpha | " + objective
+             + " | cosine_mean |", "|---|---|---|---|---|---|---|---|---|---|"]
     rows = [("IPEX default", "-", result["baseline_ipex_default"])] + [(r["trial"], r["stage"], r) for r in result["trials"]]
     for trial, stage, record in rows:
         p, m = record["params"], record["metrics"]
         lines.append(f"| {trial} | {stage} | {p['algorithm']} | {p.get('percentile', '')} | {p['batches']} | "
-                     f"{p['bias_correction']} | {p['symmetric']} | {m[objective]:.6g} | {m['cosine_mean']:.5f} |")
+                     f"{p['bias_correction']} | {p['symmetric']} | {p.get('alpha', '')} | {m[objective]:.6g} | "
+                     f"{m['cosine_mean']:.5f} |")
     lines += ["", f"Best: trial {result['best']['trial']} {result['best']['params']}."]
     return "\n".join(lines) + "\n"
 
