@@ -39,9 +39,9 @@ log = logging.getLogger(__name__)
 QKV = re.compile(r"(.*\.attention\.self)\.(query|key|value)")
 
 
-def sensitivity_groups(qconf: Qconf, quant: QuantConfig) -> dict[str, list[str]]:
-    """Group name -> the skip entries (op names) of the recipe's int8 ops in that group, in model order."""
-    ops = [op for op in qconf.ops if op.kind in RECIPE_KINDS and op.kind in quant.op_kinds()]
+def sensitivity_groups(qconf: Qconf) -> dict[str, list[str]]:
+    """Group name -> the skip entries (op names) of the qconf's int8 ops in that group, in model order."""
+    ops = [op for op in qconf.ops if op.kind in RECIPE_KINDS and op.quantized]
     linears = [op.name for op in ops if op.kind == "linear"]
     groups: dict[str, list[str]] = {}
     for op in ops:
@@ -64,20 +64,20 @@ def run_sensitivity(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     metric, rank_by = cfg.recovery.metric, cfg.sensitivity.metric
     dev = load_eval_data(cfg.data)[1].for_metrics([metric, rank_by])
     encoder = load_encoder(cfg.model)
-    base_quant = dataclasses.replace(cfg.quant, skip=[])
-    calibration = calibrate(encoder, texts, cfg.calib, base_quant, cfg.smoothquant)
+    calibration = calibrate(encoder, texts, cfg.calib, cfg.quant, cfg.smoothquant)
     fp32_table = embed(EncoderModule(encoder.model).eval(), encoder, dev.texts(), cfg.eval.batch_size)
     fp32 = evaluate(fp32_table, fp32_table, dev)
     for name in (metric, rank_by):
         if name not in fp32:
             raise QatError(f"metric {name!r} is not measured on this data; expected one of {sorted(fp32)}")
-    groups = sensitivity_groups(calibration.qconf, base_quant)
+    groups = sensitivity_groups(calibration.qconf)
     if not groups:
-        raise QatError(f"quant.ops={cfg.quant.ops} puts no op in int8; expected a recipe to analyse")
+        raise QatError(f"quant.ops={cfg.quant.ops} with skip {cfg.quant.skip} puts no op in int8; expected a recipe to analyse")
 
     def measure(skip: list[str]) -> dict[str, float]:
+        """The recipe with these groups' ops left fp32 as well (the user's quant.skip always stays fp32)."""
         qconf = calibration.qconf.copy()
-        qconf.apply_recipe(dataclasses.replace(base_quant, skip=skip))
+        qconf.apply_recipe(dataclasses.replace(cfg.quant, skip=cfg.quant.skip + skip))
         return evaluate_recipe(calibration.model, qconf, encoder, dev, fp32_table, cfg.eval.batch_size)
 
     def loss(metrics: dict[str, float], name: str) -> float:
@@ -104,7 +104,7 @@ def run_sensitivity(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     chosen = prefixes[-1]
     skip = [e for r in ranking[:chosen["groups"]] for e in r["skip"]]
     result = {
-        "model": encoder.source, "recipe": sorted(base_quant.op_kinds()), "rank_by": rank_by, "metric": metric,
+        "model": encoder.source, "recipe": sorted(cfg.quant.op_kinds()), "user_skip": cfg.quant.skip, "rank_by": rank_by, "metric": metric,
         "threshold": cfg.recovery.threshold, "fp32": fp32, "all_int8": all_int8, "ranking": ranking,
         "prefixes": prefixes, "skip_groups": [r["group"] for r in ranking[:chosen["groups"]]], "skip": skip,
         "reached_threshold": chosen["loss"] <= cfg.recovery.threshold,
