@@ -156,3 +156,21 @@ def test_layer_norm_gradients_are_right_with_ipex_imported():
     (manual * g).sum().backward()
     for got, expected in zip(grads, (x.grad, w.grad, b.grad)):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_sensitivity_stage_and_smoothquant_in_the_job(tiny_model_dir, tmp_path):
+    """`sensitivity.enabled=true` runs the stage first and its skip list joins the recipe; SmoothQuant migrates."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "qat.train", f"hydra.run.dir={run_dir}", f"model.name_or_path={tiny_model_dir}",
+         "model.max_length=32", "calib.samples=64", "train=none", "sensitivity.enabled=true", "sensitivity.top_k=1",
+         "smoothquant=on"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sensitivity = json.loads((run_dir / "sensitivity" / "sensitivity.json").read_text())
+    report = json.loads((run_dir / "report.json").read_text())
+    assert sensitivity["skip"] and report["recipe"]["skip"] == sensitivity["skip"]
+    metadata = json.loads((run_dir / "ptq" / "metadata.json").read_text())
+    assert metadata["smoothquant"]["enabled"] and metadata["recipe"]["skip"] == sensitivity["skip"]
+    assert report["exports"]["ptq"]["parity"]["passed"]
