@@ -160,12 +160,13 @@ def test_layer_norm_gradients_are_right_with_ipex_imported():
 
 @pytest.mark.slow
 def test_sensitivity_stage_and_smoothquant_in_the_job(tiny_model_dir, tmp_path):
-    """`sensitivity.enabled=true` runs the stage first and its skip list joins the recipe; SmoothQuant migrates."""
+    """`sensitivity.enabled=true` runs the stage first and its skip list joins the recipe; SmoothQuant migrates;
+    a calibration mix is recorded in the PTQ artifact's metadata."""
     run_dir = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "qat.train", f"hydra.run.dir={run_dir}", f"model.name_or_path={tiny_model_dir}",
          "model.max_length=32", "calib.samples=64", "train=none", "sensitivity.enabled=true", "sensitivity.top_k=1",
-         "smoothquant=on"],
+         "smoothquant=on", "+data.mix={a: {proportion: 3, source: {limit: 150}}, b: {proportion: 1, source: {offset: 150, limit: 100}}}"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     sensitivity = json.loads((run_dir / "sensitivity" / "sensitivity.json").read_text())
@@ -173,4 +174,6 @@ def test_sensitivity_stage_and_smoothquant_in_the_job(tiny_model_dir, tmp_path):
     assert sensitivity["skip"] and report["recipe"]["skip"] == sensitivity["skip"]
     metadata = json.loads((run_dir / "ptq" / "metadata.json").read_text())
     assert metadata["smoothquant"]["enabled"] and metadata["recipe"]["skip"] == sensitivity["skip"]
+    mix = metadata["calibration_data"]["mix"]
+    assert (mix["a"]["texts"], mix["b"]["texts"]) == (48, 16) and mix["a"]["proportion"] == 3
     assert report["exports"]["ptq"]["parity"]["passed"]
