@@ -132,8 +132,7 @@ def recovery_decision(cfg: RunConfig, fp32_metrics: dict[str, float], ptq_metric
 
 
 def recover(cfg: RunConfig, accelerator: Accelerator, encoder: Encoder, ptq_model: PreTrainedModel, qconf: Qconf,
-            fp32: nn.Module,
-            texts: list[str], run_dir: Path,
+            fp32: nn.Module, texts: list[str], run_dir: Path,
             evaluate_dev: Callable[[FakeQuantModel], dict[str, float]]) -> tuple[FakeQuantModel, dict[str, Any]]:
     """Recovery training; returns the student with its best dev weights and what the training did."""
     student = fake_quantize(EncoderModule(copy.deepcopy(ptq_model)), qconf)

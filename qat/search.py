@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from qat.atomic import write_json, write_text
 from qat.calibrate import apply_calibration, calibration_batches, prepare_statistics
 from qat.config import CalibConfig, SearchConfig, SearchRunConfig, SpaceConfig, to_run_config
 from qat.data import calibration_texts
-from qat.errors import QatError
+from qat.errors import QatError, reported_as_one_line
 from qat.evaluate import embed, evaluate, evaluate_recipe, higher_is_better, load_eval_data
 from qat.load import EncoderModule, load_encoder
 
@@ -174,16 +173,13 @@ def search_table(result: dict[str, Any]) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="search")
 def main(cfg: DictConfig) -> None:
-    try:
+    with reported_as_one_line():
         config = to_run_config(cfg, SearchRunConfig)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         result = run_search(config, run_dir)
         print(f"best {result['objective']}={result['best']['objective']:.6g} "
               f"(IPEX default {result['baseline_ipex_default']['metrics'][result['objective']]:.6g}); "
               f"results: {run_dir / 'search.md'}; use: python -m qat.train --config-dir {run_dir / 'conf'} calib=searched smoothquant=searched")
-    except QatError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from qat.atomic import atomic_path, write_json, write_text
 from qat.calibrate import calibrate
 from qat.config import QuantConfig, RunConfig, to_run_config
 from qat.data import calibration_texts
-from qat.errors import QatError
+from qat.errors import QatError, reported_as_one_line
 from qat.evaluate import embed, evaluate, evaluate_recipe, load_eval_data, relative_loss
 from qat.load import EncoderModule, load_encoder
 from qat.quant.qconf import RECIPE_KINDS, Qconf
@@ -160,14 +159,11 @@ def sensitivity_table(result: dict[str, Any]) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sensitivity")
 def main(cfg: DictConfig) -> None:
-    try:
+    with reported_as_one_line():
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         result = run_sensitivity(to_run_config(cfg), run_dir)
         print(f"skip {result['skip_groups']}; results: {run_dir / 'sensitivity.md'}; "
               f"use: python -m qat.train --config-dir {run_dir / 'conf'} quant=sensitive")
-    except QatError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
