@@ -212,7 +212,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     report = {
         "model": encoder.source, "run_dir": str(run_dir), "ptq_source": artifact.metadata.get("restored_from", "calibration"),
         "recipe": {"ops": sorted(k for k, n in qconf.int8_counts().items() if n), "skip": cfg.quant.skip},
-        "calibration": {**asdict(cfg.calib), "texts": cfg.calib.samples},
+        "calibration": {**asdict(cfg.calib), "texts": cfg.calib.samples}, "smoothquant": asdict(cfg.smoothquant),
         "data": {"heldout_texts": len(data.heldout), "tasks": list(data.tasks), "train_texts": len(calib_texts)},
         "recovery": decision, "training": training, "final": final, "variants": variants, "exports": exports,
         "weight_range": qconf.weight_range, "cpu_has_vnni": cpu_has_vnni(),

@@ -33,8 +33,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# qat run: {report['model']}", "",
              f"Recipe: int8 ops {report['recipe']['ops']}, skip {report['recipe']['skip'] or 'none'}, weights per "
              f"channel in {report['weight_range']}; " + (
-                 f"calibration {report['calibration']['algorithm']} on {report['calibration']['texts']} texts."
-                 if report["ptq_source"] == "calibration" else f"scales restored from {report['ptq_source']}."),
+                 f"calibration {report['calibration']['algorithm']} on {report['calibration']['texts']} texts"
+                 + (", bias correction" if report["calibration"]["bias_correction"] else "")
+                 + (f", SmoothQuant alpha {report['smoothquant']['alpha']}" if report["smoothquant"]["enabled"] else "")
+                 + "." if report["ptq_source"] == "calibration" else f"scales restored from {report['ptq_source']}."),
              "", _recovery_line(report), "",
              "| variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, metrics in variants.items():

@@ -177,3 +177,4 @@ def test_sensitivity_stage_and_smoothquant_in_the_job(tiny_model_dir, tmp_path):
     mix = metadata["calibration_data"]["mix"]
     assert (mix["a"]["texts"], mix["b"]["texts"]) == (48, 16) and mix["a"]["proportion"] == 3
     assert report["exports"]["ptq"]["parity"]["passed"]
+    assert report["smoothquant"]["enabled"] and "SmoothQuant alpha 0.5" in (run_dir / "report.md").read_text()
