@@ -242,9 +242,14 @@ class ExportConfig:
     backend: str = "ipex"
     parity_mean_cosine: float = 0.995
     parity_min_cosine: float = 0.98
+    parity_unfused_atol: float = 1e-4
+    parity_fidelity_tolerance: float = 0.002
 
     def __post_init__(self) -> None:
         _one_of("export.backend", self.backend, ("ipex",))
+        for name in ("parity_unfused_atol", "parity_fidelity_tolerance"):
+            if not getattr(self, name) >= 0.0:
+                raise QatError(f"export.{name}={getattr(self, name)} is not valid; expected a number >= 0")
         for name in ("parity_mean_cosine", "parity_min_cosine"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:

@@ -22,11 +22,12 @@ from transformers import PreTrainedModel
 
 from qat.artifact import library_versions, read_ptq_artifact, write_ptq_artifact
 from qat.calibrate import calibrate
-from qat.config import ExportConfig, QuantConfig, RunConfig
+from qat.config import QuantConfig, RunConfig
 from qat.data import calibration_texts
 from qat.errors import QatError
-from qat.evaluate import EvalData, cosine_fidelity, embed, evaluate, load_eval_data, relative_loss
+from qat.evaluate import EvalData, embed, evaluate, load_eval_data, relative_loss
 from qat.export.ipex import ExportResult, export_ipex, load_exported
+from qat.export.parity import parity, rounding_noise, unfused
 from qat.load import Encoder, EncoderModule, batches, load_encoder
 from qat.numerics import cpu_has_vnni
 from qat.quant.qconf import Qconf
@@ -37,17 +38,6 @@ from qat.sensitivity import run_sensitivity
 from qat.trainer import Trainer, resolve_resume
 
 log = logging.getLogger(__name__)
-
-
-def parity(reference: dict[str, torch.Tensor], candidate: dict[str, torch.Tensor], texts: list[str],
-           cfg: ExportConfig) -> dict[str, Any]:
-    """Exported int8 against the fake-quant model it came from, on held-out texts."""
-    ref, cand = torch.stack([reference[t] for t in texts]), torch.stack([candidate[t] for t in texts])
-    result: dict[str, Any] = cosine_fidelity(ref, cand)
-    result.update(max_abs_diff=(ref - cand).abs().max().item(), texts=len(texts),
-                  thresholds={"cosine_mean": cfg.parity_mean_cosine, "cosine_min": cfg.parity_min_cosine})
-    result["passed"] = result["cosine_mean"] >= cfg.parity_mean_cosine and result["cosine_min"] >= cfg.parity_min_cosine
-    return result
 
 
 def fingerprint(cfg: RunConfig, qconf: Qconf) -> str:
@@ -150,10 +140,15 @@ def export_and_check(sim: FakeQuantModel, encoder: Encoder, data: EvalData, cfg:
                      tables: dict[str, dict[str, torch.Tensor]], name: str) -> tuple[ExportResult, dict[str, Any]]:
     example = next(batches(encoder, data.heldout, 8))
     result = export_ipex(sim.to_float().eval(), sim.qconf, sim.weight_qparams(), example, out_dir)
-    texts = data.texts()
-    tables[f"{name}_fakequant"] = embed(sim.eval(), encoder, texts, cfg.eval.batch_size)
-    tables[f"{name}_int8"] = embed(load_exported(result.path), encoder, texts, cfg.eval.batch_size)
-    return result, parity(tables[f"{name}_fakequant"], tables[f"{name}_int8"], data.heldout, cfg.export)
+    exported, texts, size = load_exported(result.path), data.texts(), cfg.eval.batch_size
+    tables[f"{name}_fakequant"] = embed(sim.eval(), encoder, texts, size)
+    tables[f"{name}_int8"] = embed(exported, encoder, texts, size)
+    heldout_simulated = embed(sim, encoder, data.heldout, size)
+    with rounding_noise(sim, cfg.seed):
+        heldout_noisy = embed(sim, encoder, data.heldout, size)
+    return result, parity(tables["fp32"], tables[f"{name}_fakequant"], tables[f"{name}_int8"], data.heldout,
+                          heldout_simulated=heldout_simulated, heldout_noisy=heldout_noisy,
+                          heldout_unfused=embed(unfused(load_exported(result.path)), encoder, data.heldout, size), cfg=cfg.export)
 
 
 def run_pipeline(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
@@ -221,7 +216,9 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     path = write_report(run_dir, report)
     failed = [name for name, e in exports.items() if not e["parity"]["passed"]]
     if failed:
-        raise QatError(f"parity check failed for {failed}: exported int8 differs from its fake-quant model beyond "
-                       f"{cfg.export.parity_mean_cosine}/{cfg.export.parity_min_cosine}; see {path}")
+        raise QatError(f"parity check failed for {failed}: exported int8 does not compute its fake-quant model "
+                       f"(unfused beyond {cfg.export.parity_unfused_atol}, or fused neither within cosine "
+                       f"{cfg.export.parity_mean_cosine}/{cfg.export.parity_min_cosine} nor as faithful to fp32 "
+                       f"within {cfg.export.parity_fidelity_tolerance}); see {path}")
     log.info("report: %s", path)
     return report

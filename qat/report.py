@@ -45,9 +45,13 @@ def render_markdown(report: dict[str, Any]) -> str:
               " similarity-score distributions). Spearman and MAP are x100.", ""]
     for name, export in report["exports"].items():
         p = export["parity"]
+        fidelity, floor = p["fidelity_to_fp32"], p["rounding_floor"]
         lines.append(f"- {name.upper()} export `{export['path']}`: int8 ops in the frozen graph {export['graph_int8_ops']}; "
-                     f"parity with its fake-quant model: cosine mean {p['cosine_mean']:.6f}, min {p['cosine_min']:.6f}, "
-                     f"max |diff| {p['max_abs_diff']:.2e} ({'passed' if p['passed'] else 'FAILED'}).")
+                     f"parity with its fake-quant model ({'passed' if p['passed'] else 'FAILED'}): unfused graph max |diff| "
+                     f"{p['unfused_max_abs_diff']:.2e}; fused cosine mean {p['cosine_mean']:.6f}, min {p['cosine_min']:.6f} "
+                     f"(the simulation against itself with 1-ulp noise on Linear outputs: mean {floor['cosine_mean']:.6f}, "
+                     f"min {floor['cosine_min']:.6f}); mean cosine to fp32: fake-quant {fidelity['fakequant']:.6f}, "
+                     f"exported {fidelity['int8']:.6f}.")
     lines += ["", f"Final model: {report['final'].upper()} (`{report['exports'][report['final']]['path']}`).",
               "LayerNorm, GELU and softmax stay fp32: IPEX has no int8 kernel for them.",
               f"CPU has VNNI: {report['cpu_has_vnni']} (without VNNI, IPEX's int8 GEMM sums u8 x s8 pairs in saturating"

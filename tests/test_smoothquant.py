@@ -8,7 +8,6 @@ from qat.artifact import read_ptq_artifact, write_ptq_artifact
 from qat.calibrate import calibrate
 from qat.config import CalibConfig, QuantConfig, SmoothQuantConfig
 from qat.errors import QatError
-from qat.evaluate import cosine_fidelity, embed
 from qat.export.ipex import export_ipex, load_exported
 from qat.load import EncoderModule, batches
 from qat.quant.simulate import fake_quantize
