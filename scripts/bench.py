@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -54,6 +55,9 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True, help="a run folder of python -m qat.train")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every variant this many times, interleaved, and take the median of the rounds "
+                             "(slow drift of a shared machine then hits all variants alike)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, help="JSON path (default: <run>/bench.json)")
     parser.add_argument("--export", default="ptq", help="which export of the run: ptq or qat (default: ptq)")
@@ -95,14 +99,19 @@ def main() -> None:
     rows = []
     for kind, batch, seq in SHAPES:
         shape = inputs(batch, seq, vocab)
+        rounds: dict[str, list[float]] = {name: [] for name in models}
         seconds: dict[str, float | str] = {}
-        for name, model in models.items():
-            try:
-                with torch.no_grad():
-                    seconds[name] = median_seconds(lambda: model(*shape), args.warmup, args.repeats)
-            except RuntimeError as error:  # a kernel this CPU cannot run: report it, do not hide the variant
-                seconds[name] = next(line for line in str(error).splitlines() if line.startswith("RuntimeError")) \
-                    if "RuntimeError" in str(error) else str(error).splitlines()[0]
+        for _ in range(args.rounds):
+            for name, model in models.items():
+                if name in seconds:   # failed in an earlier round
+                    continue
+                try:
+                    with torch.no_grad():
+                        rounds[name].append(median_seconds(lambda: model(*shape), args.warmup, args.repeats))
+                except RuntimeError as error:  # a kernel this CPU cannot run: report it, do not hide the variant
+                    seconds[name] = next(line for line in str(error).splitlines() if line.startswith("RuntimeError")) \
+                        if "RuntimeError" in str(error) else str(error).splitlines()[0]
+        seconds.update({name: statistics.median(values) for name, values in rounds.items() if name not in seconds})
         baseline = seconds.get("fp32 TorchScript")
         for name, value in seconds.items():
             row = {"variant": name, "kind": kind, "batch": batch, "seq": seq}
@@ -110,20 +119,23 @@ def main() -> None:
                 row["error"] = value
             else:
                 row.update(median_ms=1000 * value, sequences_per_s=batch / value,
+                           rounds_sequences_per_s=[batch / v for v in rounds[name]],
                            speedup_vs_fp32_torchscript=baseline / value if isinstance(baseline, float) else None)
             rows.append(row)
-    print(f"{'variant':<22}{'shape':<14}{'median ms':>11}{'seq/s':>9}{'x fp32 TS':>11}")
+    print(f"{'variant':<22}{'shape':<14}{'median ms':>11}{'seq/s':>9}{'x fp32 TS':>11}{'seq/s over rounds':>20}")
     for r in rows:
         where = f"{r['variant']:<22}{r['kind'][:3]} {r['batch']:>3}x{r['seq']:<5}"
         if "error" in r:
             print(where + f"  failed: {r['error'][:90]}")
         else:
             ratio = r["speedup_vs_fp32_torchscript"]
-            print(where + f"{r['median_ms']:>11.2f}{r['sequences_per_s']:>9.1f}" + (f"{ratio:>11.2f}" if ratio else f"{'-':>11}"))
+            spread = f"{min(r['rounds_sequences_per_s']):.1f}-{max(r['rounds_sequences_per_s']):.1f}"
+            print(where + f"{r['median_ms']:>11.2f}{r['sequences_per_s']:>9.1f}" + (f"{ratio:>11.2f}" if ratio else f"{'-':>11}")
+                  + f"{spread:>20}")
     out = args.out or args.run / "bench.json"
     out.write_text(json.dumps({"run": str(args.run), "export": args.export, "more_int8": args.int8, "onednn_fusion": args.onednn_fusion, "threads": args.threads, "cpu_has_vnni": cpu_has_vnni(),
                                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "warmup": args.warmup,
-                               "repeats": args.repeats, "rows": rows, "versions": library_versions()}, indent=2))
+                               "repeats": args.repeats, "rounds": args.rounds, "rows": rows, "versions": library_versions()}, indent=2))
     print(f"wrote {out}")
 
 

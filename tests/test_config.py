@@ -38,6 +38,7 @@ def test_defaults_are_ipex_default_recipe():
     ("+calib.sampels=3", "invalid config: Key 'sampels' not in 'CalibConfig'"),
     ("model.pooling=max", "model.pooling='max'"),
     ("export.parity_min_cosine=1.5", "export.parity_min_cosine=1.5"),
+    ("export.parity_unfused_atol=-1", "export.parity_unfused_atol=-1.0 is not valid; expected a number >= 0"),
     ("calib.samples=0", "calib.samples=0"),
     ("calib.percentile=0", "calib.percentile=0.0 is not valid; expected a number in (0, 100]"),
     ("calib.percentile=100.5", "calib.percentile=100.5 is not valid"),

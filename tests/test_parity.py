@@ -1,0 +1,74 @@
+"""The export's parity decision: unfused must be exact; fused must be close or as faithful to fp32."""
+import copy
+
+import pytest
+import torch
+
+from qat.calibrate import calibrate
+from qat.config import CalibConfig, ExportConfig, QuantConfig
+from qat.export.parity import parity, rounding_noise
+from qat.load import EncoderModule, batches
+from qat.quant.simulate import fake_quantize
+
+TEXTS = [f"text {i}" for i in range(20)]
+
+
+def table(vectors: torch.Tensor) -> dict[str, torch.Tensor]:
+    return dict(zip(TEXTS, torch.nn.functional.normalize(vectors, dim=-1)))
+
+
+def check(simulated, fused, fp32, unfused=None):
+    return parity(fp32, simulated, fused, TEXTS, heldout_simulated=simulated, heldout_noisy=simulated,
+                  heldout_unfused=unfused if unfused is not None else simulated, cfg=ExportConfig())
+
+
+@pytest.fixture
+def vectors():
+    torch.manual_seed(0)
+    fp32 = torch.randn(len(TEXTS), 16)
+    return fp32, fp32 + 0.3 * torch.randn_like(fp32)   # a simulation with cosine ~0.96 to fp32
+
+
+def test_close_fused_export_passes(vectors):
+    fp32, sim = vectors
+    result = check(table(sim), table(sim + 1e-3 * torch.randn_like(sim)), table(fp32))
+    assert result["exact_unfused"] and result["close"] and result["passed"]
+
+
+def test_unfused_mismatch_fails_even_when_fused_is_close(vectors):
+    fp32, sim = vectors
+    result = check(table(sim), table(sim), table(fp32), unfused=table(sim + 1e-2 * torch.randn_like(sim)))
+    assert result["close"] and not result["exact_unfused"] and not result["passed"]
+    assert result["unfused_max_abs_diff"] > 1e-4
+
+
+def test_fused_rounding_spread_passes_only_if_as_faithful_to_fp32(vectors):
+    fp32, sim = vectors
+    # Another int8 realisation of the same model: as far from the simulation as the simulation is from fp32 ...
+    equally_good = fp32 + 0.3 * torch.randn_like(fp32)
+    result = check(table(sim), table(equally_good), table(fp32))
+    assert not result["close"] and result["as_faithful"] and result["passed"]
+    # ... and one that is worse than the simulation fails.
+    worse = fp32 + 0.6 * torch.randn_like(fp32)
+    result = check(table(sim), table(worse), table(fp32))
+    assert not result["close"] and not result["as_faithful"] and not result["passed"]
+
+
+def test_rounding_noise_is_tiny_seeded_and_removed(tiny_encoder, texts):
+    qconf = calibrate(tiny_encoder, texts, CalibConfig(samples=32, batch_size=16), QuantConfig()).qconf
+    sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), qconf).eval()
+    fp32 = EncoderModule(tiny_encoder.model).eval()
+    ids, mask = next(batches(tiny_encoder, texts[:8], 8))
+    with torch.no_grad():
+        clean = fp32(ids, mask)
+        with rounding_noise(fp32, seed=1):
+            noisy = fp32(ids, mask)
+        with rounding_noise(fp32, seed=1):
+            again = fp32(ids, mask)
+        assert not torch.equal(noisy, clean) and torch.equal(noisy, again)
+        torch.testing.assert_close(noisy, clean, atol=1e-5, rtol=1e-5)
+        assert torch.equal(fp32(ids, mask), clean)
+        reference = sim(ids, mask)
+        with rounding_noise(sim):   # runs inside the simulation's functional-op bookkeeping without upsetting it
+            sim(ids, mask)
+        assert torch.equal(sim(ids, mask), reference)
