@@ -63,6 +63,9 @@ def transplant(foreign: Qconf, skeleton: Qconf) -> Qconf:
                 target.update({k: source[k] for k in CARRIED_WEIGHT_KEYS if k in source})
             mine.info["activation_observer"] = other.info["activation_observer"]
             mine.info["weight_observer"] = other.info["weight_observer"]
+    # IPEX quantizes a module's output with the scale of the module's own output record: every record of a
+    # tensor must carry the scale its consumer was given, or the export computes something else.
+    result.set_activation_qparams(result.input_qparams_by_id())
     return result
 
 

@@ -47,6 +47,16 @@ def test_recipe_op_kinds_and_skip_patterns(qconf):
     assert "encoder.layer.1.output.add" in int8 and "embeddings.add" in int8
 
 
+def test_one_tensor_has_one_scale(qconf):
+    """Q, K and V read one tensor; a qconf giving it two scales cannot be exported faithfully."""
+    assert len(qconf.input_qparams_by_id()) > 0
+    broken = qconf.copy()
+    key = next(op for op in broken.ops if op.name == "encoder.layer.0.attention.self.key")
+    key.info["input_tensor_infos"][0]["scale"] = [key.info["input_tensor_infos"][0]["scale"][0] * 2]
+    with pytest.raises(QatError, match=f"quantizes tensor {key.info['input_tensor_infos'][0]['id']} with"):
+        broken.input_qparams_by_id()
+
+
 def test_activation_scale_clamp_is_simulated_and_exported_alike(tiny_encoder, texts, tmp_path):
     clamped = calibrate(tiny_encoder, texts, CALIB, QuantConfig(ops=["linear", "matmul"], scale_max=0.01)).qconf
     scales = [q.scale for op in clamped.ops for q in op.input_qparams() if q is not None]

@@ -170,6 +170,19 @@ class Qconf:
                 yield from (t for t in info["input_tensor_infos"] + info["output_tensor_infos"] if t)
             yield from (t for t in state.get("layer_output_infos", []) if t)
 
+    def input_qparams_by_id(self) -> dict[int, tuple[float, int]]:
+        """(scale, zero point) of every quantized op input, by tensor id; one tensor has one pair or it is an error."""
+        found: dict[int, tuple[float, int]] = {}
+        for op in self.ops:
+            for tensor, qparams in zip(op.info["input_tensor_infos"], op.input_qparams()):
+                if qparams is None:
+                    continue
+                pair = (qparams.scale, qparams.zero_point)
+                if found.setdefault(tensor["id"], pair) != pair:
+                    raise QatError(f"qconf {self.source} quantizes tensor {tensor['id']} with {found[tensor['id']]} "
+                                   f"and with {pair} (at {op.fqn!r}); expected one scale per tensor")
+        return found
+
     def set_activation_qparams(self, qparams: dict[int, tuple[float, int]]) -> None:
         """Set (scale, zero point) of tensors by qconf tensor id, in every record of that id."""
         for tensor in self.tensor_infos():
