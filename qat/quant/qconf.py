@@ -193,15 +193,11 @@ class Qconf:
     def clamp_activation_scales(self, scale_min: float | None, scale_max: float | None) -> int:
         """Clamp every int8 input's frozen scale into [scale_min, scale_max], keeping its zero point (so zero
         stays exact). Returns how many tensors changed."""
-        clamped: dict[int, tuple[float, int]] = {}
-        for op in self.ops:
-            if op.kind == "mask_add":
-                continue
-            for tensor, qparams in zip(op.info["input_tensor_infos"], op.input_qparams()):
-                if qparams is not None:
-                    scale = min(max(qparams.scale, scale_min or qparams.scale), scale_max or qparams.scale)
-                    if scale != qparams.scale:
-                        clamped[tensor["id"]] = (scale, qparams.zero_point)
+        clamped = {}
+        for tensor_id, (scale, zero_point) in self.input_qparams_by_id().items():
+            limited = min(max(scale, scale_min or scale), scale_max or scale)
+            if limited != scale:
+                clamped[tensor_id] = (limited, zero_point)
         self.set_activation_qparams(clamped)
         return len(clamped)
 
