@@ -129,7 +129,7 @@ def recover(cfg: RunConfig, accelerator: Accelerator, encoder: Encoder, ptq_mode
     trainer = Trainer(accelerator, student, build_teacher(cfg, ptq_model, qconf, fp32), encoder, texts, cfg.train,
                       run_dir, fingerprint(cfg, qconf), cfg.seed, evaluate_dev, cfg.recovery.metric)
     result = trainer.train(resolve_resume(cfg.train.resume, run_dir / "checkpoints"))
-    student = accelerator.unwrap_model(trainer.student)
+    student = accelerator.unwrap_model(trainer.student, keep_fp32_wrapper=False)   # fp32, as exported
     if result.best_weights is not None:
         student.load_state_dict(load_file(str(result.best_weights)))
     return student, {**asdict(result.state), "seconds": result.seconds, "seconds_per_step": result.seconds_per_step,

@@ -158,7 +158,9 @@ class Trainer:
         return final
 
     def evaluate(self) -> None:
-        student = self.accelerator.unwrap_model(self.student)
+        # Without accelerate's autocast wrapper: the dev metric is the fp32 simulation's, as exported (training
+        # keeps bf16 through the explicit autocast in loss()).
+        student = self.accelerator.unwrap_model(self.student, keep_fp32_wrapper=False)
         student.eval()
         metrics = self.evaluate_dev(student) if self.accelerator.is_main_process else {}
         student.train(self.cfg.dropout)

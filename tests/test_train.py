@@ -139,6 +139,8 @@ def test_recovery_run_end_to_end(tiny_model_dir, tmp_path):
     assert {"fp32", "ptq_fakequant", "ptq_int8", "qat_fakequant", "qat_int8"} == set(report["variants"])
     assert (run_dir / "export" / "qat" / "model_int8.pt").is_file()
     assert report["training"]["best_step"] in (0, 2, 4)
+    # bf16 training, fp32 simulation: the exported graph (unfused) computes exactly the trained student
+    assert report["exports"]["qat"]["parity"]["unfused_max_abs_diff"] == 0.0
 
 
 def test_layer_norm_gradients_are_right_with_ipex_imported():
