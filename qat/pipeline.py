@@ -144,11 +144,12 @@ def export_and_check(sim: FakeQuantModel, encoder: Encoder, data: EvalData, cfg:
     tables[f"{name}_fakequant"] = embed(sim.eval(), encoder, texts, size)
     tables[f"{name}_int8"] = embed(exported, encoder, texts, size)
     heldout_simulated = embed(sim, encoder, data.heldout, size)
+    heldout_unfused = embed(unfused(load_exported(result.path)), encoder, data.heldout, size)   # a fresh module
     with rounding_noise(sim, cfg.seed):
         heldout_noisy = embed(sim, encoder, data.heldout, size)
     return result, parity(tables["fp32"], tables[f"{name}_fakequant"], tables[f"{name}_int8"], data.heldout,
-                          heldout_simulated=heldout_simulated, heldout_noisy=heldout_noisy,
-                          heldout_unfused=embed(unfused(load_exported(result.path)), encoder, data.heldout, size), cfg=cfg.export)
+                          heldout_simulated=heldout_simulated, heldout_unfused=heldout_unfused,
+                          heldout_noisy=heldout_noisy, cfg=cfg.export)
 
 
 def run_pipeline(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
