@@ -66,7 +66,7 @@ def embed(forward: Forward, encoder: Encoder, texts: list[str], batch_size: int)
     return dict(zip(order, torch.cat(vectors)))
 
 
-def _stack(table: dict[str, torch.Tensor], texts: list[str]) -> torch.Tensor:
+def stack_texts(table: dict[str, torch.Tensor], texts: list[str]) -> torch.Tensor:
     return torch.stack([table[t] for t in texts])
 
 
@@ -83,7 +83,7 @@ def all_pair_scores(embeddings: torch.Tensor) -> np.ndarray:
 
 
 def pair_scores(table: dict[str, torch.Tensor], pairs: PairSet) -> np.ndarray:
-    return (_stack(table, pairs.sentence1) * _stack(table, pairs.sentence2)).sum(-1).numpy()
+    return (stack_texts(table, pairs.sentence1) * stack_texts(table, pairs.sentence2)).sum(-1).numpy()
 
 
 def emd(reference_scores: np.ndarray, scores: np.ndarray) -> float:
@@ -106,14 +106,14 @@ def rerank_map(table: dict[str, torch.Tensor], rerank: RerankSet) -> float:
     aps = []
     for query, positives, negatives in zip(rerank.queries, rerank.positives, rerank.negatives):
         candidates = positives + negatives
-        scores = (_stack(table, candidates) @ table[query]).numpy()
+        scores = (stack_texts(table, candidates) @ table[query]).numpy()
         aps.append(average_precision(scores, np.array([True] * len(positives) + [False] * len(negatives))))
     return 100.0 * float(np.mean(aps))
 
 
 def evaluate(table: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], data: EvalData) -> dict[str, float]:
     """All metrics of one variant's embeddings against the fp32 reference embeddings."""
-    heldout, heldout_ref = _stack(table, data.heldout), _stack(reference, data.heldout)
+    heldout, heldout_ref = stack_texts(table, data.heldout), stack_texts(reference, data.heldout)
     metrics = cosine_fidelity(heldout_ref, heldout)
     metrics["emd_heldout_pairs"] = emd(all_pair_scores(heldout_ref), all_pair_scores(heldout))
     for name, task in data.tasks.items():

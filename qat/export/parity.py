@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from qat.config import ExportConfig
-from qat.evaluate import Forward, cosine_fidelity
+from qat.evaluate import Forward, cosine_fidelity, stack_texts
 
 Table = dict[str, torch.Tensor]
 
@@ -53,7 +53,7 @@ def rounding_noise(model: nn.Module, seed: int = 0) -> Iterator[None]:
 
 
 def _fidelity(reference: Table, candidate: Table, texts: list[str]) -> dict[str, float]:
-    return cosine_fidelity(torch.stack([reference[t] for t in texts]), torch.stack([candidate[t] for t in texts]))
+    return cosine_fidelity(stack_texts(reference, texts), stack_texts(candidate, texts))
 
 
 def parity(fp32: Table, simulated: Table, fused: Table, texts: list[str], *, heldout_simulated: Table,
