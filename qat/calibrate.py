@@ -12,22 +12,34 @@ import torch
 from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping
 from transformers import PreTrainedModel
 
-from qat.config import CalibConfig, QuantConfig, SmoothQuantConfig
 from qat.errors import QatError
 from qat.ipex_backend import prepare
-from qat.load import Encoder, EncoderModule, batches
+from qat.load import Encoder, batches
 from qat.numerics import WEIGHT_RANGES, resolve_weight_bits, weight_qparams
-from qat.quant.observe import Batch, TensorStats, collect_statistics
-from qat.quant.qconf import WRAPPER_PREFIX, Qconf
+from qat.quant.config import CalibConfig, QuantConfig, SmoothQuantConfig
+from qat.quant.observe import collect_statistics
+from qat.quant.qconf import Qconf
 from qat.quant.quantizer import FakeQuantizer
 from qat.quant.ranges import activation_qparams, activation_range
 from qat.quant.smoothquant import migrate, smoothed_buffers
+from qat.quant.stats import Batch, TensorStats
+from qat.quant.wrapper import WRAPPER_PREFIX, EncoderModule
 
 log = logging.getLogger(__name__)
 # IPEX's static recipe: quint8 per-tensor activations, qint8 per-channel symmetric weights.
 SKELETON_QCONFIG = QConfigMapping().set_global(QConfig(
     activation=MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=False),
     weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)))
+
+
+@dataclass
+class Statistics:
+    """What calibration observed, once: the model it observed (migrated if SmoothQuant is on), IPEX's qconf
+    skeleton of that model, and the activation statistics of every tensor any recipe could put in int8."""
+
+    model: PreTrainedModel
+    skeleton: Qconf
+    stats: dict[int, TensorStats]
 
 
 @dataclass
@@ -65,12 +77,11 @@ def calibrate(encoder: Encoder, texts: list[str], calib: CalibConfig, quant: Qua
     calib_batches = calibration_batches(encoder, texts, calib)
     log.info("calibrating %s on %d texts in %d batches (%s)", encoder.source, calib.samples, len(calib_batches),
              calib.algorithm)
-    model, skeleton, stats = prepare_statistics(encoder.model, calib_batches, calib, quant, smoothquant)
-    return apply_calibration(model, skeleton, stats, calib, quant)
+    return apply_calibration(observe(encoder.model, calib_batches, calib, quant, smoothquant), calib, quant)
 
 
-def prepare_statistics(model: PreTrainedModel, calib_batches: list[Batch], calib: CalibConfig, quant: QuantConfig,
-                       smoothquant: SmoothQuantConfig | None) -> tuple[PreTrainedModel, Qconf, dict[int, TensorStats]]:
+def observe(model: PreTrainedModel, calib_batches: list[Batch], calib: CalibConfig, quant: QuantConfig,
+            smoothquant: SmoothQuantConfig | None) -> Statistics:
     """The model to calibrate (migrated if SmoothQuant is on), its IPEX skeleton and its activation statistics.
     Migration changes the model's ops (one fp32 mul per smoothed module), so skeleton and statistics are redone."""
     skeleton = ipex_skeleton(model, calib_batches[0])
@@ -80,21 +91,22 @@ def prepare_statistics(model: PreTrainedModel, calib_batches: list[Batch], calib
         skeleton = ipex_skeleton(model, calib_batches[0])
         stats = collect_statistics(model, skeleton, calib_batches, calib.bins)
         log.info("SmoothQuant alpha %.2f: %d modules smoothed", smoothquant.alpha, len(smoothed_buffers(model)))
-    return model, skeleton, stats
+    return Statistics(model, skeleton, stats)
 
 
-def apply_calibration(model: PreTrainedModel, skeleton: Qconf, stats: dict[int, TensorStats], calib: CalibConfig,
-                      quant: QuantConfig) -> Calibration:
-    """The calibrated qconf from statistics already collected (a search trial reuses them)."""
+def apply_calibration(observed: Statistics, calib: CalibConfig, quant: QuantConfig) -> Calibration:
+    """The calibrated qconf from statistics already collected (a search trial, the sensitivity stage and the PTQ
+    model of one run all reuse them)."""
+    model, stats = observed.model, observed.stats
     if calib.batches > min(len(s.batch_min) for s in stats.values()):
         raise QatError(f"calib.samples={calib.samples} needs {calib.batches} batches but only "
                        f"{len(next(iter(stats.values())).batch_min)} were observed; expected at most that many")
-    qconf = skeleton.copy()
+    qconf = observed.skeleton.copy()
     qconf.set_activation_qparams({
         tensor_id: activation_qparams(*activation_range(s, calib.batches, calib.algorithm, calib.percentile,
                                                         calib.averaging_constant, calib.symmetric), calib.symmetric)
         for tensor_id, s in stats.items()})
-    qconf.apply_recipe(quant)
+    qconf = qconf.with_recipe(quant)
     if quant.scale_min is not None or quant.scale_max is not None:
         log.info("clamped %d activation scales into [%s, %s]", qconf.clamp_activation_scales(quant.scale_min, quant.scale_max),
                  quant.scale_min, quant.scale_max)

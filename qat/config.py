@@ -1,4 +1,5 @@
-"""Typed schemas of every config group; Hydra's YAML in conf/ holds only values."""
+"""Typed schemas of the jobs' config groups; Hydra's YAML in conf/ holds only values. The quant core's own
+schemas (recipe, calibration, SmoothQuant) live in qat/quant/config.py and are composed here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,21 +8,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from qat.errors import QatError
-
-OP_KINDS = ("linear", "matmul", "residual_add", "embedding_add")
-OP_ALIASES = {"add": ("residual_add", "embedding_add")}
-CALIB_ALGORITHMS = ("minmax", "moving_average", "histogram", "percentile", "entropy", "mse")
+from qat.errors import QatError, check_choice, check_positive
+from qat.quant.config import CALIB_ALGORITHMS, CalibConfig, QuantConfig, SmoothQuantConfig
 
 
-def _one_of(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
-    if value not in allowed:
-        raise QatError(f"{name}={value!r} is not valid; expected one of {list(allowed)}")
 
-
-def _positive(name: str, value: int | float | None) -> None:
-    if value is not None and value <= 0:
-        raise QatError(f"{name}={value!r} is not valid; expected a positive number")
+def is_test_split(name: str) -> bool:
+    """The one rule for acceptance data: a task set (or a metric of one, '<task>/<metric>') whose name says 'test'
+    only reports; no choice (recovery decision, checkpoint, search, sensitivity) may read it."""
+    return "test" in name
 
 
 @dataclass
@@ -33,8 +28,8 @@ class ModelConfig:
     max_length: int = 128
 
     def __post_init__(self) -> None:
-        _one_of("model.pooling", self.pooling, ("mean", "cls"))
-        _positive("model.max_length", self.max_length)
+        check_choice("model.pooling", self.pooling, ("mean", "cls"))
+        check_positive("model.max_length", self.max_length)
 
 
 @dataclass
@@ -51,13 +46,13 @@ class SourceConfig:
     limit: int | None = None
 
     def __post_init__(self) -> None:
-        _one_of("data source kind", self.kind, ("builtin", "file", "hub"))
-        _one_of("data source format", self.format, ("text", "pairs", "rerank"))
+        check_choice("data source kind", self.kind, ("builtin", "file", "hub"))
+        check_choice("data source format", self.format, ("text", "pairs", "rerank"))
         if self.kind != "builtin" and not self.path:
             raise QatError(f"data source of kind {self.kind!r} has an empty path; expected a file path or dataset name")
         if self.offset < 0:
             raise QatError(f"data source offset={self.offset} is not valid; expected >= 0")
-        _positive("data source limit", self.limit)
+        check_positive("data source limit", self.limit)
 
 
 @dataclass
@@ -68,7 +63,7 @@ class MixPart:
     source: SourceConfig = field(default_factory=SourceConfig)
 
     def __post_init__(self) -> None:
-        _positive("data.mix proportion", self.proportion)
+        check_positive("data.mix proportion", self.proportion)
 
 
 @dataclass
@@ -87,81 +82,6 @@ class DataConfig:
         for name, source in self.tasks.items():
             if source.format == "text":
                 raise QatError(f"task set {name!r} has format 'text'; expected 'pairs' (STS) or 'rerank'")
-
-
-@dataclass
-class QuantConfig:
-    """Which op kinds run in int8, which modules stay fp32 (exact names or regular expressions), the weight
-    range (8 bits, or 7 on CPUs without VNNI whose int8 GEMM saturates; 'auto' picks by this CPU), and an
-    optional clamp of the frozen activation scales (a limited range: finer steps, clipped outliers)."""
-
-    ops: list[str] = field(default_factory=lambda: ["linear", "matmul"])
-    skip: list[str] = field(default_factory=list)
-    weight_bits: str = "auto"
-    scale_min: float | None = None
-    scale_max: float | None = None
-
-    def __post_init__(self) -> None:
-        _one_of("quant.weight_bits", self.weight_bits, ("auto", "8", "7"))
-        _positive("quant.scale_min", self.scale_min)
-        _positive("quant.scale_max", self.scale_max)
-        if self.scale_min is not None and self.scale_max is not None and self.scale_min > self.scale_max:
-            raise QatError(f"quant.scale_min={self.scale_min} > quant.scale_max={self.scale_max}; expected min <= max")
-        if not self.ops:
-            raise QatError("quant.ops is empty; expected at least one of " + str(list(OP_KINDS) + list(OP_ALIASES)))
-        for op in self.ops:
-            _one_of("quant.ops entry", op, OP_KINDS + tuple(OP_ALIASES))
-
-    def op_kinds(self) -> frozenset[str]:
-        """The ops list with aliases ('add') expanded."""
-        return frozenset(kind for op in self.ops for kind in OP_ALIASES.get(op, (op,)))
-
-
-@dataclass
-class CalibConfig:
-    """Activation calibration over `samples` texts in batches of `batch_size`: a range algorithm (see
-    qat/quant/ranges.py; 'histogram' is IPEX's default L2 search), symmetric or affine quint8 activations, and
-    optional bias correction of the weight quantization error (the Linear biases absorb (W - Q(W)) E[x])."""
-
-    algorithm: str = "histogram"
-    bins: int = 2048
-    samples: int = 256
-    batch_size: int = 32
-    percentile: float = 99.99
-    averaging_constant: float = 0.01
-    symmetric: bool = False
-    bias_correction: bool = False
-
-    def __post_init__(self) -> None:
-        _one_of("calib.algorithm", self.algorithm, CALIB_ALGORITHMS)
-        _positive("calib.bins", self.bins)
-        _positive("calib.samples", self.samples)
-        _positive("calib.batch_size", self.batch_size)
-        if not 0.0 < self.percentile <= 100.0:
-            raise QatError(f"calib.percentile={self.percentile} is not valid; expected a number in (0, 100]")
-        if not 0.0 < self.averaging_constant <= 1.0:
-            raise QatError(f"calib.averaging_constant={self.averaging_constant} is not valid; expected a number in (0, 1]")
-
-    @property
-    def batches(self) -> int:
-        return -(-self.samples // self.batch_size)
-
-
-@dataclass
-class SmoothQuantConfig:
-    """SmoothQuant migration before calibration (qat/quant/smoothquant.py): `alpha` in [0, 1] moves that much of
-    each input channel's range into the weights; `modules` (regular expressions) choose the owner modules whose
-    int8 Linears are smoothed ('.*': all of them)."""
-
-    enabled: bool = False
-    alpha: float = 0.5
-    modules: list[str] = field(default_factory=lambda: [".*"])
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise QatError(f"smoothquant.alpha={self.alpha} is not valid; expected a number in [0, 1]")
-        if not self.modules:
-            raise QatError("smoothquant.modules is empty; expected regular expressions of module paths, e.g. ['.*']")
 
 
 @dataclass
@@ -200,7 +120,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "lr", "max_grad_norm", "eval_every", "save_every"):
-            _positive(f"train.{name}", getattr(self, name))
+            check_positive(f"train.{name}", getattr(self, name))
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise QatError(f"train.warmup_ratio={self.warmup_ratio} is not valid; expected a number in [0, 1)")
         if self.block_weight < 0 or self.output_weight < 0 or self.block_weight + self.output_weight == 0:
@@ -219,6 +139,8 @@ class RecoveryConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold < 1.0:
             raise QatError(f"recovery.threshold={self.threshold} is not valid; expected a relative loss in [0, 1)")
+        if is_test_split(self.metric):
+            raise QatError(f"recovery.metric={self.metric!r} reads a test split; expected a dev metric (test splits only report)")
 
 
 @dataclass
@@ -231,7 +153,7 @@ class TeacherConfig:
     skip: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _one_of("teacher.kind", self.kind, ("int8", "fp32"))
+        check_choice("teacher.kind", self.kind, ("int8", "fp32"))
         QuantConfig(ops=self.ops, skip=self.skip)  # same validation as the student's recipe
 
 
@@ -246,7 +168,7 @@ class ExportConfig:
     parity_fidelity_tolerance: float = 0.002
 
     def __post_init__(self) -> None:
-        _one_of("export.backend", self.backend, ("ipex",))
+        check_choice("export.backend", self.backend, ("ipex",))
         for name in ("parity_unfused_atol", "parity_fidelity_tolerance"):
             if not getattr(self, name) >= 0.0:
                 raise QatError(f"export.{name}={getattr(self, name)} is not valid; expected a number >= 0")
@@ -261,7 +183,7 @@ class EvalConfig:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        _positive("eval.batch_size", self.batch_size)
+        check_positive("eval.batch_size", self.batch_size)
 
 
 @dataclass
@@ -281,7 +203,7 @@ class SpaceConfig:
             if not getattr(self, name):
                 raise QatError(f"search space {name} is empty; expected at least one value")
         for algorithm in self.algorithm:
-            _one_of("search space algorithm", algorithm, CALIB_ALGORITHMS)
+            check_choice("search space algorithm", algorithm, CALIB_ALGORITHMS)
         for name in ("percentile", "batches", "alpha"):
             values = getattr(self, name)
             if len(values) > 2 or values[0] > values[-1]:
@@ -290,7 +212,7 @@ class SpaceConfig:
             if not 0.0 < value <= 100.0:
                 raise QatError(f"search space percentile {value} is not valid; expected a number in (0, 100]")
         for value in self.batches:
-            _positive("search space batches", value)
+            check_positive("search space batches", value)
         for value in self.alpha:
             if not 0.0 <= value <= 1.0:
                 raise QatError(f"search space alpha {value} is not valid; expected a number in [0, 1]")
@@ -309,8 +231,8 @@ class SearchConfig:
     wide: SpaceConfig = field(default_factory=SpaceConfig)
 
     def __post_init__(self) -> None:
-        _positive("search.trials", self.trials)
-        if "test" in self.objective:
+        check_positive("search.trials", self.trials)
+        if is_test_split(self.objective):
             raise QatError(f"search.objective={self.objective!r} reads a test split; expected a held-out or dev metric")
 
 
@@ -327,42 +249,56 @@ class SensitivityConfig:
     def __post_init__(self) -> None:
         if self.top_k is not None and self.top_k < 0:
             raise QatError(f"sensitivity.top_k={self.top_k} is not valid; expected a count >= 0 or null")
-        _positive("sensitivity.max_skip", self.max_skip)
-        if "test" in self.metric:
+        check_positive("sensitivity.max_skip", self.max_skip)
+        if is_test_split(self.metric):
             raise QatError(f"sensitivity.metric={self.metric!r} reads a test split; expected a held-out or dev metric")
 
 
 @dataclass
-class RunConfig:
+class JobConfig:
+    """What every job composes: the model, its data, the recipe and its calibration, evaluation, seed, threads."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     smoothquant: SmoothQuantConfig = field(default_factory=SmoothQuantConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    threads: int | None = None
+
+
+@dataclass
+class RunConfig(JobConfig):
+    """`python -m qat.train`: the recovery job."""
+
     ptq: PtqConfig = field(default_factory=PtqConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
-    seed: int = 0
-    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.smoothquant.enabled and self.ptq.qconf:
+            raise QatError("smoothquant=on with ptq.qconf: a restored qconf keeps its own calibration; expected "
+                           "smoothquant=off, or no ptq.qconf so that qat migrates and calibrates")
 
 
 @dataclass
-class SearchRunConfig:
+class SearchRunConfig(JobConfig):
     """`python -m qat.search`: statistics on calib.samples texts (the most any trial uses), then the search."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    quant: QuantConfig = field(default_factory=QuantConfig)
-    smoothquant: SmoothQuantConfig = field(default_factory=SmoothQuantConfig)
-    calib: CalibConfig = field(default_factory=CalibConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
-    seed: int = 0
-    threads: int | None = None
+
+
+@dataclass
+class SensitivityRunConfig(JobConfig):
+    """`python -m qat.sensitivity`: the recipe to analyse, the metric to rank by, and the loss the skip list must
+    bring under `recovery.threshold` (no training fields)."""
+
+    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
 
 
 def to_run_config(cfg: DictConfig, schema: type = RunConfig) -> Any:

@@ -1,13 +1,24 @@
-"""The one exception type whose message is shown to the user as a single line."""
+"""The one exception type whose message is shown to the user as a single line, and the checks that raise it."""
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class QatError(Exception):
     """Bad input or a failed check: the message names the value and what was expected."""
+
+
+def check_choice(name: str, value: Any, allowed: tuple[Any, ...] | list[Any]) -> None:
+    if value not in allowed:
+        raise QatError(f"{name}={value!r} is not valid; expected one of {list(allowed)}")
+
+
+def check_positive(name: str, value: int | float | None) -> None:
+    if value is not None and value <= 0:
+        raise QatError(f"{name}={value!r} is not valid; expected a positive number")
 
 
 @contextmanager

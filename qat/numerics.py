@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
+from qat.errors import QatError
+
 DTYPE_BOUNDS: dict[torch.dtype, tuple[int, int]] = {
     torch.quint8: (0, 255),
     torch.qint8: (-128, 127),
@@ -35,7 +37,7 @@ def resolve_weight_bits(setting: str) -> int:
 def parse_dtype(name: str) -> torch.dtype:
     """'torch.quint8' (as written in an IPEX qconf) -> torch.quint8."""
     if name not in DTYPE_NAMES:
-        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPE_NAMES)}")
+        raise QatError(f"qconf dtype {name!r} is not supported; expected one of {sorted(DTYPE_NAMES)}")
     return DTYPE_NAMES[name]
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections import defaultdict
 
 from qat.calibrate import ipex_skeleton, set_weight_qparams
-from qat.config import QuantConfig
 from qat.errors import QatError
 from qat.load import DROPPED_MODULES, Encoder, batches
-from qat.quant.qconf import WRAPPER_PREFIX, Qconf, QuantOp
+from qat.quant.config import QuantConfig
+from qat.quant.qconf import Qconf, QuantOp
+from qat.quant.wrapper import WRAPPER_PREFIX
 
 CARRIED_INPUT_KEYS = ("scale", "zero_point", "force_dtype")
 CARRIED_WEIGHT_KEYS = ("scale", "zero_point", "inf_dtype")

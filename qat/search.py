@@ -13,23 +13,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import optuna
-import torch
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from qat.atomic import write_json, write_text
-from qat.calibrate import apply_calibration, calibration_batches, prepare_statistics
-from qat.config import CalibConfig, SearchConfig, SearchRunConfig, SpaceConfig, to_run_config
-from qat.data import calibration_texts
-from qat.errors import QatError, reported_as_one_line
-from qat.evaluate import embed, evaluate, evaluate_recipe, higher_is_better, load_eval_data
-from qat.load import EncoderModule, load_encoder
+from qat.calibrate import Statistics, apply_calibration, calibration_batches, observe
+from qat.config import SearchConfig, SearchRunConfig, SpaceConfig
+from qat.errors import QatError
+from qat.evaluate import Metrics, higher_is_better
+from qat.quant.config import CalibConfig
+from qat.quant.simulate import simulate
+from qat.session import open_session
 
 log = logging.getLogger(__name__)
-Objective = Callable[[dict[str, Any]], dict[str, float]]
+Objective = Callable[[dict[str, Any]], Metrics]
 IPEX_DEFAULT = {"algorithm": "histogram", "bias_correction": False, "symmetric": False}
 ALPHA_STEP = 0.05
 
@@ -65,7 +63,7 @@ def optimize(objective: Objective, search: SearchConfig, seed: int, smoothquant:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     maximize = higher_is_better(search.objective)
     records: list[dict[str, Any]] = []
-    measured: dict[tuple, dict[str, float]] = {}
+    measured: dict[tuple, Metrics] = {}
 
     def run(stage: str, space: SpaceConfig) -> None:
         study = optuna.create_study(direction="maximize" if maximize else "minimize",
@@ -105,34 +103,28 @@ def best_record(records: list[dict[str, Any]], objective: str) -> dict[str, Any]
 
 def run_search(cfg: SearchRunConfig, run_dir: Path) -> dict[str, Any]:
     """Statistics once, the IPEX default recipe as the baseline, then the staged search; writes the results."""
-    torch.set_num_threads(cfg.threads or torch.get_num_threads())
-    torch.manual_seed(cfg.seed)
     spaces = [cfg.search.narrow, cfg.search.wide]
     batches_needed = max(max(space.batches) for space in spaces)
     base = dataclasses.replace(cfg.calib, samples=batches_needed * cfg.calib.batch_size)
-    texts, _ = calibration_texts(cfg.data)
-    if len(texts) < base.samples:
+    session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads,
+                           metrics={"search.objective": cfg.search.objective}, only_tasks_of_metrics=True)
+    if len(session.calibration) < base.samples:
         raise QatError(f"the search space asks for {batches_needed} calibration batches of {cfg.calib.batch_size} "
-                       f"({base.samples} texts) but the calibration set has {len(texts)}; expected fewer batches or more texts")
-    dev = load_eval_data(cfg.data)[1].for_metrics([cfg.search.objective])
-    encoder = load_encoder(cfg.model)
-    fp32 = embed(EncoderModule(encoder.model).eval(), encoder, dev.texts(), cfg.eval.batch_size)
-    if cfg.search.objective not in evaluate(fp32, fp32, dev):
-        raise QatError(f"search.objective={cfg.search.objective!r} is not measured; expected one of {sorted(evaluate(fp32, fp32, dev))}")
+                       f"({base.samples} texts) but the calibration set has {len(session.calibration)}; expected fewer "
+                       "batches or more texts")
+    calib_batches = calibration_batches(session.encoder, session.calibration, base)
+    prepared: dict[float | None, Statistics] = {}
 
-    calib_batches = calibration_batches(encoder, texts, base)
-    prepared: dict[float | None, tuple] = {}
-
-    def statistics(alpha: float | None) -> tuple:
+    def statistics(alpha: float | None) -> Statistics:
         """Model, skeleton and statistics, collected once per SmoothQuant alpha (once in all without it)."""
         if alpha not in prepared:
             smoothquant = None if alpha is None else dataclasses.replace(cfg.smoothquant, alpha=alpha)
-            prepared[alpha] = prepare_statistics(encoder.model, calib_batches, base, cfg.quant, smoothquant)
+            prepared[alpha] = observe(session.encoder.model, calib_batches, base, cfg.quant, smoothquant)
         return prepared[alpha]
 
-    def objective(params: dict[str, Any]) -> dict[str, float]:
-        calibration = apply_calibration(*statistics(params.get("alpha")), calib_setting(base, params), cfg.quant)
-        return evaluate_recipe(calibration.model, calibration.qconf, encoder, dev, fp32, cfg.eval.batch_size)
+    def objective(params: dict[str, Any]) -> Metrics:
+        calibration = apply_calibration(statistics(params.get("alpha")), calib_setting(base, params), cfg.quant)
+        return session.evaluate_dev(simulate(calibration.model, calibration.qconf).eval())
 
     baseline_params = {**IPEX_DEFAULT, "batches": -(-cfg.calib.samples // cfg.calib.batch_size)}
     baseline = {"params": baseline_params, "metrics": objective(baseline_params)}
@@ -171,15 +163,14 @@ def search_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="search")
-def main(cfg: DictConfig) -> None:
-    with reported_as_one_line():
-        config = to_run_config(cfg, SearchRunConfig)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        result = run_search(config, run_dir)
-        print(f"best {result['objective']}={result['best']['objective']:.6g} "
-              f"(IPEX default {result['baseline_ipex_default']['metrics'][result['objective']]:.6g}); "
-              f"results: {run_dir / 'search.md'}; use: python -m qat.train --config-dir {run_dir / 'conf'} calib=searched smoothquant=searched")
+def main() -> None:
+    from qat.entry import run_job
+
+    result, run_dir = run_job("search", SearchRunConfig, run_search)
+    print(f"best {result['objective']}={result['best']['objective']:.6g} "
+          f"(IPEX default {result['baseline_ipex_default']['metrics'][result['objective']]:.6g}); "
+          f"results: {run_dir / 'search.md'}; use: python -m qat.train --config-dir {run_dir / 'conf'} calib=searched "
+          "smoothquant=searched")
 
 
 if __name__ == "__main__":

@@ -1,25 +1,25 @@
-"""`python -m qat.train`: the recovery job, composed by Hydra from conf/."""
+"""`python -m qat.train`: the recovery job, composed by Hydra from conf/train.yaml."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from qat.config import RunConfig
+from qat.entry import run_job
 
-from qat.config import to_run_config
-from qat.errors import reported_as_one_line
+if TYPE_CHECKING:
+    from qat.report import RunReport
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    with reported_as_one_line():
-        config = to_run_config(cfg)
-        from qat.pipeline import run_pipeline  # heavy imports (torch, IPEX) only after the config is valid
+def train(cfg: RunConfig, run_dir: Path) -> RunReport:
+    from qat.pipeline import run_pipeline  # heavy imports (IPEX, transformers) only after the config is valid
 
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        run_pipeline(config, run_dir)
-        print(f"report: {run_dir / 'report.md'}")
+    return run_pipeline(cfg, run_dir)
+
+
+def main() -> None:
+    report, run_dir = run_job("train", RunConfig, train)
+    print(f"report: {run_dir / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from qat.atomic import atomic_path
 from qat.config import TrainConfig
 from qat.distill import distillation_loss, record_blocks
 from qat.errors import QatError
-from qat.evaluate import higher_is_better
+from qat.evaluate import Metrics, higher_is_better
 from qat.load import Encoder, pool
 from qat.quant.modules import QuantLinear
 from qat.quant.simulate import FakeQuantModel
@@ -111,7 +111,7 @@ class Trainer:
 
     def __init__(self, accelerator: Accelerator, student: FakeQuantModel, teacher: nn.Module, encoder: Encoder,
                  texts: list[str], cfg: TrainConfig, run_dir: Path, fingerprint: str, seed: int,
-                 evaluate_dev: Callable[[FakeQuantModel], dict[str, float]], metric: str) -> None:
+                 evaluate_dev: Callable[[FakeQuantModel], Metrics], metric: str) -> None:
         self.accelerator, self.encoder, self.cfg = accelerator, encoder, cfg
         self.teacher, self.evaluate_dev, self.metric = teacher.eval(), evaluate_dev, metric
         self.checkpoints = run_dir / "checkpoints"

@@ -21,7 +21,7 @@ warnings.filterwarnings("ignore")
 from qat.artifact import library_versions, read_ptq_artifact  # noqa: E402
 from qat.export.ipex import load_exported  # noqa: E402  (imports IPEX: registers the int8 kernels)
 from qat.ipex_backend import ipex  # noqa: E402
-from qat.load import EncoderModule  # noqa: E402
+from qat.quant.wrapper import EncoderModule  # noqa: E402
 from qat.numerics import cpu_has_vnni  # noqa: E402
 from qat.timing import median_seconds  # noqa: E402
 

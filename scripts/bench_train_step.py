@@ -18,12 +18,13 @@ import torch
 
 warnings.filterwarnings("ignore")
 from qat.artifact import read_ptq_artifact  # noqa: E402
-from qat.config import QuantConfig  # noqa: E402
+from qat.quant.config import QuantConfig  # noqa: E402
 from qat.data import builtin_sentences  # noqa: E402
 from qat.distill import distillation_loss, record_blocks  # noqa: E402
-from qat.load import EncoderModule, batches, pool  # noqa: E402
+from qat.load import batches, pool  # noqa: E402
+from qat.quant.wrapper import EncoderModule  # noqa: E402
 from qat.numerics import cpu_has_vnni  # noqa: E402
-from qat.quant.simulate import fake_quantize  # noqa: E402
+from qat.quant.simulate import simulate  # noqa: E402
 from qat.timing import median_seconds  # noqa: E402
 
 
@@ -53,13 +54,12 @@ def main() -> None:
     args = parser.parse_args()
     artifact = read_ptq_artifact(args.run / "ptq")
     encoder, qconf = artifact.encoder, artifact.qconf
-    partial = qconf.copy()
-    partial.apply_recipe(QuantConfig(ops=["linear", "matmul"]))
-    teacher = fake_quantize(EncoderModule(copy.deepcopy(encoder.model)), partial).eval()
+    partial = qconf.with_recipe(QuantConfig(ops=["linear", "matmul"]))
+    teacher = simulate(encoder.model, partial).eval()
     batch = next(batches(encoder, builtin_sentences()[:args.batch_size], args.batch_size))
     students = {
         "fp32 fine-tuning step": EncoderModule(copy.deepcopy(encoder.model)).eval(),
-        "QAT step (fake-quant student)": fake_quantize(EncoderModule(copy.deepcopy(encoder.model)), qconf).eval(),
+        "QAT step (fake-quant student)": simulate(encoder.model, qconf).eval(),
     }
     seconds = {name: step_seconds(s, teacher, batch, encoder.pooling, args.warmup, args.repeats) for name, s in students.items()}
     base = seconds["fp32 fine-tuning step"]

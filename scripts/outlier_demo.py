@@ -19,10 +19,12 @@ import torch
 
 from qat.atomic import write_json
 from qat.calibrate import calibrate
-from qat.config import CalibConfig, ModelConfig, QuantConfig, SmoothQuantConfig
+from qat.config import ModelConfig
+from qat.quant.config import CalibConfig, QuantConfig, SmoothQuantConfig
 from qat.data import builtin_sentences
 from qat.evaluate import EvalData, embed, evaluate_recipe
-from qat.load import EncoderModule, batches, load_encoder
+from qat.load import batches, load_encoder
+from qat.quant.wrapper import EncoderModule
 
 RECIPES = {"linear": ["linear"], "linear+matmul": ["linear", "matmul"], "full": ["linear", "matmul", "add"]}
 

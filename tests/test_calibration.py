@@ -3,8 +3,9 @@ import pytest
 import torch
 from torch.ao.quantization.observer import HistogramObserver
 
-from qat.calibrate import apply_calibration, calibrate, calibration_batches, ipex_skeleton
-from qat.config import CalibConfig, MixPart, QuantConfig, SourceConfig
+from qat.calibrate import Statistics, apply_calibration, calibrate, calibration_batches, ipex_skeleton
+from qat.config import MixPart, SourceConfig
+from qat.quant.config import CalibConfig, QuantConfig
 from qat.data import mix_texts
 from qat.errors import QatError
 from qat.quant.observe import _Recorder, collect_statistics
@@ -75,7 +76,7 @@ def test_statistics_cover_every_quantizable_tensor_once(tiny_encoder, texts):
     assert len(stats) == 4 + 2 * 10
     assert all(len(s.batch_min) == 2 and s.histograms.shape == (2, 128) for s in stats.values())
     with pytest.raises(QatError, match="needs 3 batches but only 2 were observed"):
-        apply_calibration(tiny_encoder.model, skeleton, stats, CalibConfig(samples=48, batch_size=16), QuantConfig())
+        apply_calibration(Statistics(tiny_encoder.model, skeleton, stats), CalibConfig(samples=48, batch_size=16), QuantConfig())
 
 
 def test_bias_correction_absorbs_the_weight_error_and_keeps_the_original(tiny_encoder, texts):

@@ -42,7 +42,8 @@ def test_default_job_end_to_end_on_the_bundled_model(tmp_path):
         from qat.config import ModelConfig
         from qat.data import builtin_sentences
         from qat.evaluate import embed, cosine_fidelity
-        from qat.load import EncoderModule, load_encoder
+        from qat.load import load_encoder
+        from qat.quant.wrapper import EncoderModule
         encoder = load_encoder(ModelConfig())
         texts = builtin_sentences()[256:]
         exported = torch.jit.load({str(run_dir / 'export' / 'ptq' / 'model_int8.pt')!r})

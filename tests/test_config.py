@@ -4,7 +4,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import REPO
-from qat.config import QuantConfig, RunConfig, SearchRunConfig, to_run_config
+from qat.config import RunConfig, SearchRunConfig, to_run_config
+from qat.quant.config import QuantConfig
 from qat.errors import QatError
 
 GROUPS = {group.name: sorted(p.stem for p in group.glob("*.yaml")) for group in (REPO / "conf").iterdir() if group.is_dir()}
@@ -60,3 +61,24 @@ def test_search_objective_on_test_is_refused():
     with pytest.raises(QatError, match="search.objective='stsb_test/spearman' reads a test split"):
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             to_run_config(compose(config_name="search", overrides=["search.objective=stsb_test/spearman"]), SearchRunConfig)
+
+
+def test_calib_options_mirror_the_range_algorithms():
+    """One registry of range algorithms: every name has its conf/calib option, and no option names another."""
+    from qat.quant.ranges import RANGE_ALGORITHMS
+
+    assert set(GROUPS["calib"]) == set(RANGE_ALGORITHMS)
+    for name in RANGE_ALGORITHMS:
+        assert compose_run(f"calib={name}").calib.algorithm == name
+
+
+def test_the_quant_core_imports_nothing_above_it():
+    """qat/quant/ depends on numerics, errors, atomic writes and the IPEX backend only: never on the run
+    configuration, the loaders or the stages that use it."""
+    import ast
+
+    allowed = {"qat.numerics", "qat.errors", "qat.atomic", "qat.ipex_backend"}
+    for path in (REPO / "qat" / "quant").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("qat"):
+                assert node.module.startswith("qat.quant") or node.module in allowed, f"{path.name} imports {node.module}"

@@ -1,14 +1,15 @@
 """The export's parity decision: unfused must be exact; fused must be close or as faithful to fp32."""
-import copy
 
 import pytest
 import torch
 
 from qat.calibrate import calibrate
-from qat.config import CalibConfig, ExportConfig, QuantConfig
-from qat.export.parity import parity, rounding_noise
-from qat.load import EncoderModule, batches
-from qat.quant.simulate import fake_quantize
+from qat.config import ExportConfig
+from qat.quant.config import CalibConfig, QuantConfig
+from qat.export.parity import judge_parity, rounding_noise
+from qat.load import batches
+from qat.quant.wrapper import EncoderModule
+from qat.quant.simulate import simulate
 
 TEXTS = [f"text {i}" for i in range(20)]
 
@@ -18,8 +19,8 @@ def table(vectors: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def check(simulated, fused, fp32, unfused=None):
-    return parity(fp32, simulated, fused, TEXTS, heldout_simulated=simulated, heldout_noisy=simulated,
-                  heldout_unfused=unfused if unfused is not None else simulated, cfg=ExportConfig())
+    return judge_parity(fp32, simulated, fused, unfused if unfused is not None else simulated, simulated, TEXTS,
+                        ExportConfig())
 
 
 @pytest.fixture
@@ -32,14 +33,14 @@ def vectors():
 def test_close_fused_export_passes(vectors):
     fp32, sim = vectors
     result = check(table(sim), table(sim + 1e-3 * torch.randn_like(sim)), table(fp32))
-    assert result["exact_unfused"] and result["close"] and result["passed"]
+    assert result.exact_unfused and result.close and result.passed
 
 
 def test_unfused_mismatch_fails_even_when_fused_is_close(vectors):
     fp32, sim = vectors
     result = check(table(sim), table(sim), table(fp32), unfused=table(sim + 1e-2 * torch.randn_like(sim)))
-    assert result["close"] and not result["exact_unfused"] and not result["passed"]
-    assert result["unfused_max_abs_diff"] > 1e-4
+    assert result.close and not result.exact_unfused and not result.passed
+    assert result.unfused_max_abs_diff > 1e-4
 
 
 def test_fused_rounding_spread_passes_only_if_as_faithful_to_fp32(vectors):
@@ -47,16 +48,16 @@ def test_fused_rounding_spread_passes_only_if_as_faithful_to_fp32(vectors):
     # Another int8 realisation of the same model: as far from the simulation as the simulation is from fp32 ...
     equally_good = fp32 + 0.3 * torch.randn_like(fp32)
     result = check(table(sim), table(equally_good), table(fp32))
-    assert not result["close"] and result["as_faithful"] and result["passed"]
+    assert not result.close and result.as_faithful and result.passed
     # ... and one that is worse than the simulation fails.
     worse = fp32 + 0.6 * torch.randn_like(fp32)
     result = check(table(sim), table(worse), table(fp32))
-    assert not result["close"] and not result["as_faithful"] and not result["passed"]
+    assert not result.close and not result.as_faithful and not result.passed
 
 
 def test_rounding_noise_is_tiny_seeded_and_removed(tiny_encoder, texts):
     qconf = calibrate(tiny_encoder, texts, CalibConfig(samples=32, batch_size=16), QuantConfig()).qconf
-    sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), qconf).eval()
+    sim = simulate(tiny_encoder.model, qconf).eval()
     fp32 = EncoderModule(tiny_encoder.model).eval()
     ids, mask = next(batches(tiny_encoder, texts[:8], 8))
     with torch.no_grad():

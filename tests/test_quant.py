@@ -1,17 +1,17 @@
 """Calibration, qconf recipe edits, the fake-quant simulation and its match to IPEX's unfused int8 graph."""
-import copy
 
 import pytest
 import torch
 
 from qat.calibrate import calibrate
-from qat.config import CalibConfig, QuantConfig
+from qat.quant.config import CalibConfig, QuantConfig
 from qat.errors import QatError
 from qat.export.ipex import export_ipex, load_exported
-from qat.load import EncoderModule, batches
+from qat.load import batches
+from qat.quant.wrapper import EncoderModule
 from qat.quant.modules import QuantLinear
 from qat.quant.qconf import Qconf
-from qat.quant.simulate import fake_quantize
+from qat.quant.simulate import simulate
 
 CALIB = CalibConfig(samples=32, batch_size=16)
 
@@ -32,16 +32,15 @@ def test_calibrated_qconf_classifies_every_op(qconf):
 
 
 def test_recipe_op_kinds_and_skip_patterns(qconf):
-    edited = qconf.copy()
-    edited.apply_recipe(QuantConfig(ops=["linear"], skip=[r"encoder\.layer\.1\.output\.dense", "encoder.layer.0.attention"]))
+    edited = qconf.with_recipe(QuantConfig(ops=["linear"], skip=[r"encoder\.layer\.1\.output\.dense", "encoder.layer.0.attention"]))
     int8 = {op.name for op in edited.ops if op.quantized}
     assert "encoder.layer.1.output.dense" not in int8 and "encoder.layer.0.attention.self.query" not in int8
     assert "encoder.layer.1.attention.self.query" in int8
     assert edited.int8_counts() == {"linear": 12 - 1 - 4, "matmul": 0, "residual_add": 0, "embedding_add": 0}
     with pytest.raises(QatError, match="match no quantizable module"):
-        edited.apply_recipe(QuantConfig(skip=["encoder.layer.7.output.dense"]))
+        edited.with_recipe(QuantConfig(skip=["encoder.layer.7.output.dense"]))
     # A functional op is named after its owner and family, so a skip entry can name it without the owner's Linear.
-    edited.apply_recipe(QuantConfig(ops=["linear", "add"], skip=["encoder.layer.0.output.add"]))
+    edited = edited.with_recipe(QuantConfig(ops=["linear", "add"], skip=["encoder.layer.0.output.add"]))
     int8 = {op.name for op in edited.ops if op.quantized}
     assert "encoder.layer.0.output.dense" in int8 and "encoder.layer.0.output.add" not in int8
     assert "encoder.layer.1.output.add" in int8 and "embeddings.add" in int8
@@ -62,7 +61,7 @@ def test_activation_scale_clamp_is_simulated_and_exported_alike(tiny_encoder, te
     scales = [q.scale for op in clamped.ops for q in op.input_qparams() if q is not None]
     assert scales and max(scales) <= 0.01
     assert all(op.info["input_tensor_infos"][1]["scale"][0] > 1e30 for op in clamped.ops if op.kind == "mask_add")
-    sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), clamped).eval()
+    sim = simulate(tiny_encoder.model, clamped).eval()
     result = export_ipex(sim.to_float(), clamped, sim.weight_qparams(), next(batches(tiny_encoder, texts[:4], 4)), tmp_path)
     ids, mask = next(batches(tiny_encoder, texts[40:52], 12))
     with torch.no_grad(), torch.jit.optimized_execution(False):
@@ -81,7 +80,7 @@ def test_seven_bit_weights_are_recorded_in_the_qconf(tiny_encoder, texts):
 
 
 def test_simulation_swaps_quantized_linears_and_stays_close_to_fp32(tiny_encoder, qconf, texts):
-    sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), qconf).eval()
+    sim = simulate(tiny_encoder.model, qconf).eval()
     assert sum(isinstance(m, QuantLinear) for m in sim.modules()) == 12
     ids, mask = next(batches(tiny_encoder, texts[:8], 8))
     with torch.no_grad():
@@ -92,7 +91,7 @@ def test_simulation_swaps_quantized_linears_and_stays_close_to_fp32(tiny_encoder
 
 def test_simulation_equals_ipex_unfused_int8_graph_exactly(tiny_encoder, qconf, texts, tmp_path):
     """Every op of the full-operator recipe, simulated, matches IPEX's converted graph bit for bit."""
-    sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), qconf).eval()
+    sim = simulate(tiny_encoder.model, qconf).eval()
     example = next(batches(tiny_encoder, texts[:4], 4))
     result = export_ipex(tiny_encoder.model, qconf, sim.weight_qparams(), example, tmp_path)
     assert result.graph_int8_ops == {"linear": 12, "matmul": 4, "add": 6, "linear_weight_only": 0}
@@ -104,9 +103,8 @@ def test_simulation_equals_ipex_unfused_int8_graph_exactly(tiny_encoder, qconf, 
 
 def test_skipped_linears_are_really_fp32_in_the_export(tiny_encoder, qconf, texts, tmp_path):
     """A skipped Linear must keep fp32 weights too: IPEX quantizes weights unless the qconf says otherwise."""
-    skipped = qconf.copy()
-    skipped.apply_recipe(QuantConfig(ops=["linear", "residual_add"], skip=[r"encoder\.layer\.\d+\.output\.dense"]))
-    sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), skipped).eval()
+    skipped = qconf.with_recipe(QuantConfig(ops=["linear", "residual_add"], skip=[r"encoder\.layer\.\d+\.output\.dense"]))
+    sim = simulate(tiny_encoder.model, skipped).eval()
     example = next(batches(tiny_encoder, texts[:4], 4))
     result = export_ipex(sim.to_float(), skipped, sim.weight_qparams(), example, tmp_path)
     assert result.graph_int8_ops == {"linear": 10, "matmul": 0, "add": 4, "linear_weight_only": 0}
@@ -116,7 +114,7 @@ def test_skipped_linears_are_really_fp32_in_the_export(tiny_encoder, qconf, text
 
 
 def test_unpadded_batches_run_the_same_ops(tiny_encoder, qconf):
-    sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), qconf).eval()
+    sim = simulate(tiny_encoder.model, qconf).eval()
     ids, mask = next(batches(tiny_encoder, ["one single sentence"], 1))
     assert mask.all()
     with torch.no_grad():
@@ -136,7 +134,7 @@ def test_qconf_of_another_architecture_is_rejected(tiny_encoder, qconf, tiny_mod
     missing = qconf.copy()
     del missing.data["model:encoder:layer:1:output"]["q_op_infos"]["1"]
     with pytest.raises(QatError, match="does not match the model"):
-        sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), Qconf(missing.data))
+        sim = simulate(tiny_encoder.model, Qconf(missing.data))
         sim(*example)
 
 

@@ -9,7 +9,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from conftest import REPO
-from qat.config import QuantConfig
+from qat.quant.config import QuantConfig
 from qat.errors import QatError
 from qat.quant.qconf import Qconf
 from qat.restore import restore_qconf

@@ -6,9 +6,9 @@ import torch
 from omegaconf import OmegaConf
 
 import qat.calibrate
-from qat.config import (CalibConfig, DataConfig, EvalConfig, ModelConfig, QuantConfig, RunConfig, SearchConfig,
-                        RecoveryConfig, SearchRunConfig, SensitivityConfig, SmoothQuantConfig, SourceConfig,
-                        SpaceConfig)
+from qat.config import (DataConfig, EvalConfig, ModelConfig, RecoveryConfig, SearchConfig, SearchRunConfig,
+                        SensitivityConfig, SensitivityRunConfig, SourceConfig, SpaceConfig)
+from qat.quant.config import CalibConfig, QuantConfig, SmoothQuantConfig
 from qat.errors import QatError
 from qat.search import optimize, run_search
 from qat.sensitivity import run_sensitivity
@@ -92,22 +92,22 @@ def test_sensitivity_puts_a_deliberately_fragile_group_first(tiny_model_dir, tmp
     model.save_pretrained(fragile_dir)
     from transformers import AutoTokenizer
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(fragile_dir)
-    cfg = RunConfig(model=ModelConfig(str(fragile_dir), max_length=32), data=tiny_data(), calib=FAST_CALIB,
+    cfg = SensitivityRunConfig(model=ModelConfig(str(fragile_dir), max_length=32), data=tiny_data(), calib=FAST_CALIB,
                     eval=EvalConfig(batch_size=32), quant=QuantConfig(ops=["linear"], skip=["encoder.layer.0.intermediate.dense"]),
                     sensitivity=SensitivityConfig(metric="cosine_mean", max_skip=2), recovery=RecoveryConfig(threshold=0.0))
     result = run_sensitivity(cfg, tmp_path / "run")
-    assert result["ranking"][0]["group"] == "encoder.layer.1.output.dense"
-    groups = {r["group"] for r in result["ranking"]}
+    assert result.ranking[0].group == "encoder.layer.1.output.dense"
+    groups = {r.group for r in result.ranking}
     assert groups == {f"encoder.layer.{i}.{g}" for i in range(2)
                       for g in ("attention.self.qkv", "attention.output.dense", "intermediate.dense", "output.dense")
                       } - {"encoder.layer.0.intermediate.dense"}, "the user's own skip list stays fp32 and is not ranked"
-    assert result["skip"][0] == "encoder.layer.1.output.dense"
-    assert result["prefixes"][1]["loss"] < result["prefixes"][0]["loss"]
+    assert result.skip[0] == "encoder.layer.1.output.dense"
+    assert result.prefixes[1].loss < result.prefixes[0].loss
     for name in ("sensitivity.json", "sensitivity.md", "sensitivity.png", "conf/quant/sensitive.yaml"):
         assert (tmp_path / "run" / name).is_file()
     skipped = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(QuantConfig),
                                                   OmegaConf.load(tmp_path / "run" / "conf" / "quant" / "sensitive.yaml")))
-    assert skipped.skip == ["encoder.layer.0.intermediate.dense"] + result["skip"]
+    assert skipped.skip == ["encoder.layer.0.intermediate.dense"] + result.skip
     assert list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
 
 
@@ -129,7 +129,7 @@ def test_search_over_smoothquant_alpha_collects_statistics_once_per_alpha(tiny_m
 
 
 def test_sensitivity_refuses_a_skip_list_naming_no_module(tiny_model_dir, tmp_path):
-    cfg = RunConfig(model=ModelConfig(str(tiny_model_dir), max_length=32), data=tiny_data(), calib=FAST_CALIB,
-                    quant=QuantConfig(skip=["encoder.layer.9.output"]))
+    cfg = SensitivityRunConfig(model=ModelConfig(str(tiny_model_dir), max_length=32), data=tiny_data(), calib=FAST_CALIB,
+                               quant=QuantConfig(skip=["encoder.layer.9.output"]))
     with pytest.raises(QatError, match=r"quant.skip entries \['encoder.layer.9.output'\] match no quantizable module"):
         run_sensitivity(cfg, tmp_path)

@@ -6,11 +6,12 @@ import torch
 
 from qat.artifact import read_ptq_artifact, write_ptq_artifact
 from qat.calibrate import calibrate
-from qat.config import CalibConfig, QuantConfig, SmoothQuantConfig
+from qat.quant.config import CalibConfig, QuantConfig, SmoothQuantConfig
 from qat.errors import QatError
 from qat.export.ipex import export_ipex, load_exported
-from qat.load import EncoderModule, batches
-from qat.quant.simulate import fake_quantize
+from qat.load import batches
+from qat.quant.wrapper import EncoderModule
+from qat.quant.simulate import simulate
 from qat.quant.smoothquant import smoothed_buffers
 
 CALIB = CalibConfig(samples=32, batch_size=16)
@@ -73,7 +74,7 @@ def test_smoothquant_rescues_int8_from_an_activation_outlier(tiny_encoder, texts
 
     def relative_error(smoothquant):
         calibration = calibrate(outlier, texts, CALIB, QuantConfig(ops=["linear"]), smoothquant)
-        sim = fake_quantize(EncoderModule(copy.deepcopy(calibration.model)), calibration.qconf).eval()
+        sim = simulate(calibration.model, calibration.qconf).eval()
         return ((dense_output(sim, sim.encoder.model) - reference).norm() / reference.norm()).item()
 
     naive, smoothed = relative_error(None), relative_error(SMOOTH)
@@ -82,7 +83,7 @@ def test_smoothquant_rescues_int8_from_an_activation_outlier(tiny_encoder, texts
 
 def test_smoothed_full_operator_export_matches_its_simulation(tiny_encoder, texts, tmp_path):
     calibration = calibrate(tiny_encoder, texts, CALIB, FULL, SMOOTH)
-    sim = fake_quantize(EncoderModule(copy.deepcopy(calibration.model)), calibration.qconf).eval()
+    sim = simulate(calibration.model, calibration.qconf).eval()
     result = export_ipex(sim.to_float(), calibration.qconf, sim.weight_qparams(), next(batches(tiny_encoder, texts[:4], 4)), tmp_path)
     assert result.graph_int8_ops["linear"] == 12 and result.graph_int8_ops["add"] == 6
     ids, mask = next(batches(tiny_encoder, texts[40:52], 12))

@@ -13,12 +13,14 @@ from safetensors.torch import load_file
 
 from conftest import REPO
 from qat.calibrate import calibrate
-from qat.config import CalibConfig, QuantConfig, TrainConfig
+from qat.config import TrainConfig
+from qat.quant.config import CalibConfig, QuantConfig
 from qat.distill import distillation_loss, record_blocks, transformer_blocks
 from qat.errors import QatError
 from qat.evaluate import EvalData, embed, evaluate
-from qat.load import EncoderModule, batches, pool
-from qat.quant.simulate import fake_quantize
+from qat.load import batches, pool
+from qat.quant.wrapper import EncoderModule
+from qat.quant.simulate import simulate
 from qat.trainer import STATE_FILE, Trainer, resolve_resume
 
 
@@ -32,10 +34,9 @@ def make_trainer(tiny_encoder, qconf, texts, run_dir, fingerprint="same", evalua
     GradientState._reset_state()
     accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True))
     torch.manual_seed(0)
-    partial = qconf.copy()
-    partial.apply_recipe(QuantConfig(ops=["linear", "matmul"]))
-    teacher = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), partial).eval()
-    student = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), qconf)
+    partial = qconf.with_recipe(QuantConfig(ops=["linear", "matmul"]))
+    teacher = simulate(tiny_encoder.model, partial).eval()
+    student = simulate(tiny_encoder.model, qconf)
     dev = EvalData(texts[200:216])
     reference = embed(EncoderModule(tiny_encoder.model).eval(), tiny_encoder, dev.texts(), 16)
 
@@ -51,7 +52,7 @@ def make_trainer(tiny_encoder, qconf, texts, run_dir, fingerprint="same", evalua
 
 
 def test_blocks_are_found_and_loss_is_zero_when_student_equals_teacher(tiny_encoder, qconf, texts):
-    sim = fake_quantize(EncoderModule(copy.deepcopy(tiny_encoder.model)), qconf).eval()
+    sim = simulate(tiny_encoder.model, qconf).eval()
     same = copy.deepcopy(sim)
     assert len(transformer_blocks(sim)) == 2
     ids, mask = next(batches(tiny_encoder, texts[:8], 8))

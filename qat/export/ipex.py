@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 from qat.atomic import atomic_path
 from qat.errors import QatError
 from qat.ipex_backend import convert, ipex, prepare
-from qat.load import EncoderModule
+from qat.quant.wrapper import EncoderModule
 from qat.quant.qconf import Qconf
 
 log = logging.getLogger(__name__)

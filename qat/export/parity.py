@@ -14,15 +14,57 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from qat.config import ExportConfig
-from qat.evaluate import Forward, cosine_fidelity, stack_texts
+from qat.evaluate import Forward, Table, cosine_fidelity, embed, stack_texts
+from qat.export.ipex import load_exported
+from qat.load import Encoder
+from qat.quant.simulate import FakeQuantModel
 
-Table = dict[str, torch.Tensor]
+
+@dataclass
+class Fidelity:
+    cosine_mean: float
+    cosine_min: float
+
+
+@dataclass
+class FidelityToFp32:
+    """Mean cosine to fp32 of the simulation and of the fused export."""
+
+    fakequant: float
+    int8: float
+
+
+@dataclass
+class ParityThresholds:
+    cosine_mean: float
+    cosine_min: float
+    unfused_atol: float
+    fidelity_tolerance: float
+
+
+@dataclass
+class ParityRecord:
+    """One export's parity with its simulation, on pooled embeddings of the held-out texts; `passed` decides."""
+
+    cosine_mean: float              # fused export against the simulation
+    cosine_min: float
+    max_abs_diff: float
+    unfused_max_abs_diff: float     # unfused export against the simulation: must be float tolerance
+    rounding_floor: Fidelity        # the simulation against itself with 1-ulp noise on its Linear outputs
+    fidelity_to_fp32: FidelityToFp32
+    texts: int
+    thresholds: ParityThresholds
+    exact_unfused: bool
+    close: bool
+    as_faithful: bool
+    passed: bool
 
 
 def unfused(exported: torch.jit.ScriptModule) -> Forward:
@@ -52,33 +94,45 @@ def rounding_noise(model: nn.Module, seed: int = 0) -> Iterator[None]:
             hook.remove()
 
 
-def _fidelity(reference: Table, candidate: Table, texts: list[str]) -> dict[str, float]:
-    return cosine_fidelity(stack_texts(reference, texts), stack_texts(candidate, texts))
+def _fidelity(reference: Table, candidate: Table, texts: list[str]) -> Fidelity:
+    return Fidelity(**cosine_fidelity(stack_texts(reference, texts), stack_texts(candidate, texts)))
 
 
-def parity(fp32: Table, simulated: Table, fused: Table, texts: list[str], *, heldout_simulated: Table,
-           heldout_unfused: Table, heldout_noisy: Table, cfg: ExportConfig) -> dict[str, Any]:
-    """The parity record of one export (its 'passed' decides the run), from pooled embeddings of the held-out
-    texts: fp32, simulation and fused export from the evaluation pass; simulation, unfused export and simulation
-    under rounding noise from one pass over the held-out texts alone (same batches, so exactness can be asked)."""
-    unfused_diff = max((heldout_unfused[t] - heldout_simulated[t]).abs().max().item() for t in texts)
-    result: dict[str, Any] = {
-        **_fidelity(simulated, fused, texts),
-        "max_abs_diff": max((fused[t] - simulated[t]).abs().max().item() for t in texts),
-        "unfused_max_abs_diff": unfused_diff,
-        "rounding_floor": _fidelity(heldout_simulated, heldout_noisy, texts),
-        "fidelity_to_fp32": {"fakequant": _fidelity(fp32, simulated, texts)["cosine_mean"],
-                             "int8": _fidelity(fp32, fused, texts)["cosine_mean"]},
-        "texts": len(texts),
-        "thresholds": {"cosine_mean": cfg.parity_mean_cosine, "cosine_min": cfg.parity_min_cosine,
-                       "unfused_atol": cfg.parity_unfused_atol, "fidelity_tolerance": cfg.parity_fidelity_tolerance},
-    }
-    fidelity = result["fidelity_to_fp32"]
-    result["exact_unfused"] = unfused_diff <= cfg.parity_unfused_atol
-    result["close"] = result["cosine_mean"] >= cfg.parity_mean_cosine and result["cosine_min"] >= cfg.parity_min_cosine
-    result["as_faithful"] = fidelity["int8"] >= fidelity["fakequant"] - cfg.parity_fidelity_tolerance
-    result["passed"] = result["exact_unfused"] and (result["close"] or result["as_faithful"])
-    return result
+def _max_abs_diff(a: Table, b: Table, texts: list[str]) -> float:
+    return max((a[t] - b[t]).abs().max().item() for t in texts)
 
 
-__all__ = ["parity", "rounding_noise", "unfused"]
+def judge_parity(fp32: Table, simulated: Table, fused: Table, unfused_export: Table, noisy: Table, texts: list[str],
+                 cfg: ExportConfig) -> ParityRecord:
+    """The parity record from pooled embeddings of the held-out texts (every table from the same batches, so
+    exactness can be asked): fp32, the simulation, the fused export, the unfused export, and the simulation
+    under rounding noise."""
+    agreement, fidelity = _fidelity(simulated, fused, texts), FidelityToFp32(
+        _fidelity(fp32, simulated, texts).cosine_mean, _fidelity(fp32, fused, texts).cosine_mean)
+    unfused_diff = _max_abs_diff(unfused_export, simulated, texts)
+    exact = unfused_diff <= cfg.parity_unfused_atol
+    close = agreement.cosine_mean >= cfg.parity_mean_cosine and agreement.cosine_min >= cfg.parity_min_cosine
+    as_faithful = fidelity.int8 >= fidelity.fakequant - cfg.parity_fidelity_tolerance
+    return ParityRecord(
+        agreement.cosine_mean, agreement.cosine_min, _max_abs_diff(fused, simulated, texts), unfused_diff,
+        _fidelity(simulated, noisy, texts), fidelity, len(texts),
+        ParityThresholds(cfg.parity_mean_cosine, cfg.parity_min_cosine, cfg.parity_unfused_atol,
+                         cfg.parity_fidelity_tolerance),
+        exact, close, as_faithful, exact and (close or as_faithful))
+
+
+def check_parity(sim: FakeQuantModel, export_path: Path, encoder: Encoder, texts: list[str], fp32: Table,
+                 cfg: ExportConfig, batch_size: int, seed: int) -> ParityRecord:
+    """Measure the export against its simulation on the held-out texts and judge it. `fp32` holds the fp32
+    embeddings of (at least) these texts."""
+    def embedded(forward: Forward) -> Table:
+        return embed(forward, encoder, texts, batch_size)
+
+    simulated, fused = embedded(sim.eval()), embedded(load_exported(export_path))
+    unfused_export = embedded(unfused(load_exported(export_path)))   # a fresh module: see unfused()
+    with rounding_noise(sim, seed):
+        noisy = embedded(sim)
+    return judge_parity(fp32, simulated, fused, unfused_export, noisy, texts, cfg)
+
+
+__all__ = ["ParityRecord", "check_parity", "judge_parity", "rounding_noise", "unfused"]

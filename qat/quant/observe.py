@@ -7,46 +7,14 @@ apart lets an algorithm, or a search trial, use the first n batches without runn
 """
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from qat.config import OP_KINDS, QuantConfig
-from qat.load import EncoderModule
+from qat.quant.config import OP_KINDS, QuantConfig
 from qat.quant.qconf import Qconf
 from qat.quant.quantizer import FakeQuantizer
-from qat.quant.simulate import fake_quantize
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class TensorStats:
-    """One activation tensor over the calibration batches (row b = batch b)."""
-
-    batch_min: torch.Tensor      # [batches]
-    batch_max: torch.Tensor      # [batches]
-    bound: float                 # the histograms cover [-bound, bound]
-    histograms: torch.Tensor     # [batches, bins]
-    channel_sum: torch.Tensor | None = None     # Linear inputs: [batches, features], sums over tokens (bias correction)
-    rows: torch.Tensor | None = None            # [batches]: how many tokens each sum adds up
-    channel_absmax: torch.Tensor | None = None  # Linear inputs: [batches, features], max |x| (SmoothQuant)
-
-    def min_max(self, batches: int) -> tuple[float, float]:
-        return self.batch_min[:batches].min().item(), self.batch_max[:batches].max().item()
-
-    def histogram(self, batches: int) -> torch.Tensor:
-        return self.histograms[:batches].sum(0)
-
-    def channel_mean(self, batches: int) -> torch.Tensor:
-        assert self.channel_sum is not None and self.rows is not None, "channel sums are kept for Linear inputs only"
-        return self.channel_sum[:batches].sum(0) / self.rows[:batches].sum()
-
-    def channel_max(self, batches: int) -> torch.Tensor:
-        assert self.channel_absmax is not None, "channel maxima are kept for Linear inputs only"
-        return self.channel_absmax[:batches].amax(0)
+from qat.quant.simulate import simulate
+from qat.quant.stats import Batch, TensorStats
 
 
 class _Recorder(nn.Module):
@@ -88,9 +56,7 @@ class _Recorder(nn.Module):
 def collect_statistics(model: nn.Module, skeleton: Qconf, calib_batches: list[Batch], bins: int) -> dict[int, TensorStats]:
     """Statistics of every tensor that any recipe could put in int8, keyed by qconf tensor id.
     `bins` is per side: the histograms have 2 * bins bins, as fine on one side as IPEX's over [min, max]."""
-    everything = skeleton.copy()
-    everything.apply_recipe(QuantConfig(ops=list(OP_KINDS)))
-    sim = fake_quantize(EncoderModule(copy.deepcopy(model)), everything).eval()
+    sim = simulate(model, skeleton.with_recipe(QuantConfig(ops=list(OP_KINDS)))).eval()
     for module in sim.modules():
         if isinstance(module, FakeQuantizer):
             module.enabled = False

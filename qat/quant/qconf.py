@@ -12,13 +12,12 @@ from typing import Any
 import torch
 
 from qat.atomic import write_json
-from qat.config import QuantConfig
 from qat.errors import QatError
 from qat.numerics import QUANTIZED_DTYPES, parse_dtype
+from qat.quant.config import OP_KINDS, QuantConfig
+from qat.quant.wrapper import WRAPPER_PREFIX
 
-WRAPPER_PREFIX = "model."
 FP32 = "torch.float32"
-RECIPE_KINDS = ("linear", "matmul", "residual_add", "embedding_add")
 FUNCTIONAL_FAMILIES = {"matmul": "matmul", "residual_add": "add", "embedding_add": "add", "mask_add": "add"}
 
 
@@ -130,13 +129,18 @@ class Qconf:
     def copy(self) -> Qconf:
         return Qconf(copy.deepcopy(self.data), self.source)
 
-    def apply_recipe(self, quant: QuantConfig) -> None:
-        """Set each op's input dtypes: int8 for the recipe's op kinds minus skipped modules, fp32 otherwise."""
+    def with_recipe(self, quant: QuantConfig) -> Qconf:
+        """A copy whose ops' input dtypes are int8 for the recipe's op kinds minus skipped modules, fp32 otherwise."""
+        result = self.copy()
+        result._set_recipe(quant)
+        return result
+
+    def _set_recipe(self, quant: QuantConfig) -> None:
         kinds = quant.op_kinds()
         patterns = {p: re.compile(p) for p in quant.skip}
         used: set[str] = set()
         for op in self.ops:
-            if op.kind not in RECIPE_KINDS and op.kind != "mask_add":
+            if op.kind not in OP_KINDS and op.kind != "mask_add":
                 continue
             hits = [p for p, rx in patterns.items() if op.name == p or rx.fullmatch(op.name) or op.name.startswith(p + ".")]
             used.update(hits)
@@ -151,7 +155,7 @@ class Qconf:
                     weight["inf_dtype"] = op.info["weight_observer"]["dtype"] if int8 else FP32
         unused = [p for p in quant.skip if p not in used]
         if unused:
-            names = sorted({op.name for op in self.ops if op.kind in RECIPE_KINDS})
+            names = sorted({op.name for op in self.ops if op.kind in OP_KINDS})
             raise QatError(f"quant.skip entries {unused} match no quantizable module; expected names such as {names[:3]}")
 
     @property
@@ -218,7 +222,7 @@ class Qconf:
 
     def int8_counts(self) -> dict[str, int]:
         """How many ops of each kind the recipe puts in int8."""
-        counts = {kind: 0 for kind in RECIPE_KINDS}
+        counts = {kind: 0 for kind in OP_KINDS}
         for op in self.ops:
             if op.kind in counts and op.quantized:
                 counts[op.kind] += 1

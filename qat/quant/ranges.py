@@ -7,16 +7,28 @@ mse: the scaled-down min/max whose quantization error on the histogram is smalle
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from scipy.stats import entropy
 from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver
 
-from qat.config import CALIB_ALGORITHMS
-from qat.quant.observe import TensorStats
+from qat.quant.stats import TensorStats
+
 ACTIVATION_DTYPE = torch.quint8
 ENTROPY_LEVELS = 128   # TensorRT: the 8-bit magnitude levels of a symmetric int8 range
 MSE_GRID = 100
+
+
+@dataclass(frozen=True)
+class RangeOptions:
+    """The parameters some algorithms read (each reads at most one of them)."""
+
+    percentile: float = 99.99
+    averaging_constant: float = 0.01
+    symmetric: bool = False
 
 
 def activation_qparams(lo: float, hi: float, symmetric: bool) -> tuple[float, int]:
@@ -27,11 +39,16 @@ def activation_qparams(lo: float, hi: float, symmetric: bool) -> tuple[float, in
     return scale.item(), int(zero_point.item())
 
 
+def _min_max(stats: TensorStats, batches: int, options: RangeOptions) -> tuple[float, float]:
+    return stats.min_max(batches)
+
+
 def _edges(stats: TensorStats) -> torch.Tensor:
     return torch.linspace(-stats.bound, stats.bound, stats.histograms.shape[1] + 1, dtype=torch.float64)
 
 
-def _moving_average(stats: TensorStats, batches: int, constant: float) -> tuple[float, float]:
+def _moving_average(stats: TensorStats, batches: int, options: RangeOptions) -> tuple[float, float]:
+    constant = options.averaging_constant
     lo, hi = stats.batch_min[0].item(), stats.batch_max[0].item()
     for b in range(1, batches):
         lo += constant * (stats.batch_min[b].item() - lo)
@@ -39,7 +56,7 @@ def _moving_average(stats: TensorStats, batches: int, constant: float) -> tuple[
     return lo, hi
 
 
-def _histogram_l2(stats: TensorStats, batches: int) -> tuple[float, float]:
+def _histogram_l2(stats: TensorStats, batches: int, options: RangeOptions) -> tuple[float, float]:
     """torch's HistogramObserver search on our histogram cropped to the observed [min, max]."""
     lo, hi = stats.min_max(batches)
     hist, edges = stats.histogram(batches), _edges(stats)
@@ -53,7 +70,8 @@ def _histogram_l2(stats: TensorStats, batches: int) -> tuple[float, float]:
     return max(new_min.item(), lo), min(new_max.item(), hi)
 
 
-def _percentile(stats: TensorStats, batches: int, percentile: float) -> tuple[float, float]:
+def _percentile(stats: TensorStats, batches: int, options: RangeOptions) -> tuple[float, float]:
+    percentile = options.percentile
     lo, hi = stats.min_max(batches)
     if percentile >= 100.0:
         return lo, hi
@@ -65,7 +83,7 @@ def _percentile(stats: TensorStats, batches: int, percentile: float) -> tuple[fl
     return max(lo, low_edge), min(hi, high_edge)
 
 
-def _entropy(stats: TensorStats, batches: int) -> tuple[float, float]:
+def _entropy(stats: TensorStats, batches: int, options: RangeOptions) -> tuple[float, float]:
     """TensorRT's calibration: the |x| threshold whose clipped, 128-level histogram is closest in KL divergence."""
     lo, hi = stats.min_max(batches)
     hist = stats.histogram(batches).numpy()
@@ -92,7 +110,8 @@ def _entropy(stats: TensorStats, batches: int) -> tuple[float, float]:
     return max(lo, -threshold), min(hi, threshold)
 
 
-def _mse(stats: TensorStats, batches: int, symmetric: bool) -> tuple[float, float]:
+def _mse(stats: TensorStats, batches: int, options: RangeOptions) -> tuple[float, float]:
+    symmetric = options.symmetric
     lo, hi = stats.min_max(batches)
     hist, edges = stats.histogram(batches).float(), _edges(stats).float()
     centers = (edges[:-1] + edges[1:]) / 2
@@ -107,19 +126,18 @@ def _mse(stats: TensorStats, batches: int, symmetric: bool) -> tuple[float, floa
     return best
 
 
+# The one list of range algorithms: CalibConfig validates against it and conf/calib/ has one option per name.
+RANGE_ALGORITHMS: dict[str, Callable[[TensorStats, int, RangeOptions], tuple[float, float]]] = {
+    "minmax": _min_max,
+    "moving_average": _moving_average,
+    "histogram": _histogram_l2,
+    "percentile": _percentile,
+    "entropy": _entropy,
+    "mse": _mse,
+}
+
+
 def activation_range(stats: TensorStats, batches: int, algorithm: str, percentile: float = 99.99,
                      averaging_constant: float = 0.01, symmetric: bool = False) -> tuple[float, float]:
     """The [lo, hi] range `algorithm` picks from the first `batches` calibration batches."""
-    if algorithm == "minmax":
-        return stats.min_max(batches)
-    if algorithm == "moving_average":
-        return _moving_average(stats, batches, averaging_constant)
-    if algorithm == "histogram":
-        return _histogram_l2(stats, batches)
-    if algorithm == "percentile":
-        return _percentile(stats, batches, percentile)
-    if algorithm == "entropy":
-        return _entropy(stats, batches)
-    if algorithm == "mse":
-        return _mse(stats, batches, symmetric)
-    raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {list(CALIB_ALGORITHMS)}")
+    return RANGE_ALGORITHMS[algorithm](stats, batches, RangeOptions(percentile, averaging_constant, symmetric))

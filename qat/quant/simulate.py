@@ -10,21 +10,18 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from intel_extension_for_pytorch.quantization._quantization_state_utils import (
-    functions_supported_by_quantization,
-    functions_supported_by_quantization_ipex,
-)
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from transformers import PreTrainedModel
 
 from qat.errors import QatError
-from qat.load import EncoderModule
+from qat.ipex_backend import QUANTIZABLE_FUNCTIONS
 from qat.numerics import weight_qparams
 from qat.quant.modules import QuantFunctionalOp, QuantLinear
 from qat.quant.qconf import Qconf, QuantOp
 from qat.quant.quantizer import FakeQuantizer
+from qat.quant.wrapper import EncoderModule
 
-QUANTIZABLE_FUNCTIONS = functions_supported_by_quantization | functions_supported_by_quantization_ipex
 OPS_ATTRIBUTE = "qat_functional_ops"
 
 
@@ -161,6 +158,7 @@ class FakeQuantModel(nn.Module):
                 for path, m in self.encoder.named_modules() if isinstance(m, QuantLinear)}
 
 
-def fake_quantize(encoder: EncoderModule, qconf: Qconf) -> FakeQuantModel:
-    """Entry point: the fp32 wrapper (modified in place) simulating the qconf's int8 recipe."""
-    return FakeQuantModel(encoder, qconf)
+def simulate(model: PreTrainedModel, qconf: Qconf) -> FakeQuantModel:
+    """Entry point: a copy of the fp32 model, wrapped, simulating the qconf's int8 recipe (`model` is not changed;
+    the copy's Linear weights are the student's trainable parameters)."""
+    return FakeQuantModel(EncoderModule(copy.deepcopy(model)), qconf)

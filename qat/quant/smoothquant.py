@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from qat.config import QuantConfig, SmoothQuantConfig
 from qat.errors import QatError
-from qat.load import EncoderModule
-from qat.quant.observe import Batch, TensorStats
+from qat.quant.config import QuantConfig, SmoothQuantConfig
 from qat.quant.qconf import Qconf, QuantOp
+from qat.quant.stats import Batch, TensorStats
+from qat.quant.wrapper import EncoderModule
 
 SMOOTH_BUFFER = "smooth_inv_scale"
 _SMOOTHED_CLASSES: dict[type, type] = {}
@@ -61,8 +61,7 @@ def restore_smoothing(model: nn.Module, buffers: dict[str, torch.Tensor]) -> Non
 
 def smoothing_groups(qconf: Qconf, quant: QuantConfig, cfg: SmoothQuantConfig) -> dict[str, list[QuantOp]]:
     """Owner module path -> the recipe's int8 Linears it owns, which must share one input."""
-    recipe = qconf.copy()
-    recipe.apply_recipe(quant)
+    recipe = qconf.with_recipe(quant)
     patterns = [re.compile(p) for p in cfg.modules]
     groups: dict[str, list[QuantOp]] = {}
     for op in recipe.ops:

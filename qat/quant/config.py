@@ -1,0 +1,89 @@
+"""The quant core's own schemas: the int8 recipe, the calibration, SmoothQuant. The run configuration composes
+them; nothing here knows of it. Validation errors name the value and what was expected."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qat.errors import QatError, check_choice, check_positive
+from qat.quant.ranges import RANGE_ALGORITHMS
+
+# The op kinds a recipe can put in int8 (qconf.py classifies every IPEX op into one of them, or another kind
+# that never goes int8, such as the attention-mask add).
+OP_KINDS = ("linear", "matmul", "residual_add", "embedding_add")
+OP_ALIASES = {"add": ("residual_add", "embedding_add")}
+CALIB_ALGORITHMS = tuple(RANGE_ALGORITHMS)
+
+
+@dataclass
+class QuantConfig:
+    """Which op kinds run in int8, which modules stay fp32 (exact names or regular expressions), the weight
+    range (8 bits, or 7 on CPUs without VNNI whose int8 GEMM saturates; 'auto' picks by this CPU), and an
+    optional clamp of the frozen activation scales (a limited range: finer steps, clipped outliers)."""
+
+    ops: list[str] = field(default_factory=lambda: ["linear", "matmul"])
+    skip: list[str] = field(default_factory=list)
+    weight_bits: str = "auto"
+    scale_min: float | None = None
+    scale_max: float | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("quant.weight_bits", self.weight_bits, ("auto", "8", "7"))
+        check_positive("quant.scale_min", self.scale_min)
+        check_positive("quant.scale_max", self.scale_max)
+        if self.scale_min is not None and self.scale_max is not None and self.scale_min > self.scale_max:
+            raise QatError(f"quant.scale_min={self.scale_min} > quant.scale_max={self.scale_max}; expected min <= max")
+        if not self.ops:
+            raise QatError("quant.ops is empty; expected at least one of " + str(list(OP_KINDS) + list(OP_ALIASES)))
+        for op in self.ops:
+            check_choice("quant.ops entry", op, OP_KINDS + tuple(OP_ALIASES))
+
+    def op_kinds(self) -> frozenset[str]:
+        """The ops list with aliases ('add') expanded."""
+        return frozenset(kind for op in self.ops for kind in OP_ALIASES.get(op, (op,)))
+
+
+@dataclass
+class CalibConfig:
+    """Activation calibration over `samples` texts in batches of `batch_size`: a range algorithm (a name of
+    ranges.RANGE_ALGORITHMS; 'histogram' is IPEX's default L2 search), symmetric or affine quint8 activations, and
+    optional bias correction of the weight quantization error (the Linear biases absorb (W - Q(W)) E[x])."""
+
+    algorithm: str = "histogram"
+    bins: int = 2048
+    samples: int = 256
+    batch_size: int = 32
+    percentile: float = 99.99
+    averaging_constant: float = 0.01
+    symmetric: bool = False
+    bias_correction: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("calib.algorithm", self.algorithm, CALIB_ALGORITHMS)
+        check_positive("calib.bins", self.bins)
+        check_positive("calib.samples", self.samples)
+        check_positive("calib.batch_size", self.batch_size)
+        if not 0.0 < self.percentile <= 100.0:
+            raise QatError(f"calib.percentile={self.percentile} is not valid; expected a number in (0, 100]")
+        if not 0.0 < self.averaging_constant <= 1.0:
+            raise QatError(f"calib.averaging_constant={self.averaging_constant} is not valid; expected a number in (0, 1]")
+
+    @property
+    def batches(self) -> int:
+        return -(-self.samples // self.batch_size)
+
+
+@dataclass
+class SmoothQuantConfig:
+    """SmoothQuant migration before calibration (smoothquant.py): `alpha` in [0, 1] moves that much of each input
+    channel's range into the weights; `modules` (regular expressions) choose the owner modules whose int8 Linears
+    are smoothed ('.*': all of them)."""
+
+    enabled: bool = False
+    alpha: float = 0.5
+    modules: list[str] = field(default_factory=lambda: [".*"])
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise QatError(f"smoothquant.alpha={self.alpha} is not valid; expected a number in [0, 1]")
+        if not self.modules:
+            raise QatError("smoothquant.modules is empty; expected regular expressions of module paths, e.g. ['.*']")

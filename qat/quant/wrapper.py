@@ -1,0 +1,23 @@
+"""The traceable wrapper around a Hugging Face encoder, and the name prefix it gives every qconf path."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+# Every qconf written by this project names modules relative to EncoderModule: its attribute `model` + ".".
+WRAPPER_PREFIX = "model."
+
+
+class EncoderModule(nn.Module):
+    """(input_ids, attention_mask) -> last hidden state: the one signature that is calibrated, simulated and traced."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # An explicit additive mask: transformers skips its own mask (and the mask add) when nothing is padded,
+        # which would change the op sequence that the qconf records between batches.
+        additive = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        return self.model(input_ids=input_ids, attention_mask=additive).last_hidden_state

@@ -1,0 +1,92 @@
+"""The recovery stage: decide whether PTQ needs training, build the teacher, train the fake-quant student."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from torch import nn
+from transformers import PreTrainedModel
+
+from qat.config import RecoveryConfig, RunConfig
+from qat.errors import QatError
+from qat.evaluate import Metrics, relative_loss
+from qat.quant.config import QuantConfig
+from qat.quant.qconf import Qconf
+from qat.quant.simulate import FakeQuantModel, simulate
+from qat.session import Session
+from qat.trainer import Trainer, TrainState, resolve_resume
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RecoveryDecision:
+    """PTQ's loss on the dev metric against fp32, and whether the run trains."""
+
+    metric: str
+    fp32: float
+    ptq: float
+    ptq_loss: float
+    threshold: float
+    force: bool
+    train: bool
+
+
+@dataclass
+class TrainingSummary(TrainState):
+    """Where training ended (the trainer's state) and what it cost."""
+
+    seconds: float = 0.0
+    seconds_per_step: float = 0.0
+    teacher: str = ""
+    processes: int = 1
+
+
+def decide_recovery(recovery: RecoveryConfig, train_enabled: bool, fp32: Metrics, ptq: Metrics) -> RecoveryDecision:
+    """Train only if PTQ loses more than recovery.threshold on the dev metric (or if forced)."""
+    metric = recovery.metric
+    loss = relative_loss(metric, fp32[metric], ptq[metric])
+    decision = RecoveryDecision(metric, fp32[metric], ptq[metric], loss, recovery.threshold, recovery.force,
+                                train_enabled and (recovery.force or loss > recovery.threshold))
+    log.info("PTQ loss on dev %s: %.4f (threshold %.4f): %s", metric, loss, recovery.threshold,
+             "training" if decision.train else "no training needed" if train_enabled else "training disabled")
+    return decision
+
+
+def fingerprint(cfg: RunConfig, qconf: Qconf) -> str:
+    """Identifies what a checkpoint belongs to: model, qconf, data, seed and the training recipe."""
+    train = {k: v for k, v in asdict(cfg.train).items() if k not in ("resume", "steps", "eval_every", "save_every")}
+    payload = json.dumps([cfg.model.name_or_path, asdict(cfg.data), cfg.seed, train, asdict(cfg.teacher),
+                          json.dumps(qconf.data, sort_keys=True)], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def build_teacher(cfg: RunConfig, ptq_model: PreTrainedModel, qconf: Qconf, fp32: nn.Module) -> nn.Module:
+    """fp32, or the PTQ model under the teacher's recipe (frozen, same scales as the student)."""
+    if cfg.teacher.kind == "fp32":
+        return fp32
+    recipe = qconf.with_recipe(QuantConfig(ops=cfg.teacher.ops, skip=cfg.teacher.skip))
+    if recipe.data == qconf.data:
+        raise QatError(f"teacher=int8 with ops {cfg.teacher.ops} and skip {cfg.teacher.skip} is the student itself "
+                       "(the distillation loss would be zero); expected a partial-operator teacher recipe or teacher=fp32")
+    return simulate(ptq_model, recipe).eval()
+
+
+def recover(cfg: RunConfig, accelerator: Accelerator, session: Session, ptq_model: PreTrainedModel, qconf: Qconf,
+            run_dir: Path) -> tuple[FakeQuantModel, TrainingSummary]:
+    """Recovery training; returns the student with its best dev weights and what the training did."""
+    teacher = build_teacher(cfg, ptq_model, qconf, session.fp32())
+    trainer = Trainer(accelerator, simulate(ptq_model, qconf), teacher, session.encoder, session.calibration,
+                      cfg.train, run_dir, fingerprint(cfg, qconf), cfg.seed, session.evaluate_dev, cfg.recovery.metric)
+    result = trainer.train(resolve_resume(cfg.train.resume, run_dir / "checkpoints"))
+    student = accelerator.unwrap_model(trainer.student, keep_fp32_wrapper=False)   # fp32, as exported
+    if result.best_weights is not None:
+        student.load_state_dict(load_file(str(result.best_weights)))
+    summary = TrainingSummary(**asdict(result.state), seconds=result.seconds, seconds_per_step=result.seconds_per_step,
+                              teacher=cfg.teacher.kind, processes=accelerator.num_processes)
+    return student, summary

@@ -1,0 +1,63 @@
+"""What every job sets up once: threads and seed, the encoder, the calibration texts, the held-out and task data,
+and the fp32 reference on the data that choices may read (never a test split)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from accelerate.utils import set_seed
+
+from qat.config import DataConfig, EvalConfig, ModelConfig
+from qat.data import calibration_texts
+from qat.errors import QatError
+from qat.evaluate import EvalData, Forward, Metrics, Table, embed, evaluate, load_eval_data
+from qat.load import Encoder, load_encoder
+from qat.quant.wrapper import EncoderModule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Session:
+    encoder: Encoder
+    calibration: list[str]            # calibration (and training) texts
+    origins: list[str] | None         # each calibration text's source name, when they are a mix
+    data: EvalData                    # everything evaluated at the end: held-out texts and every task set
+    dev: EvalData                     # what choices may read: held-out texts and the non-test task sets
+    fp32_dev: Table                   # fp32 embeddings of dev.texts()
+    fp32_dev_metrics: Metrics
+    batch_size: int
+
+    def fp32(self) -> EncoderModule:
+        return EncoderModule(self.encoder.model).eval()
+
+    def embed(self, forward: Forward, texts: list[str]) -> Table:
+        return embed(forward, self.encoder, texts, self.batch_size)
+
+    def evaluate_dev(self, forward: Forward, dev: EvalData | None = None) -> Metrics:
+        """Metrics of a model on the dev data (or a part of it) against the fp32 reference."""
+        dev = dev or self.dev
+        return evaluate(self.embed(forward, dev.texts()), self.fp32_dev, dev)
+
+
+def open_session(model: ModelConfig, data: DataConfig, eval_cfg: EvalConfig, *, seed: int, threads: int | None,
+                 metrics: dict[str, str], only_tasks_of_metrics: bool = False) -> Session:
+    """Load everything once. `metrics` maps each setting that names a dev metric to its value; a metric that is
+    not measured is an error before any calibration batch runs. A job that reads nothing but those metrics (a
+    search, a sensitivity analysis) keeps only the dev task sets they read, so its trials embed no more."""
+    torch.set_num_threads(threads or torch.get_num_threads())
+    set_seed(seed)
+    texts, origins = calibration_texts(data)
+    everything, dev = load_eval_data(data)
+    if only_tasks_of_metrics:
+        dev = dev.for_metrics(list(metrics.values()))
+    encoder = load_encoder(model)
+    fp32_dev = embed(EncoderModule(encoder.model).eval(), encoder, dev.texts(), eval_cfg.batch_size)
+    measured = evaluate(fp32_dev, fp32_dev, dev)
+    for setting, name in metrics.items():
+        if name not in measured:
+            raise QatError(f"{setting}={name!r} is not measured on this data; expected one of {sorted(measured)}")
+    log.info("%s: %d calibration texts, %d held-out texts, task sets %s", encoder.source, len(texts),
+             len(dev.heldout), list(everything.tasks))
+    return Session(encoder, texts, origins, everything, dev, fp32_dev, measured, eval_cfg.batch_size)

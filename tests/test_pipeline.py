@@ -1,0 +1,79 @@
+"""The recovery job called in-process: one session, statistics collected once, typed results."""
+import json
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+
+import qat.calibrate
+import qat.ptq
+from qat.config import RunConfig, SensitivityRunConfig
+from qat.entry import job_config
+from qat.errors import QatError
+from qat.evaluate import Variant
+from qat.pipeline import run_pipeline
+from qat.quant.config import QuantConfig
+from qat.quant.simulate import simulate
+from qat.report import RunReport
+from qat.session import open_session
+
+
+def tiny_overrides(tiny_model_dir) -> list[str]:
+    return [f"model.name_or_path={tiny_model_dir}", "model.max_length=32", "calib.samples=64",
+            "+data.heldout.limit=40", "eval.batch_size=32"]
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps its state in process-wide singletons; the job makes its own Accelerator."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def test_sensitivity_stage_reuses_the_calibration_and_the_job_never_rereads_its_artifact(
+        tiny_model_dir, tmp_path, monkeypatch, fresh_accelerate_state):
+    collections = []
+    collect = qat.calibrate.collect_statistics
+    monkeypatch.setattr(qat.calibrate, "collect_statistics", lambda *a, **k: collections.append(1) or collect(*a, **k))
+    monkeypatch.setattr(qat.ptq, "read_ptq_artifact", lambda path: pytest.fail(f"the job read back {path}"))
+    cfg = job_config("train", RunConfig, tiny_overrides(tiny_model_dir) + [
+        "train=none", "quant=full_int8", "sensitivity.enabled=true", "sensitivity.top_k=1"])
+    report = run_pipeline(cfg, tmp_path / "run")
+    assert isinstance(report, RunReport) and collections == [1]
+    sensitivity = json.loads((tmp_path / "run" / "sensitivity" / "sensitivity.json").read_text())
+    assert report.recipe.skip == sensitivity["skip"] and len(report.recipe.skip) >= 1
+    assert set(report.variants) == {Variant.FP32, Variant.PTQ_FAKEQUANT, Variant.PTQ_INT8}
+    assert report.exports["ptq"].parity.passed and report.exports["ptq"].parity.unfused_max_abs_diff == 0.0
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["recipe"]["skip"] == sensitivity["skip"] and saved["variants"]["ptq_int8"] == report.variants[Variant.PTQ_INT8]
+    assert saved["exports"]["ptq"]["parity"]["rounding_floor"].keys() == {"cosine_mean", "cosine_min"}
+    assert json.loads((tmp_path / "run" / "ptq" / "metadata.json").read_text())["recipe"]["skip"] == sensitivity["skip"]
+
+
+def test_a_metric_that_is_not_measured_is_refused_before_calibration(tiny_model_dir):
+    cfg = job_config("sensitivity", SensitivityRunConfig, tiny_overrides(tiny_model_dir) + ["sensitivity.metric=wikiqa_dev/map"])
+    with pytest.raises(QatError, match=r"sensitivity.metric='wikiqa_dev/map' is not measured on this data; expected one of"):
+        open_session(cfg.model, cfg.data, cfg.eval, seed=0, threads=None,
+                     metrics={"sensitivity.metric": cfg.sensitivity.metric})
+
+
+def test_test_splits_never_drive_a_choice():
+    with pytest.raises(QatError, match=r"recovery.metric='stsb_test/spearman' reads a test split"):
+        job_config("train", RunConfig, ["recovery.metric=stsb_test/spearman"])
+
+
+def test_simulate_copies_the_model_and_qconf_recipes_are_new_objects(tiny_encoder, texts):
+    qconf = qat.calibrate.calibrate(tiny_encoder, texts, qat.calibrate.CalibConfig(samples=32, batch_size=16),
+                                    QuantConfig(ops=["linear"])).qconf
+    before = {k: v.clone() for k, v in tiny_encoder.model.state_dict().items()}
+    sim = simulate(tiny_encoder.model, qconf)
+    with torch.no_grad():
+        for parameter in sim.parameters():
+            parameter.add_(1.0)
+    assert all(torch.equal(before[k], v) for k, v in tiny_encoder.model.state_dict().items())
+    assert not any(type(m).__name__ == "QuantLinear" for m in tiny_encoder.model.modules())
+    partial = qconf.with_recipe(QuantConfig(ops=["linear"], skip=["encoder.layer.0.output.dense"]))
+    assert partial is not qconf and partial.int8_counts()["linear"] == qconf.int8_counts()["linear"] - 1
