@@ -63,9 +63,17 @@ def saved_smoothing(model_dir: Path) -> dict[str, torch.Tensor]:
     return buffers
 
 
-def read_ptq_artifact(path: Path) -> PtqArtifact:
+def check_ptq_artifact(path: Path) -> None:
+    """A folder written by qat's calibration (checked before any model is loaded)."""
+    if not path.is_dir():
+        raise QatError(f"PTQ artifact {str(path)!r} does not exist; expected a folder written by qat's calibration "
+                       f"(model/, {QCONF_FILE}, {METADATA_FILE})")
     if not (path / METADATA_FILE).is_file():
         raise QatError(f"PTQ artifact {str(path)!r} has no {METADATA_FILE}; expected a folder written by qat's calibration")
+
+
+def read_ptq_artifact(path: Path) -> PtqArtifact:
+    check_ptq_artifact(path)
     metadata = json.loads((path / METADATA_FILE).read_text())
     encoder = load_encoder(ModelConfig(str(path / MODEL_DIR), metadata["pooling"], metadata["max_length"]))
     encoder.source = metadata["model"]

@@ -267,6 +267,11 @@ class JobConfig:
     seed: int = 0
     threads: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise QatError(f"threads={self.threads} is not valid; expected a positive count of CPU threads, or null "
+                           "for torch's default (all cores)")
+
 
 @dataclass
 class RunConfig(JobConfig):
@@ -280,6 +285,7 @@ class RunConfig(JobConfig):
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.smoothquant.enabled and self.ptq.qconf:
             raise QatError("smoothquant=on with ptq.qconf: a restored qconf keeps its own calibration; expected "
                            "smoothquant=off, or no ptq.qconf so that qat migrates and calibrates")

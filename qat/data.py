@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -46,6 +47,14 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise QatError(f"data file {str(path)!r} does not exist; expected a .tsv, .csv, .jsonl or .txt file")
     suffix = path.suffix.lower()
+    try:
+        return _parse_file(path, suffix)
+    except UnicodeDecodeError as error:
+        raise QatError(f"data file {str(path)!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                       f"{error.start}); expected UTF-8") from None
+
+
+def _parse_file(path: Path, suffix: str) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8", newline="") as handle:
         if suffix == ".tsv":
             # STS files contain bare quotes: no quoting, split on tabs only.
@@ -112,13 +121,20 @@ def load_texts(source: SourceConfig) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
+def _score(value: Any, row: int, where: str) -> float:
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise QatError(f"data source {where!r} row {row} has a non-numeric score {value!r}; expected a finite number") from None
+    if not math.isfinite(score):
+        raise QatError(f"data source {where!r} row {row} has score {value!r}; expected a finite number")
+    return score
+
+
 def load_task(source: SourceConfig) -> PairSet | RerankSet:
     rows = read_rows(source)
     if source.format == "pairs":
-        try:
-            scores = [float(r["score"]) for r in rows]
-        except ValueError as error:
-            raise QatError(f"data source {source.path!r} has a non-numeric score: {error}") from None
+        scores = [_score(r["score"], number, source.path) for number, r in enumerate(rows, start=1)]
         return PairSet([str(r["sentence1"]) for r in rows], [str(r["sentence2"]) for r in rows], scores)
     if source.format == "rerank":
         return RerankSet([str(r["query"]) for r in rows], [list(r["positive"]) for r in rows], [list(r["negative"]) for r in rows])

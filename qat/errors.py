@@ -1,6 +1,8 @@
 """The one exception type whose message is shown to the user as a single line, and the checks that raise it."""
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,11 +23,29 @@ def check_positive(name: str, value: int | float | None) -> None:
         raise QatError(f"{name}={value!r} is not valid; expected a positive number")
 
 
+def disk_error(error: OSError) -> QatError | None:
+    """A full disk or an unwritable file met while writing, as a QatError; None for any other OSError."""
+    where = error.filename or "the run folder"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return QatError(f"no space left on the device writing {where}; expected free disk space (nothing finished was "
+                        "overwritten: every file is written under a temporary name first)")
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return QatError(f"cannot write {where} ({os.strerror(error.errno)}); expected a writable run folder")
+    return None
+
+
 @contextmanager
 def reported_as_one_line() -> Iterator[None]:
-    """What every entry point does with a QatError: one `error:` line on stderr and exit code 2."""
+    """What every entry point does with a QatError (and a full or read-only disk): one `error:` line on stderr and
+    exit code 2."""
     try:
         yield
     except QatError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:
+        mapped = disk_error(error)
+        if mapped is None:
+            raise
+        print(f"error: {mapped}", file=sys.stderr)
         sys.exit(2)

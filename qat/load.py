@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from qat.config import ModelConfig
 from qat.errors import QatError
@@ -45,17 +47,28 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(Path(name_or_path).expanduser()) if looks_local else name_or_path
 
 
+def check_encoder(name: str, config: transformers.PretrainedConfig) -> None:
+    """Only bidirectional encoders (the model types transformers can run as masked LMs, not encoder-decoders):
+    a decoder's causal attention and generation loop are not what qat quantizes, simulates or exports."""
+    if config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES or getattr(config, "is_encoder_decoder", False) \
+            or getattr(config, "is_decoder", False):
+        raise QatError(f"model {name!r} (model_type {config.model_type!r}) is not an encoder; expected a bidirectional "
+                       "encoder such as BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DistilBERT, ERNIE or MPNet")
+
+
 def load_encoder(cfg: ModelConfig) -> Encoder:
     path = resolve_model_path(cfg.name_or_path)
     # The load report would list the pooler weights that qat drops on purpose (see below).
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     try:
+        check_encoder(cfg.name_or_path, AutoConfig.from_pretrained(path))
         tokenizer = AutoTokenizer.from_pretrained(path)
         # Eager attention: with SDPA the attention products are one fused op that no int8 recipe can see.
         model = AutoModel.from_pretrained(path, attn_implementation="eager")
-    except (OSError, ValueError) as error:
-        raise QatError(f"cannot load model {cfg.name_or_path!r}: {str(error).splitlines()[0]}") from None
+    except (OSError, ValueError, SafetensorError) as error:
+        raise QatError(f"cannot load model {cfg.name_or_path!r} ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                       "expected a complete Hugging Face model folder (config.json, weights, tokenizer)") from None
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and cfg.max_length > limit:
         raise QatError(f"model.max_length={cfg.max_length} exceeds the model's limit; expected at most {limit}")

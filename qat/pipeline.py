@@ -16,7 +16,7 @@ from qat.evaluate import MODEL_VARIANTS, Table, Variant, evaluate
 from qat.export.ipex import load_exported
 from qat.export.verify import ExportRecord, export_verified
 from qat.numerics import cpu_has_vnni
-from qat.ptq import prepare_ptq
+from qat.ptq import check_ptq_source, given_artifact, prepare_ptq
 from qat.quant.simulate import FakeQuantModel, simulate
 from qat.recovery import decide_recovery, recover
 from qat.report import CalibrationRecord, DataSummary, RecipeSummary, RunReport, write_report
@@ -43,10 +43,13 @@ def export_and_evaluate(cfg: RunConfig, session: Session, models: dict[str, Fake
 
 def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     """The recovery job; returns its report (None on the other processes of a multi-process launch)."""
+    check_ptq_source(cfg, run_dir)
     metrics = {"recovery.metric": cfg.recovery.metric}
     if cfg.sensitivity.enabled:
         metrics["sensitivity.metric"] = cfg.sensitivity.metric
-    session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads, metrics=metrics)
+    calibrates = given_artifact(cfg, run_dir) is None and not cfg.ptq.qconf
+    session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads, metrics=metrics,
+                           recipe=cfg.quant if calibrates else None)
     accelerator = Accelerator(
         cpu=True, log_with="tensorboard", project_dir=str(run_dir), gradient_accumulation_steps=cfg.train.grad_accum,
         mixed_precision="bf16" if cfg.train.bf16 else "no",

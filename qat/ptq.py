@@ -12,7 +12,7 @@ from typing import Any
 from accelerate import Accelerator
 from transformers import PreTrainedModel
 
-from qat.artifact import read_ptq_artifact, write_ptq_artifact
+from qat.artifact import check_ptq_artifact, read_ptq_artifact, write_ptq_artifact
 from qat.calibrate import apply_calibration, calibration_batches, observe
 from qat.config import RunConfig
 from qat.quant.qconf import Qconf
@@ -73,14 +73,29 @@ def _read(path: Path, cfg: RunConfig) -> PtqModel:
                     skip, artifact.metadata)
 
 
+def given_artifact(cfg: RunConfig, run_dir: Path) -> Path | None:
+    """The PTQ artifact the run starts from instead of making one: ptq.artifact, or a resumed run's own."""
+    if cfg.ptq.artifact:
+        return Path(cfg.ptq.artifact)
+    path = run_dir / ARTIFACT_DIR
+    return path if path.exists() and cfg.train.resume is not None else None
+
+
+def check_ptq_source(cfg: RunConfig, run_dir: Path) -> None:
+    """A given PTQ source exists and has the right shape (before any model is loaded)."""
+    if cfg.ptq.artifact:
+        check_ptq_artifact(Path(cfg.ptq.artifact))
+    if cfg.ptq.qconf:
+        Qconf.read(cfg.ptq.qconf)
+
+
 def prepare_ptq(cfg: RunConfig, session: Session, run_dir: Path, accelerator: Accelerator) -> PtqModel:
     """The run's PTQ model. The main process makes and writes it; the others read what it wrote."""
-    if cfg.ptq.artifact:
-        return _read(Path(cfg.ptq.artifact), cfg)
+    given = given_artifact(cfg, run_dir)
+    if given is not None:
+        log.info("starting from the PTQ artifact %s", given)
+        return _read(given, cfg)
     path = run_dir / ARTIFACT_DIR
-    if path.exists() and cfg.train.resume is not None:
-        log.info("resuming: reusing the PTQ artifact %s", path)
-        return _read(path, cfg)
     ptq = None
     if accelerator.is_main_process:
         ptq = _restored(cfg, session, cfg.ptq.qconf) if cfg.ptq.qconf else _calibrated(cfg, session, run_dir)

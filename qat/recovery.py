@@ -6,6 +6,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
 from safetensors.torch import load_file
@@ -18,6 +19,7 @@ from qat.evaluate import Metrics, relative_loss
 from qat.quant.config import QuantConfig
 from qat.quant.qconf import Qconf
 from qat.quant.simulate import FakeQuantModel, simulate
+from qat.run_folder import FREE_ON_RESUME, flat_settings
 from qat.session import Session
 from qat.trainer import Trainer, TrainState, resolve_resume
 
@@ -41,7 +43,6 @@ class RecoveryDecision:
 class TrainingSummary(TrainState):
     """Where training ended (the trainer's state) and what it cost."""
 
-    seconds: float = 0.0
     seconds_per_step: float = 0.0
     teacher: str = ""
     processes: int = 1
@@ -58,12 +59,16 @@ def decide_recovery(recovery: RecoveryConfig, train_enabled: bool, fp32: Metrics
     return decision
 
 
-def fingerprint(cfg: RunConfig, qconf: Qconf) -> str:
-    """Identifies what a checkpoint belongs to: model, qconf, data, seed and the training recipe."""
-    train = {k: v for k, v in asdict(cfg.train).items() if k not in ("resume", "steps", "eval_every", "save_every")}
-    payload = json.dumps([cfg.model.name_or_path, asdict(cfg.data), cfg.seed, train, asdict(cfg.teacher),
-                          json.dumps(qconf.data, sort_keys=True)], sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+def student_settings(cfg: RunConfig, ptq_model: PreTrainedModel, qconf: Qconf) -> dict[str, Any]:
+    """Everything that shapes the trained student, as a checkpoint records it: every setting of the run (model,
+    data, calibration, recipe, SmoothQuant, teacher, training, seed; not threads, evaluation or export) and the PTQ
+    model's content (its qconf and weights), so that a checkpoint never continues under another setting."""
+    content = hashlib.sha256(json.dumps(qconf.data, sort_keys=True).encode())
+    for name, tensor in sorted(ptq_model.state_dict().items()):
+        content.update(name.encode())
+        content.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    settings = {key: value for key, value in flat_settings(cfg).items() if not key.startswith(FREE_ON_RESUME)}
+    return {**settings, "ptq.content": content.hexdigest()}
 
 
 def build_teacher(cfg: RunConfig, ptq_model: PreTrainedModel, qconf: Qconf, fp32: nn.Module) -> nn.Module:
@@ -82,11 +87,12 @@ def recover(cfg: RunConfig, accelerator: Accelerator, session: Session, ptq_mode
     """Recovery training; returns the student with its best dev weights and what the training did."""
     teacher = build_teacher(cfg, ptq_model, qconf, session.fp32())
     trainer = Trainer(accelerator, simulate(ptq_model, qconf), teacher, session.encoder, session.calibration,
-                      cfg.train, run_dir, fingerprint(cfg, qconf), cfg.seed, session.evaluate_dev, cfg.recovery.metric)
+                      cfg.train, run_dir, student_settings(cfg, ptq_model, qconf), cfg.seed, session.evaluate_dev,
+                      cfg.recovery.metric)
     result = trainer.train(resolve_resume(cfg.train.resume, run_dir / "checkpoints"))
     student = accelerator.unwrap_model(trainer.student, keep_fp32_wrapper=False)   # fp32, as exported
     if result.best_weights is not None:
         student.load_state_dict(load_file(str(result.best_weights)))
-    summary = TrainingSummary(**asdict(result.state), seconds=result.seconds, seconds_per_step=result.seconds_per_step,
+    summary = TrainingSummary(**asdict(result.state), seconds_per_step=result.seconds_per_step,
                               teacher=cfg.teacher.kind, processes=accelerator.num_processes)
     return student, summary

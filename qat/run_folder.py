@@ -4,7 +4,6 @@ at a time holds it (a lock file with the process id). Then the leftovers of a ki
 job's record (its settings, its Hydra config and overrides, its log) is written."""
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -48,6 +47,12 @@ def flat_settings(config: Any) -> dict[str, Any]:
 
     walk("", json.loads(json.dumps(asdict(config), default=str)))
     return flat
+
+
+def changed_settings(recorded: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """The settings (except those free on a resume) whose values differ."""
+    return [key for key in sorted(set(recorded) | set(settings))
+            if not key.startswith(FREE_ON_RESUME) and recorded.get(key) != settings.get(key)]
 
 
 def check_writable(run_dir: Path) -> None:
@@ -132,8 +137,7 @@ def check_run_folder(run_dir: Path, kind: JobKind, settings: dict[str, Any], res
         raise QatError(f"run folder {str(run_dir)!r} holds a {kind.name} run that did not finish; expected {how}a new "
                        "hydra.run.dir")
     recorded = json.loads((run_dir / SETTINGS_FILE).read_text())
-    changed = [key for key in sorted(set(recorded) | set(settings))
-               if not key.startswith(FREE_ON_RESUME) and recorded.get(key) != settings.get(key)]
+    changed = changed_settings(recorded, settings)
     if changed:
         named = ", ".join(f"{key}={recorded.get(key)!r} (now {settings.get(key)!r})" for key in changed)
         raise QatError(f"run folder {str(run_dir)!r} was started with {named}; expected the same settings to resume "
@@ -155,20 +159,20 @@ def write_record(run_dir: Path, settings: dict[str, Any], config: DictConfig, ov
     write_text(run_dir / RECORD_DIR / "overrides.yaml", OmegaConf.to_yaml(overrides))
 
 
+def undo_fresh_start(run_dir: Path, job_name: str) -> None:
+    """A fresh run that failed before writing any output takes its record back, so that a corrected rerun may use
+    the same folder. Once an output exists (a PTQ artifact, a checkpoint, a report), everything stays."""
+    record = {SETTINGS_FILE, RECORD_DIR, f"{job_name}.log"}
+    if any(p.name not in record | {LOCK_FILE} for p in run_dir.iterdir()):
+        return
+    for name in record:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def attach_log(run_dir: Path, job_name: str) -> logging.Handler:
     """The job's log file (appended to by a resume), opened only once the folder is known to be this job's."""
     handler = logging.FileHandler(run_dir / f"{job_name}.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logging.getLogger().addHandler(handler)
     return handler
-
-
-def disk_error(error: OSError) -> QatError | None:
-    """A full disk or a read-only file system met while writing, as one line; None for any other OSError."""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return QatError(f"no space left on the device writing {error.filename or 'the run folder'}; expected free disk "
-                        "space (nothing finished was overwritten: every file is written under a temporary name first)")
-    if error.errno in (errno.EROFS, errno.EACCES):
-        return QatError(f"cannot write {error.filename or 'the run folder'} ({os.strerror(error.errno)}); expected a "
-                        "writable run folder")
-    return None

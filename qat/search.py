@@ -107,7 +107,7 @@ def run_search(cfg: SearchRunConfig, run_dir: Path) -> dict[str, Any]:
     batches_needed = max(max(space.batches) for space in spaces)
     base = dataclasses.replace(cfg.calib, samples=batches_needed * cfg.calib.batch_size)
     session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads,
-                           metrics={"search.objective": cfg.search.objective}, only_tasks_of_metrics=True)
+                           metrics={"search.objective": cfg.search.objective}, only_tasks_of_metrics=True, recipe=cfg.quant)
     if len(session.calibration) < base.samples:
         raise QatError(f"the search space asks for {batches_needed} calibration batches of {cfg.calib.batch_size} "
                        f"({base.samples} texts) but the calibration set has {len(session.calibration)}; expected fewer "
@@ -165,8 +165,9 @@ def search_table(result: dict[str, Any]) -> str:
 
 def main() -> None:
     from qat.entry import run_job
+    from qat.run_folder import JobKind
 
-    result, run_dir = run_job("search", SearchRunConfig, run_search)
+    result, run_dir = run_job(JobKind("search", finished_marker="search.json", resumable=False), SearchRunConfig, run_search)
     print(f"best {result['objective']}={result['best']['objective']:.6g} "
           f"(IPEX default {result['baseline_ipex_default']['metrics'][result['objective']]:.6g}); "
           f"results: {run_dir / 'search.md'}; use: python -m qat.train --config-dir {run_dir / 'conf'} calib=searched "

@@ -147,7 +147,7 @@ def run_sensitivity(cfg: SensitivityRunConfig, run_dir: Path) -> SensitivityResu
     """The `qat.sensitivity` job: statistics once, the analysis, and its outputs in `run_dir`."""
     session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads,
                            metrics={"recovery.metric": cfg.recovery.metric, "sensitivity.metric": cfg.sensitivity.metric},
-                           only_tasks_of_metrics=True)
+                           only_tasks_of_metrics=True, recipe=cfg.quant)
     observed = observe(session.encoder.model, calibration_batches(session.encoder, session.calibration, cfg.calib),
                        cfg.calib, cfg.quant, cfg.smoothquant)
     result = analyse_sensitivity(session, observed, cfg.calib, cfg.quant, cfg.sensitivity, cfg.recovery)
@@ -202,8 +202,9 @@ def sensitivity_table(result: SensitivityResult) -> str:
 
 def main() -> None:
     from qat.entry import run_job
+    from qat.run_folder import JobKind
 
-    result, run_dir = run_job("sensitivity", SensitivityRunConfig, run_sensitivity)
+    result, run_dir = run_job(JobKind("sensitivity", finished_marker="sensitivity.json", resumable=False), SensitivityRunConfig, run_sensitivity)
     print(f"skip {result.skip_groups}; results: {run_dir / 'sensitivity.md'}; "
           f"use: python -m qat.train --config-dir {run_dir / 'conf'} quant=sensitive")
 

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 import torch
 from accelerate.utils import set_seed
 
+from qat.calibrate import ipex_skeleton
 from qat.config import DataConfig, EvalConfig, ModelConfig
 from qat.data import calibration_texts
 from qat.errors import QatError
 from qat.evaluate import EvalData, Forward, Metrics, Table, embed, evaluate, load_eval_data
-from qat.load import Encoder, load_encoder
+from qat.load import Encoder, batches, load_encoder
+from qat.quant.config import QuantConfig
 from qat.quant.wrapper import EncoderModule
 
 log = logging.getLogger(__name__)
@@ -42,10 +44,11 @@ class Session:
 
 
 def open_session(model: ModelConfig, data: DataConfig, eval_cfg: EvalConfig, *, seed: int, threads: int | None,
-                 metrics: dict[str, str], only_tasks_of_metrics: bool = False) -> Session:
+                 metrics: dict[str, str], only_tasks_of_metrics: bool = False, recipe: QuantConfig | None = None) -> Session:
     """Load everything once. `metrics` maps each setting that names a dev metric to its value; a metric that is
-    not measured is an error before any calibration batch runs. A job that reads nothing but those metrics (a
-    search, a sensitivity analysis) keeps only the dev task sets they read, so its trials embed no more."""
+    not measured is an error before any calibration batch runs, and so is a `recipe` that names modules the model
+    lacks. A job that reads nothing but those metrics (a search, a sensitivity analysis) keeps only the dev task
+    sets they read, so its trials embed no more."""
     torch.set_num_threads(threads or torch.get_num_threads())
     set_seed(seed)
     texts, origins = calibration_texts(data)
@@ -53,6 +56,8 @@ def open_session(model: ModelConfig, data: DataConfig, eval_cfg: EvalConfig, *, 
     if only_tasks_of_metrics:
         dev = dev.for_metrics(list(metrics.values()))
     encoder = load_encoder(model)
+    if recipe is not None:
+        ipex_skeleton(encoder.model, next(batches(encoder, texts[:2], 2))).with_recipe(recipe)
     fp32_dev = embed(EncoderModule(encoder.model).eval(), encoder, dev.texts(), eval_cfg.batch_size)
     measured = evaluate(fp32_dev, fp32_dev, dev)
     for setting, name in metrics.items():

@@ -6,9 +6,13 @@ from typing import TYPE_CHECKING
 
 from qat.config import RunConfig
 from qat.entry import run_job
+from qat.run_folder import JobKind
 
 if TYPE_CHECKING:
     from qat.report import RunReport
+
+
+JOB = JobKind("train", finished_marker="report.json", resumable=True)
 
 
 def train(cfg: RunConfig, run_dir: Path) -> RunReport:
@@ -18,7 +22,7 @@ def train(cfg: RunConfig, run_dir: Path) -> RunReport:
 
 
 def main() -> None:
-    report, run_dir = run_job("train", RunConfig, train)
+    report, run_dir = run_job(JOB, RunConfig, train, resumes=lambda cfg: cfg.train.resume is not None)
     print(f"report: {run_dir / 'report.md'}")
 
 

@@ -1,6 +1,7 @@
 """Recovery training through accelerate: AdamW, warm-up + cosine, clipping, accumulation, checkpoints, resume."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -11,6 +12,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -19,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
-from qat.atomic import atomic_path
+from qat.atomic import TMP_SUFFIX, atomic_path
 from qat.config import TrainConfig
 from qat.distill import distillation_loss, record_blocks
 from qat.errors import QatError
@@ -27,6 +29,7 @@ from qat.evaluate import Metrics, higher_is_better
 from qat.load import Encoder, pool
 from qat.quant.modules import QuantLinear
 from qat.quant.simulate import FakeQuantModel
+from qat.run_folder import SETTINGS_FILE, changed_settings
 
 log = logging.getLogger(__name__)
 # IPEX registers a layer_norm kernel without an autograd entry; torch falls back to the correct gradient and
@@ -46,14 +49,18 @@ class TrainState:
     best_metric: float | None = None
     best_step: int | None = None
     fingerprint: str = ""
+    seconds: float = 0.0            # training time so far, over every process that trained this run
 
 
 @dataclass
 class TrainResult:
     state: TrainState
-    seconds: float
     seconds_per_step: float
     best_weights: Path | None
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def text_loader(encoder: Encoder, texts: list[str], batch_size: int, seed: int) -> DataLoader:
@@ -110,13 +117,14 @@ class Trainer:
     """Block-wise distillation of a fake-quant student from a frozen teacher."""
 
     def __init__(self, accelerator: Accelerator, student: FakeQuantModel, teacher: nn.Module, encoder: Encoder,
-                 texts: list[str], cfg: TrainConfig, run_dir: Path, fingerprint: str, seed: int,
+                 texts: list[str], cfg: TrainConfig, run_dir: Path, settings: dict[str, Any], seed: int,
                  evaluate_dev: Callable[[FakeQuantModel], Metrics], metric: str) -> None:
         self.accelerator, self.encoder, self.cfg = accelerator, encoder, cfg
         self.teacher, self.evaluate_dev, self.metric = teacher.eval(), evaluate_dev, metric
         self.checkpoints = run_dir / "checkpoints"
         self.best_path = run_dir / "checkpoints" / "best_student.safetensors"
-        self.state = TrainState(fingerprint=fingerprint)
+        self.settings = settings
+        self.state = TrainState(fingerprint=fingerprint(settings))
         self.parameters = select_trainable(student, cfg.train_layernorm)
         optimizer = torch.optim.AdamW(self.parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
@@ -126,8 +134,11 @@ class Trainer:
     def resume(self, path: Path) -> None:
         state = TrainState(**json.loads((path / STATE_FILE).read_text()))
         if state.fingerprint != self.state.fingerprint:
-            raise QatError(f"checkpoint {path} belongs to another model or config (fingerprint {state.fingerprint[:12]}, "
-                           f"this run {self.state.fingerprint[:12]}); expected a checkpoint of this run")
+            recorded = json.loads((path / SETTINGS_FILE).read_text()) if (path / SETTINGS_FILE).is_file() else {}
+            changed = changed_settings(recorded, self.settings)
+            named = ", ".join(f"{key}={recorded.get(key)!r} (now {self.settings.get(key)!r})" for key in changed)
+            raise QatError(f"checkpoint {path} belongs to another model or config ({named or 'unrecorded settings'}); "
+                           "expected a checkpoint made with this run's settings")
         self.accelerator.load_state(str(path))
         self.state = state
         log.info("resumed from %s at step %d", path, state.step)
@@ -144,10 +155,11 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """accelerate's full state plus ours, written under a temporary name and renamed when complete."""
         final = self.checkpoints / f"step_{self.state.step:06d}"
-        tmp = self.checkpoints / f".step_{self.state.step:06d}.tmp"
+        tmp = self.checkpoints / f".step_{self.state.step:06d}{TMP_SUFFIX}"
         self.accelerator.save_state(str(tmp))
         if self.accelerator.is_main_process:
             (tmp / STATE_FILE).write_text(json.dumps(asdict(self.state), indent=2))
+            (tmp / SETTINGS_FILE).write_text(json.dumps(self.settings, indent=2, sort_keys=True, default=str))
             if final.exists():
                 shutil.rmtree(final)
             os.rename(tmp, final)
@@ -185,7 +197,7 @@ class Trainer:
             self.resume(resume_from)
         cfg, acc = self.cfg, self.accelerator
         self.student.train(cfg.dropout)
-        start, first_step = time.perf_counter(), self.state.step
+        start, resumed_seconds = time.perf_counter(), self.state.seconds
         last_checkpoint = resume_from
         if self.state.step == 0:
             self.evaluate()  # the PTQ starting point, so "best" never falls below it
@@ -213,15 +225,15 @@ class Trainer:
                 if self.state.step % cfg.eval_every == 0 or self.state.step == cfg.steps:
                     self.evaluate()
                 if self.state.step % cfg.save_every == 0 or self.state.step == cfg.steps:
+                    self.state.seconds = resumed_seconds + time.perf_counter() - start
                     last_checkpoint = self.save_checkpoint()
                 if self.state.step >= cfg.steps:
                     break
             else:
                 self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
-        seconds = time.perf_counter() - start
-        steps_run = max(1, self.state.step - first_step)
+        self.state.seconds = resumed_seconds + time.perf_counter() - start
         best = self.best_path if self.best_path.is_file() else None
-        return TrainResult(self.state, seconds, seconds / steps_run, best)
+        return TrainResult(self.state, self.state.seconds / max(1, self.state.step), best)
 
 
 

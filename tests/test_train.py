@@ -29,7 +29,7 @@ def qconf(tiny_encoder, texts):
     return calibrate(tiny_encoder, texts, CalibConfig(samples=32, batch_size=16), QuantConfig(ops=["linear", "matmul", "add"])).qconf
 
 
-def make_trainer(tiny_encoder, qconf, texts, run_dir, fingerprint="same", evaluate_hook=None, **train):
+def make_trainer(tiny_encoder, qconf, texts, run_dir, settings=None, evaluate_hook=None, **train):
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True))
@@ -47,7 +47,7 @@ def make_trainer(tiny_encoder, qconf, texts, run_dir, fingerprint="same", evalua
         return metrics
 
     cfg = TrainConfig(**{"steps": 6, "batch_size": 8, "lr": 1e-3, "eval_every": 100, "save_every": 3, **train})
-    return Trainer(accelerator, student, teacher, tiny_encoder, texts[:64], cfg, run_dir, fingerprint, 0,
+    return Trainer(accelerator, student, teacher, tiny_encoder, texts[:64], cfg, run_dir, settings or {"calib.algorithm": "histogram"}, 0,
                    evaluate_dev, "cosine_mean")
 
 
@@ -118,8 +118,8 @@ def test_int8_teacher_must_differ_from_the_student(tiny_model_dir, tmp_path):
 
 def test_resume_from_another_config_is_refused(tiny_encoder, qconf, texts, tmp_path):
     make_trainer(tiny_encoder, qconf, texts, tmp_path, steps=3).train(None)
-    other = make_trainer(tiny_encoder, qconf, texts, tmp_path, fingerprint="different")
-    with pytest.raises(QatError, match="belongs to another model or config"):
+    other = make_trainer(tiny_encoder, qconf, texts, tmp_path, settings={"calib.algorithm": "minmax"})
+    with pytest.raises(QatError, match=r"belongs to another model or config \(calib.algorithm='histogram' \(now 'minmax'\)\)"):
         other.train(resolve_resume("auto", tmp_path / "checkpoints"))
     with pytest.raises(QatError, match="is not a checkpoint"):
         resolve_resume(str(tmp_path), tmp_path / "checkpoints")

@@ -96,22 +96,44 @@ def _classify(op_type: str, is_module: bool, module_op_types: list[str], fqn: st
     return "other"
 
 
+OP_INFO_FIELDS = {"op_type": str, "fqn": str, "input_tensor_infos": list, "weight_tensor_infos": list,
+                  "output_tensor_infos": list, "activation_observer": dict, "weight_observer": dict}
+
+
+def _shape_problem(data: Any) -> str | None:
+    """Where a JSON departs from the shape of IPEX's qconf summary: module -> {'q_op_infos': index -> op info}."""
+    if not isinstance(data, dict):
+        return f"its top level is a JSON {type(data).__name__}, not an object keyed by module"
+    for state_key, state in data.items():
+        infos = state.get("q_op_infos") if isinstance(state, dict) else None
+        if not isinstance(infos, dict):
+            return f"module {state_key!r} has no 'q_op_infos' object"
+        for index, info in infos.items():
+            if not index.isdigit() or not isinstance(info, dict):
+                return f"op {index!r} of module {state_key!r} is not an op record keyed by its position"
+            for name, kind in OP_INFO_FIELDS.items():
+                if not isinstance(info.get(name), kind):
+                    return f"op {index} of module {state_key!r} has no {kind.__name__} field {name!r}"
+    return None
+
+
 class Qconf:
     """An IPEX qconf summary held as its JSON, plus a classified view of its quantizable ops."""
 
     def __init__(self, data: dict[str, Any], source: str = "<memory>") -> None:
+        problem = _shape_problem(data)
+        if problem:
+            raise QatError(f"qconf {source} is not an IPEX qconf summary: {problem}; expected the JSON that IPEX's "
+                           "save_qconf_summary writes")
         self.data = data
         self.source = source
         self.ops: list[QuantOp] = []
-        try:
-            for state_key, state in data.items():
-                infos = state["q_op_infos"]
-                types = [i["op_type"] for i in infos.values()]
-                for index, info in infos.items():
-                    kind = _classify(info["op_type"], info.get("op_type_is_module", False), types, info["fqn"])
-                    self.ops.append(QuantOp(state_key, int(index), kind, info))
-        except (KeyError, TypeError, AttributeError) as error:
-            raise QatError(f"qconf {source} is not an IPEX qconf summary (missing {error}); expected the JSON of save_qconf_summary") from None
+        for state_key, state in data.items():
+            infos = state["q_op_infos"]
+            types = [i["op_type"] for i in infos.values()]
+            for index, info in infos.items():
+                kind = _classify(info["op_type"], info.get("op_type_is_module", False), types, info["fqn"])
+                self.ops.append(QuantOp(state_key, int(index), kind, info))
 
     @classmethod
     def read(cls, path: Path | str) -> Qconf:
