@@ -50,7 +50,8 @@ def _one_line(message: str) -> str:
         if not line.startswith("\t"):
             break
         options.append(line.strip())
-    return lines[0] + (f"; expected one of {options}" if options else "")
+    hint = next((line.strip() for line in lines[1:] if line.startswith("To append")), "")
+    return lines[0] + (f"; expected one of {options}" if options else "") + (f" ({hint})" if hint else "")
 
 
 def _precheck(config_name: str, schema: type) -> None:
@@ -80,7 +81,7 @@ def _claimed(run_dir: Path, kind: JobKind, config: Any, cfg: DictConfig, resume:
     try:
         remove_leftovers(run_dir)
         if not continues:
-            write_record(run_dir, settings, cfg, list(HydraConfig.get().overrides.task))
+            write_record(run_dir, kind, settings, cfg, list(HydraConfig.get().overrides.task))
         handler = attach_log(run_dir, kind.name)
         yield
         failed = False

@@ -16,7 +16,7 @@ from qat.evaluate import MODEL_VARIANTS, Table, Variant, evaluate
 from qat.export.ipex import load_exported
 from qat.export.verify import ExportRecord, export_verified
 from qat.numerics import cpu_has_vnni
-from qat.ptq import check_ptq_source, given_artifact, prepare_ptq
+from qat.ptq import check_given_paths, given_artifact, prepare_ptq
 from qat.quant.simulate import FakeQuantModel, simulate
 from qat.recovery import decide_recovery, recover
 from qat.report import CalibrationRecord, DataSummary, RecipeSummary, RunReport, write_report
@@ -43,7 +43,7 @@ def export_and_evaluate(cfg: RunConfig, session: Session, models: dict[str, Fake
 
 def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     """The recovery job; returns its report (None on the other processes of a multi-process launch)."""
-    check_ptq_source(cfg, run_dir)
+    check_given_paths(cfg, run_dir)
     metrics = {"recovery.metric": cfg.recovery.metric}
     if cfg.sensitivity.enabled:
         metrics["sensitivity.metric"] = cfg.sensitivity.metric

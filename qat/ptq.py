@@ -19,6 +19,7 @@ from qat.quant.qconf import Qconf
 from qat.restore import restore_qconf
 from qat.sensitivity import analyse_sensitivity, write_outputs
 from qat.session import Session
+from qat.trainer import CHECKPOINT_DIR, resolve_resume
 
 log = logging.getLogger(__name__)
 ARTIFACT_DIR = "ptq"
@@ -81,8 +82,10 @@ def given_artifact(cfg: RunConfig, run_dir: Path) -> Path | None:
     return path if path.exists() and cfg.train.resume is not None else None
 
 
-def check_ptq_source(cfg: RunConfig, run_dir: Path) -> None:
-    """A given PTQ source exists and has the right shape (before any model is loaded)."""
+def check_given_paths(cfg: RunConfig, run_dir: Path) -> None:
+    """What the run is given to start from exists and has the right shape (before any model is loaded): a PTQ
+    artifact, a foreign qconf, a checkpoint to resume."""
+    resolve_resume(cfg.train.resume, run_dir / CHECKPOINT_DIR)
     if cfg.ptq.artifact:
         check_ptq_artifact(Path(cfg.ptq.artifact))
     if cfg.ptq.qconf:

@@ -21,7 +21,7 @@ from qat.quant.qconf import Qconf
 from qat.quant.simulate import FakeQuantModel, simulate
 from qat.run_folder import FREE_ON_RESUME, flat_settings
 from qat.session import Session
-from qat.trainer import Trainer, TrainState, resolve_resume
+from qat.trainer import CHECKPOINT_DIR, Trainer, TrainState, resolve_resume
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def recover(cfg: RunConfig, accelerator: Accelerator, session: Session, ptq_mode
     trainer = Trainer(accelerator, simulate(ptq_model, qconf), teacher, session.encoder, session.calibration,
                       cfg.train, run_dir, student_settings(cfg, ptq_model, qconf), cfg.seed, session.evaluate_dev,
                       cfg.recovery.metric)
-    result = trainer.train(resolve_resume(cfg.train.resume, run_dir / "checkpoints"))
+    result = trainer.train(resolve_resume(cfg.train.resume, run_dir / CHECKPOINT_DIR))
     student = accelerator.unwrap_model(trainer.student, keep_fp32_wrapper=False)   # fp32, as exported
     if result.best_weights is not None:
         student.load_state_dict(load_file(str(result.best_weights)))

@@ -20,6 +20,7 @@ from qat.errors import QatError
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
 SETTINGS_FILE = "settings.json"
+TENSORBOARD_DIR = "tensorboard"   # events of a run that failed before any output say nothing
 RECORD_DIR = ".hydra"
 # A setting that does not shape what the job computes may change on a resume.
 FREE_ON_RESUME = ("train.resume", "threads", "eval.", "export.")
@@ -109,15 +110,24 @@ class RunLock:
             self.path.unlink()
 
 
+def _recorded(run_dir: Path) -> dict[str, Any] | None:
+    """What a run recorded at its start: {'job': name, 'settings': {...}}, or None."""
+    try:
+        return json.loads((run_dir / SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _state(run_dir: Path, kind: JobKind) -> str:
     if not run_dir.is_dir():
         return "new"
-    if (run_dir / kind.finished_marker).exists():
-        return "finished"
     contents = [p for p in run_dir.iterdir() if p.name != LOCK_FILE and not p.name.endswith(TMP_SUFFIX)]
     if not contents:
         return "new"
-    return "started" if (run_dir / SETTINGS_FILE).is_file() else "foreign"
+    recorded = _recorded(run_dir)
+    if recorded is None or recorded.get("job") != kind.name:
+        return "finished" if (run_dir / kind.finished_marker).exists() else "foreign"
+    return "finished" if (run_dir / kind.finished_marker).exists() else "started"
 
 
 def check_run_folder(run_dir: Path, kind: JobKind, settings: dict[str, Any], resume: bool) -> bool:
@@ -136,7 +146,7 @@ def check_run_folder(run_dir: Path, kind: JobKind, settings: dict[str, Any], res
         how = "train.resume=auto to continue it, or " if kind.resumable else ""
         raise QatError(f"run folder {str(run_dir)!r} holds a {kind.name} run that did not finish; expected {how}a new "
                        "hydra.run.dir")
-    recorded = json.loads((run_dir / SETTINGS_FILE).read_text())
+    recorded = _recorded(run_dir)["settings"]
     changed = changed_settings(recorded, settings)
     if changed:
         named = ", ".join(f"{key}={recorded.get(key)!r} (now {settings.get(key)!r})" for key in changed)
@@ -152,9 +162,9 @@ def remove_leftovers(run_dir: Path) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def write_record(run_dir: Path, settings: dict[str, Any], config: DictConfig, overrides: list[str]) -> None:
-    """What a fresh run records once: its settings (a resume is checked against them), config and overrides."""
-    write_json(run_dir / SETTINGS_FILE, settings)
+def write_record(run_dir: Path, kind: JobKind, settings: dict[str, Any], config: DictConfig, overrides: list[str]) -> None:
+    """What a fresh run records once: its job and settings (a resume is checked against them), config, overrides."""
+    write_json(run_dir / SETTINGS_FILE, {"job": kind.name, "settings": settings})
     write_text(run_dir / RECORD_DIR / "config.yaml", OmegaConf.to_yaml(config))
     write_text(run_dir / RECORD_DIR / "overrides.yaml", OmegaConf.to_yaml(overrides))
 
@@ -162,7 +172,7 @@ def write_record(run_dir: Path, settings: dict[str, Any], config: DictConfig, ov
 def undo_fresh_start(run_dir: Path, job_name: str) -> None:
     """A fresh run that failed before writing any output takes its record back, so that a corrected rerun may use
     the same folder. Once an output exists (a PTQ artifact, a checkpoint, a report), everything stays."""
-    record = {SETTINGS_FILE, RECORD_DIR, f"{job_name}.log"}
+    record = {SETTINGS_FILE, RECORD_DIR, f"{job_name}.log", TENSORBOARD_DIR}
     if any(p.name not in record | {LOCK_FILE} for p in run_dir.iterdir()):
         return
     for name in record:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # warns. tests/test_train.py checks the gradients against a hand-written LayerNorm.
 warnings.filterwarnings("ignore", message="aten::layer_norm: an autograd kernel was not registered")
 STATE_FILE = "trainer_state.json"
+CHECKPOINT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2
 
 
@@ -121,8 +122,8 @@ class Trainer:
                  evaluate_dev: Callable[[FakeQuantModel], Metrics], metric: str) -> None:
         self.accelerator, self.encoder, self.cfg = accelerator, encoder, cfg
         self.teacher, self.evaluate_dev, self.metric = teacher.eval(), evaluate_dev, metric
-        self.checkpoints = run_dir / "checkpoints"
-        self.best_path = run_dir / "checkpoints" / "best_student.safetensors"
+        self.checkpoints = run_dir / CHECKPOINT_DIR
+        self.best_path = self.checkpoints / "best_student.safetensors"
         self.settings = settings
         self.state = TrainState(fingerprint=fingerprint(settings))
         self.parameters = select_trainable(student, cfg.train_layernorm)
