@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from qat.errors import QatError
 from qat.ipex_backend import prepare
 from qat.load import Encoder, batches
 from qat.numerics import WEIGHT_RANGES, resolve_weight_bits, weight_qparams
+from qat.progress import progress
 from qat.quant.config import CalibConfig, QuantConfig, SmoothQuantConfig
 from qat.quant.observe import collect_statistics
 from qat.quant.qconf import Qconf
@@ -80,16 +82,20 @@ def calibrate(encoder: Encoder, texts: list[str], calib: CalibConfig, quant: Qua
     return apply_calibration(observe(encoder.model, calib_batches, calib, quant, smoothquant), calib, quant)
 
 
+def _track(calib_batches: list[Batch], what: str) -> Iterable[Batch]:
+    return progress(calib_batches, desc=f"calibration {what}")
+
+
 def observe(model: PreTrainedModel, calib_batches: list[Batch], calib: CalibConfig, quant: QuantConfig,
             smoothquant: SmoothQuantConfig | None) -> Statistics:
     """The model to calibrate (migrated if SmoothQuant is on), its IPEX skeleton and its activation statistics.
     Migration changes the model's ops (one fp32 mul per smoothed module), so skeleton and statistics are redone."""
     skeleton = ipex_skeleton(model, calib_batches[0])
-    stats = collect_statistics(model, skeleton, calib_batches, calib.bins)
+    stats = collect_statistics(model, skeleton, calib_batches, calib.bins, _track)
     if smoothquant is not None and smoothquant.enabled:
         model = migrate(model, skeleton, stats, calib.batches, quant, smoothquant, calib_batches[0])
         skeleton = ipex_skeleton(model, calib_batches[0])
-        stats = collect_statistics(model, skeleton, calib_batches, calib.bins)
+        stats = collect_statistics(model, skeleton, calib_batches, calib.bins, _track)
         log.info("SmoothQuant alpha %.2f: %d modules smoothed", smoothquant.alpha, len(smoothed_buffers(model)))
     return Statistics(model, skeleton, stats)
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from qat.errors import QatError, check_choice, check_positive
 from qat.quant.config import CALIB_ALGORITHMS, CalibConfig, QuantConfig, SmoothQuantConfig
-
 
 
 def is_test_split(name: str) -> bool:
@@ -254,27 +253,37 @@ class SensitivityConfig:
             raise QatError(f"sensitivity.metric={self.metric!r} reads a test split; expected a held-out or dev metric")
 
 
+def check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise QatError(f"threads={threads} is not valid; expected a positive count of CPU threads, or null for torch's "
+                       "default (all cores)")
+
+
 @dataclass
 class JobConfig:
-    """What every job composes: the model, its data, the recipe and its calibration, evaluation, seed, threads."""
+    """What every job that reads a model composes: the model, its data, evaluation, seed, threads."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    quant: QuantConfig = field(default_factory=QuantConfig)
-    smoothquant: SmoothQuantConfig = field(default_factory=SmoothQuantConfig)
-    calib: CalibConfig = field(default_factory=CalibConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise QatError(f"threads={self.threads} is not valid; expected a positive count of CPU threads, or null "
-                           "for torch's default (all cores)")
+        check_threads(self.threads)
 
 
 @dataclass
-class RunConfig(JobConfig):
+class QuantJobConfig(JobConfig):
+    """A job that quantizes: also the recipe, its calibration and SmoothQuant."""
+
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    smoothquant: SmoothQuantConfig = field(default_factory=SmoothQuantConfig)
+    calib: CalibConfig = field(default_factory=CalibConfig)
+
+
+@dataclass
+class RunConfig(QuantJobConfig):
     """`python -m qat.train`: the recovery job."""
 
     ptq: PtqConfig = field(default_factory=PtqConfig)
@@ -292,19 +301,65 @@ class RunConfig(JobConfig):
 
 
 @dataclass
-class SearchRunConfig(JobConfig):
+class SearchRunConfig(QuantJobConfig):
     """`python -m qat.search`: statistics on calib.samples texts (the most any trial uses), then the search."""
 
     search: SearchConfig = field(default_factory=SearchConfig)
 
 
 @dataclass
-class SensitivityRunConfig(JobConfig):
+class SensitivityRunConfig(QuantJobConfig):
     """`python -m qat.sensitivity`: the recipe to analyse, the metric to rank by, and the loss the skip list must
     bring under `recovery.threshold` (no training fields)."""
 
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+
+
+@dataclass
+class TargetConfig:
+    """What `qat.evaluate` scores: an export folder, or a plain TorchScript file whose tokenizer, pooling and
+    max length are model.*'s."""
+
+    folder: str | None = None
+    torchscript: str | None = None
+
+
+@dataclass
+class EvaluateRunConfig(JobConfig):
+    """`python -m qat.evaluate`: an int8 model against the fp32 model.* on the configured data."""
+
+    target: TargetConfig = field(default_factory=TargetConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if bool(self.target.folder) == bool(self.target.torchscript):
+            raise QatError(f"target.folder={self.target.folder!r}, target.torchscript={self.target.torchscript!r}; "
+                           "expected exactly one: an export folder, or a TorchScript file (model.* names its tokenizer)")
+
+
+@dataclass
+class ExportSourceConfig:
+    """What `qat.export` exports: a PTQ artifact, optionally with a trained student's weights (a run's
+    checkpoints/best_student.safetensors, or a checkpoint folder step_*)."""
+
+    artifact: str = MISSING
+    weights: str | None = None
+
+
+@dataclass
+class ExportRunConfig:
+    """`python -m qat.export`: an export folder with its parity check, from a PTQ artifact (and trained weights)."""
+
+    source: ExportSourceConfig = field(default_factory=ExportSourceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        check_threads(self.threads)
 
 
 def to_run_config(cfg: DictConfig, schema: type = RunConfig) -> Any:

@@ -20,8 +20,17 @@ from omegaconf.errors import OmegaConfBaseException
 
 from qat.config import to_run_config
 from qat.errors import QatError, reported_as_one_line
-from qat.run_folder import (JobKind, RunLock, attach_log, check_run_folder, check_writable, flat_settings,
-                            remove_leftovers, undo_fresh_start, write_record)
+from qat.run_folder import (
+    JobKind,
+    RunLock,
+    attach_log,
+    check_run_folder,
+    check_writable,
+    flat_settings,
+    remove_leftovers,
+    undo_fresh_start,
+    write_record,
+)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 Config = TypeVar("Config")

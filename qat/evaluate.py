@@ -12,6 +12,7 @@ from scipy.stats import spearmanr, wasserstein_distance
 from qat.config import DataConfig, is_test_split
 from qat.data import PairSet, RerankSet, load_task, load_texts
 from qat.load import Encoder, batches, pool
+from qat.progress import progress
 from qat.quant.qconf import Qconf
 from qat.quant.simulate import simulate
 
@@ -28,6 +29,7 @@ class Variant(StrEnum):
     PTQ_INT8 = "ptq_int8"
     QAT_FAKEQUANT = "qat_fakequant"
     QAT_INT8 = "qat_int8"
+    INT8 = "int8"                     # an int8 model evaluated on its own (python -m qat.evaluate)
 
     @property
     def title(self) -> str:
@@ -37,6 +39,7 @@ class Variant(StrEnum):
 VARIANT_TITLES = {
     Variant.FP32: "fp32", Variant.PTQ_FAKEQUANT: "PTQ int8 (fake-quant)", Variant.PTQ_INT8: "PTQ int8 (exported IPEX)",
     Variant.QAT_FAKEQUANT: "QAT int8 (fake-quant)", Variant.QAT_INT8: "QAT int8 (exported IPEX)",
+    Variant.INT8: "int8 (exported IPEX)",
 }
 # The two forms of each int8 model: its fake-quant simulation and its IPEX export.
 MODEL_VARIANTS = {"ptq": (Variant.PTQ_FAKEQUANT, Variant.PTQ_INT8), "qat": (Variant.QAT_FAKEQUANT, Variant.QAT_INT8)}
@@ -86,7 +89,8 @@ def relative_loss(metric: str, fp32: float, quantized: float) -> float:
 def embed(forward: Forward, encoder: Encoder, texts: list[str], batch_size: int) -> Table:
     """Pooled, normalised embeddings by text; texts sorted by length so that batches carry little padding."""
     order = sorted(texts, key=len)
-    vectors = [pool(forward(ids, mask), mask, encoder.pooling) for ids, mask in batches(encoder, order, batch_size)]
+    steps = progress(batches(encoder, order, batch_size), desc="embedding", total=-(-len(order) // batch_size))
+    vectors = [pool(forward(ids, mask), mask, encoder.pooling) for ids, mask in steps]
     return dict(zip(order, torch.cat(vectors)))
 
 
@@ -154,3 +158,20 @@ def evaluate_recipe(model: torch.nn.Module, qconf: Qconf, encoder: Encoder, data
                     reference: Table, batch_size: int) -> Metrics:
     """Metrics of `model` under the qconf's fake-quant recipe (`model` is not changed)."""
     return evaluate(embed(simulate(model, qconf).eval(), encoder, data.texts(), batch_size), reference, data)
+
+
+def main() -> None:
+    """`python -m qat.evaluate target.folder=<export folder>`: score an int8 model on the configured data."""
+    from qat.config import EvaluateRunConfig
+    from qat.entry import run_job
+    from qat.evaluate_export import RESULT_FILE, run_evaluation
+    from qat.report import variant_table
+    from qat.run_folder import JobKind
+
+    result, run_dir = run_job(JobKind("evaluate", finished_marker=RESULT_FILE, resumable=False), EvaluateRunConfig,
+                              run_evaluation)
+    print("\n".join(variant_table(result.variants)) + f"\nresults: {run_dir / 'evaluation.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -90,11 +90,11 @@ def batches(encoder: Encoder, texts: list[str], batch_size: int) -> Iterator[tup
         yield enc["input_ids"], enc["attention_mask"]
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Pooled, L2-normalised sentence embeddings (mean over real tokens, or the [CLS] state)."""
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str, normalize: bool = True) -> torch.Tensor:
+    """Pooled sentence embeddings (mean over real tokens, or the [CLS] state), L2-normalised unless asked not to."""
     if pooling == "cls":
         pooled = hidden[:, 0]
     else:
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-    return nn.functional.normalize(pooled.float(), dim=-1)
+    return nn.functional.normalize(pooled.float(), dim=-1) if normalize else pooled.float()

@@ -86,12 +86,18 @@ def _export_line(name: str, export: ExportRecord) -> str:
             f"exported {p.fidelity_to_fp32.int8:.6f}.")
 
 
-def render_markdown(report: RunReport) -> str:
-    columns = list(dict.fromkeys(k for metrics in report.variants.values() for k in metrics))
-    lines = [f"# qat run: {report.model}", "", _recipe_line(report), "", _recovery_line(report), "",
-             "| variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for variant, metrics in report.variants.items():
+def variant_table(variants: dict[Variant, Metrics]) -> list[str]:
+    """The metrics of every evaluated model, one row each (markdown)."""
+    columns = list(dict.fromkeys(k for metrics in variants.values() for k in metrics))
+    lines = ["| variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for variant, metrics in variants.items():
         lines.append(f"| {variant.title} | " + " | ".join(_fmt(metrics.get(c, "")) for c in columns) + " |")
+    return lines
+
+
+def render_markdown(report: RunReport) -> str:
+    lines = [f"# qat run: {report.model}", "", _recipe_line(report), "", _recovery_line(report), "",
+             *variant_table(report.variants)]
     lines += ["", "Cosine and EMD compare with fp32 (pooled embeddings on the held-out texts; EMD between"
               " similarity-score distributions). Spearman and MAP are x100.", ""]
     lines += [_export_line(name, export) for name, export in report.exports.items()]
@@ -101,6 +107,14 @@ def render_markdown(report: RunReport) -> str:
               " int16, so weights use 7 bits).",
               f"Timings (s): {', '.join(f'{k} {v:.1f}' for k, v in report.seconds.items())}.", ""]
     return "\n".join(lines)
+
+
+def summary(report: RunReport) -> str:
+    """What a job prints at its end: the recovery decision and every model's metrics (the numbers of report.md)."""
+    final = report.exports[report.final]
+    return "\n".join(["", _recovery_line(report), "", *variant_table(report.variants), "",
+                      f"Final model: {report.final.upper()}, exported to {final.path.parent} (parity "
+                      f"{'passed' if final.parity.passed else 'FAILED'}).", ""])
 
 
 def write_report(run_dir: Path, report: RunReport) -> Path:

@@ -22,11 +22,14 @@ from qat.calibrate import Statistics, apply_calibration, calibration_batches, ob
 from qat.config import SearchConfig, SearchRunConfig, SpaceConfig
 from qat.errors import QatError
 from qat.evaluate import Metrics, higher_is_better
+from qat.progress import interactive
 from qat.quant.config import CalibConfig
 from qat.quant.simulate import simulate
+from qat.run_folder import JobKind
 from qat.session import open_session
 
 log = logging.getLogger(__name__)
+JOB = JobKind("search", finished_marker="search.json", resumable=False)
 Objective = Callable[[dict[str, Any]], Metrics]
 IPEX_DEFAULT = {"algorithm": "histogram", "bias_correction": False, "symmetric": False}
 ALPHA_STEP = 0.05
@@ -82,7 +85,7 @@ def optimize(objective: Objective, search: SearchConfig, seed: int, smoothquant:
                      metrics[search.objective])
             return metrics[search.objective]
 
-        study.optimize(trial_objective, n_trials=search.trials)
+        study.optimize(trial_objective, n_trials=search.trials, show_progress_bar=interactive())
 
     run("narrow", search.narrow)
     best = best_record(records, search.objective)
@@ -165,9 +168,9 @@ def search_table(result: dict[str, Any]) -> str:
 
 def main() -> None:
     from qat.entry import run_job
-    from qat.run_folder import JobKind
 
-    result, run_dir = run_job(JobKind("search", finished_marker="search.json", resumable=False), SearchRunConfig, run_search)
+    result, run_dir = run_job(JOB, SearchRunConfig, run_search)
+    print(search_table(result))
     print(f"best {result['objective']}={result['best']['objective']:.6g} "
           f"(IPEX default {result['baseline_ipex_default']['metrics'][result['objective']]:.6g}); "
           f"results: {run_dir / 'search.md'}; use: python -m qat.train --config-dir {run_dir / 'conf'} calib=searched "

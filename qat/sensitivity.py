@@ -25,15 +25,18 @@ from qat.calibrate import Statistics, apply_calibration, calibration_batches, ob
 from qat.config import RecoveryConfig, SensitivityConfig, SensitivityRunConfig
 from qat.errors import QatError
 from qat.evaluate import Metrics, relative_loss
+from qat.progress import progress
 from qat.quant.config import OP_KINDS, CalibConfig, QuantConfig
 from qat.quant.qconf import Qconf
 from qat.quant.simulate import simulate
+from qat.run_folder import JobKind
 from qat.session import Session, open_session
 
 matplotlib.use("Agg")
 from matplotlib import pyplot  # noqa: E402  (after choosing the non-interactive backend)
 
 log = logging.getLogger(__name__)
+JOB = JobKind("sensitivity", finished_marker="sensitivity.json", resumable=False)
 QKV = re.compile(r"(.*\.attention\.self)\.(query|key|value)")
 RESULT_FILE = "sensitivity.json"
 
@@ -115,7 +118,7 @@ def analyse_sensitivity(session: Session, observed: Statistics, calib: CalibConf
 
     all_int8 = measure([])
     rows = []
-    for group, entries in groups.items():
+    for group, entries in progress(groups.items(), desc="sensitivity groups", unit="group"):
         others = [e for g, es in groups.items() if g != group for e in es]
         only, all_but = measure(others), measure(entries)
         rows.append(GroupMeasurement(group, entries, only, all_but, loss(only, rank_by),
@@ -202,9 +205,9 @@ def sensitivity_table(result: SensitivityResult) -> str:
 
 def main() -> None:
     from qat.entry import run_job
-    from qat.run_folder import JobKind
 
-    result, run_dir = run_job(JobKind("sensitivity", finished_marker="sensitivity.json", resumable=False), SensitivityRunConfig, run_sensitivity)
+    result, run_dir = run_job(JOB, SensitivityRunConfig, run_sensitivity)
+    print(sensitivity_table(result))
     print(f"skip {result.skip_groups}; results: {run_dir / 'sensitivity.md'}; "
           f"use: python -m qat.train --config-dir {run_dir / 'conf'} quant=sensitive")
 

@@ -19,14 +19,16 @@ from accelerate import Accelerator
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from qat.atomic import TMP_SUFFIX, atomic_path
 from qat.config import TrainConfig
-from qat.distill import distillation_loss, record_blocks
+from qat.distill import DistillLoss, distillation_loss, record_blocks
 from qat.errors import QatError
 from qat.evaluate import Metrics, higher_is_better
 from qat.load import Encoder, pool
+from qat.progress import progress
 from qat.quant.modules import QuantLinear
 from qat.quant.simulate import FakeQuantModel
 from qat.run_folder import SETTINGS_FILE, changed_settings
@@ -193,15 +195,33 @@ class Trainer:
             with atomic_path(self.best_path) as tmp:
                 save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(tmp))
 
+    def _after_step(self, loss: DistillLoss, grad_norm: float | None, bar: tqdm, started: tuple[float, int]) -> None:
+        """Log, watch, evaluate and save as the schedule says, after an optimizer step."""
+        cfg, step, lr = self.cfg, self.state.step, self.scheduler.get_last_lr()[0]
+        self.accelerator.log({"train/loss": loss.total.item(), "train/output_loss": loss.output.item(), "train/lr": lr,
+                              "train/grad_norm": float(grad_norm),
+                              **{f"train/block_{i}": b.item() for i, b in enumerate(loss.blocks)}}, step=step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.total.item():.4g}", lr=f"{lr:.2g}", best_dev=f"{self.state.best_metric or 0:.5f}")
+        if bar.disable and (step % max(1, cfg.steps // 20) == 0) and self.accelerator.is_main_process:
+            rate = (time.perf_counter() - started[0]) / max(1, step - started[1])
+            log.info("step %d/%d: loss %.4g, lr %.2g, %.2f s/step, about %.0f s to go", step, cfg.steps,
+                     loss.total.item(), lr, rate, rate * (cfg.steps - step))
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            self.evaluate()
+
     def train(self, resume_from: Path | None) -> TrainResult:
         if resume_from is not None:
             self.resume(resume_from)
         cfg, acc = self.cfg, self.accelerator
         self.student.train(cfg.dropout)
-        start, resumed_seconds = time.perf_counter(), self.state.seconds
+        start, resumed_seconds, first_step = time.perf_counter(), self.state.seconds, self.state.step
         last_checkpoint = resume_from
         if self.state.step == 0:
             self.evaluate()  # the PTQ starting point, so "best" never falls below it
+        bar = progress(desc="training", total=cfg.steps, unit="step", initial=self.state.step, leave=True)
+        if not acc.is_main_process:
+            bar.disable = True
         while self.state.step < cfg.steps:
             self.loader.set_epoch(self.state.epoch)
             loader = acc.skip_first_batches(self.loader, self.state.batch_in_epoch) if self.state.batch_in_epoch else self.loader
@@ -220,11 +240,7 @@ class Trainer:
                 if not acc.sync_gradients:
                     continue
                 self.state.step += 1
-                acc.log({"train/loss": loss.total.item(), "train/output_loss": loss.output.item(),
-                         "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
-                         **{f"train/block_{i}": b.item() for i, b in enumerate(loss.blocks)}}, step=self.state.step)
-                if self.state.step % cfg.eval_every == 0 or self.state.step == cfg.steps:
-                    self.evaluate()
+                self._after_step(loss, grad_norm, bar, (start, first_step))
                 if self.state.step % cfg.save_every == 0 or self.state.step == cfg.steps:
                     self.state.seconds = resumed_seconds + time.perf_counter() - start
                     last_checkpoint = self.save_checkpoint()
@@ -232,9 +248,7 @@ class Trainer:
                     break
             else:
                 self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+        bar.close()
         self.state.seconds = resumed_seconds + time.perf_counter() - start
         best = self.best_path if self.best_path.is_file() else None
         return TrainResult(self.state, self.state.seconds / max(1, self.state.step), best)
-
-
-

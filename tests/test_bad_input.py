@@ -9,7 +9,6 @@ import sys
 
 import pytest
 from accelerate.state import AcceleratorState, GradientState
-from safetensors.torch import save_file
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 import qat.run_folder

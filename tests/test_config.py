@@ -17,7 +17,8 @@ def compose_run(*overrides: str) -> RunConfig:
 
 
 def test_groups_are_the_documented_ones():
-    assert set(GROUPS) == {"model", "data", "quant", "smoothquant", "calib", "train", "teacher", "export", "eval"}
+    assert set(GROUPS) == {"model", "data", "quant", "smoothquant", "calib", "train", "teacher", "export", "eval",
+                           "experiment"}
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUPS.items() for o in options])

@@ -1,7 +1,6 @@
 """A run killed at a checkpoint boundary resumes: its stale lock is taken over, its leftovers removed, and the
 report counts all of its training time."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -50,4 +49,4 @@ def test_a_killed_run_resumes_cleanly(tiny_model_dir, tmp_path):
     assert training["seconds"] >= checkpoint["seconds"] > 0, "training time counts the steps before the kill too"
     assert training["seconds_per_step"] == pytest.approx(training["seconds"] / 60)
     assert json.loads((run_dir / SETTINGS_FILE).read_text())["job"] == "train"
-    assert f"Trained 60 steps" in (run_dir / "report.md").read_text()
+    assert "Trained 60 steps" in (run_dir / "report.md").read_text()

@@ -13,11 +13,12 @@ from transformers import PreTrainedModel
 from qat.atomic import atomic_path
 from qat.errors import QatError
 from qat.ipex_backend import convert, ipex, prepare
-from qat.quant.wrapper import EncoderModule
 from qat.quant.qconf import Qconf
+from qat.quant.wrapper import EncoderModule
 
 log = logging.getLogger(__name__)
 LAYOUT_OPS = frozenset(f"aten::{op}" for op in ("alias", "contiguous", "transpose", "permute", "view", "reshape", "expand"))
+MODEL_FILE = "model_int8.pt"
 GRAPH_KINDS = {"aten::linear": "linear", "aten::matmul": "matmul", "aten::bmm": "matmul", "aten::add": "add"}
 
 
@@ -86,7 +87,7 @@ def export_ipex(model: PreTrainedModel, qconf: Qconf, weight_qparams: dict[str, 
     found, expected = int8_op_counts(frozen.graph), expected_graph_counts(qconf)
     if found != expected:
         raise QatError(f"IPEX export runs {found} ops in int8 but the recipe asks for {expected}; refusing to save")
-    path = out_dir / "model_int8.pt"
+    path = out_dir / MODEL_FILE
     with atomic_path(path) as tmp:
         torch.jit.save(frozen, str(tmp))
     log.info("exported int8 TorchScript to %s (int8 ops: %s)", path, found)
@@ -100,4 +101,4 @@ def load_exported(path: Path) -> torch.jit.ScriptModule:
     return torch.jit.load(str(path)).eval()
 
 
-__all__ = ["ExportResult", "export_ipex", "int8_op_counts", "load_exported"]
+__all__ = ["MODEL_FILE", "ExportResult", "export_ipex", "int8_op_counts", "load_exported"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from qat.config import ExportConfig
 from qat.evaluate import Table
+from qat.export.folder import write_export_folder
 from qat.export.ipex import export_ipex
 from qat.export.parity import ParityRecord, check_parity
 from qat.load import Encoder, batches
@@ -22,8 +23,10 @@ class ExportRecord:
 
 def export_verified(sim: FakeQuantModel, encoder: Encoder, heldout: list[str], fp32: Table, cfg: ExportConfig,
                     out_dir: Path, batch_size: int, seed: int) -> ExportRecord:
-    """IPEX int8 TorchScript of the simulation's current weights and frozen scales, with its parity record."""
+    """A self-contained export folder (IPEX int8 TorchScript of the simulation's current weights and frozen scales,
+    tokenizer, qat_model.json), with its parity record."""
     example = next(batches(encoder, heldout, 8))
     result = export_ipex(sim.to_float().eval(), sim.qconf, sim.weight_qparams(), example, out_dir)
+    write_export_folder(out_dir, encoder, sim.qconf)
     parity = check_parity(sim, result.path, encoder, heldout, fp32, cfg, batch_size, seed)
     return ExportRecord(result.path, result.qconf_path, result.graph_int8_ops, parity)

@@ -7,6 +7,8 @@ apart lets an algorithm, or a search trial, use the first n batches without runn
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 from torch import nn
 
@@ -15,6 +17,9 @@ from qat.quant.qconf import Qconf
 from qat.quant.quantizer import FakeQuantizer
 from qat.quant.simulate import simulate
 from qat.quant.stats import Batch, TensorStats
+
+# How a caller watches the two passes over the batches (a progress bar, say): (batches, what) -> batches.
+Track = Callable[[list[Batch], str], Iterable[Batch]]
 
 
 class _Recorder(nn.Module):
@@ -53,7 +58,8 @@ class _Recorder(nn.Module):
 
 
 @torch.no_grad()
-def collect_statistics(model: nn.Module, skeleton: Qconf, calib_batches: list[Batch], bins: int) -> dict[int, TensorStats]:
+def collect_statistics(model: nn.Module, skeleton: Qconf, calib_batches: list[Batch], bins: int,
+                       track: Track = lambda batches, what: batches) -> dict[int, TensorStats]:
     """Statistics of every tensor that any recipe could put in int8, keyed by qconf tensor id.
     `bins` is per side: the histograms have 2 * bins bins, as fine on one side as IPEX's over [min, max]."""
     sim = simulate(model, skeleton.with_recipe(QuantConfig(ops=list(OP_KINDS)))).eval()
@@ -65,10 +71,10 @@ def collect_statistics(model: nn.Module, skeleton: Qconf, calib_batches: list[Ba
         tensor_id = op.info["input_tensor_infos"][index]["id"]
         if tensor_id not in recorders:
             quantizer.observer = recorders[tensor_id] = _Recorder(2 * bins, channel_sums=op.kind == "linear")
-    for batch in calib_batches:
+    for batch in track(calib_batches, "ranges"):
         sim(*batch)
     for recorder in recorders.values():
         recorder.bound = max(max(-min(recorder.mins), max(recorder.maxs)), 1e-8)
-    for batch in calib_batches:
+    for batch in track(calib_batches, "histograms"):
         sim(*batch)
     return {tensor_id: recorder.stats() for tensor_id, recorder in recorders.items()}

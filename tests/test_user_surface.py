@@ -1,0 +1,109 @@
+"""What a user touches: the int8 model API on an export folder, the stand-alone evaluate and export entry points,
+and progress bars that stay off when the output is not a terminal."""
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+
+import qat.progress
+from qat import load_int8
+from qat.config import ModelConfig, RunConfig
+from qat.entry import job_config
+from qat.errors import QatError
+from qat.evaluate import embed
+from qat.evaluate import main as evaluate_main
+from qat.export.__main__ import main as export_main
+from qat.export.folder import INFO_FILE
+from qat.export.ipex import load_exported
+from qat.load import load_encoder
+from qat.pipeline import run_pipeline
+
+TINY = ["model.max_length=32", "calib.samples=64", "+data.heldout.limit=40", "eval.batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_model_dir):
+    """A finished recovery run of the tiny model, called in-process."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    run_dir = tmp_path_factory.mktemp("surface") / "run"
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={tiny_model_dir}", *TINY, "quant=full_int8",
+                                          "recovery.force=true", "train.steps=4", "train.batch_size=16",
+                                          "train.eval_every=2", "train.save_every=2"])
+    report = run_pipeline(cfg, run_dir)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return run_dir, report
+
+
+def test_an_export_folder_is_self_contained_and_encode_matches_the_pipeline(trained_run, tiny_model_dir, texts):
+    run_dir, report = trained_run
+    folder = run_dir / "export" / "qat"
+    info = json.loads((folder / INFO_FILE).read_text())
+    assert info["pooling"] == "mean" and info["max_length"] == 32 and info["kind"] == "embedding"
+    assert info["input_names"] == ["input_ids", "attention_mask"] and info["int8_ops"]["residual_add"] > 0
+    assert (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file()
+    model = load_int8(folder)
+    sample = texts[300:316]
+    encoder = load_encoder(ModelConfig(str(tiny_model_dir), max_length=32))
+    # One batch both ways (the same padding), so the int8 kernels see the same shapes.
+    expected = embed(load_exported(folder / "model_int8.pt"), encoder, sample, 64)
+    got = model.encode(sample, batch_size=64)
+    assert isinstance(got, np.ndarray) and got.shape == (16, 32)
+    np.testing.assert_allclose(got, torch.stack([expected[t] for t in sample]).numpy(), atol=1e-5)
+    # Length-sorted batches of 3 come back in the caller's order.
+    small = model.encode(sample, batch_size=3, convert_to_tensor=True)
+    assert small.shape == (16, 32)
+    assert torch.nn.functional.cosine_similarity(small, torch.from_numpy(got)).min() > 0.999
+    reversed_rows = model.encode(sample[::-1], batch_size=3, convert_to_tensor=True)
+    torch.testing.assert_close(reversed_rows.flip(0), small, atol=1e-5, rtol=0)
+    assert model.encode(sample[0]).shape == (32,)
+
+
+def test_an_export_of_another_format_is_refused(trained_run, tmp_path):
+    import shutil
+
+    folder = tmp_path / "old"
+    shutil.copytree(trained_run[0] / "export" / "ptq", folder)
+    info = json.loads((folder / INFO_FILE).read_text())
+    (folder / INFO_FILE).write_text(json.dumps({**info, "format": 0}))
+    with pytest.raises(QatError, match=r"has format 0 \(made by qat .*\); this qat reads format 1"):
+        load_int8(folder)
+    with pytest.raises(QatError, match="is not a qat export folder"):
+        load_int8(tmp_path)
+
+
+def run_main(main, argv, monkeypatch, capsys) -> str:
+    monkeypatch.setattr(sys, "argv", ["qat", *argv])
+    main()
+    return capsys.readouterr().out
+
+
+def test_export_and_evaluate_stand_alone(trained_run, tmp_path, monkeypatch, capsys):
+    run_dir, report = trained_run
+    out = run_main(export_main, [f"hydra.run.dir={tmp_path / 'export'}", f"source.artifact={run_dir / 'ptq'}",
+                                 f"source.weights={run_dir / 'checkpoints' / 'best_student.safetensors'}",
+                                 "+data.heldout.limit=40", "eval.batch_size=32"], monkeypatch, capsys)
+    record = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert record["parity"]["passed"] and record["parity"]["unfused_max_abs_diff"] == 0.0 and "export:" in out
+    # The stand-alone export of the trained weights computes what the job's own QAT export computes.
+    trained = report.exports["qat"].parity.fidelity_to_fp32.fakequant
+    assert record["parity"]["fidelity_to_fp32"]["fakequant"] == pytest.approx(trained, abs=1e-6)
+
+    exported = tmp_path / "export" / "export" / "qat"
+    out = run_main(evaluate_main, [f"hydra.run.dir={tmp_path / 'evaluate'}", f"target.folder={exported}",
+                                   f"model.name_or_path={run_dir / 'ptq' / 'model'}", "model.max_length=32",
+                                   "+data.heldout.limit=40", "eval.batch_size=32"], monkeypatch, capsys)
+    evaluation = json.loads((tmp_path / "evaluate" / "evaluation.json").read_text())
+    assert set(evaluation["variants"]) == {"fp32", "int8"} and "| int8 (exported IPEX) |" in out
+    assert 0.5 < evaluation["variants"]["int8"]["cosine_mean"] < 1.0
+
+
+def test_progress_is_off_when_not_a_terminal(monkeypatch):
+    monkeypatch.setattr(qat.progress.sys.stderr, "isatty", lambda: False, raising=False)
+    assert qat.progress.progress(range(3), desc="x").disable
+    monkeypatch.setattr(qat.progress.sys.stderr, "isatty", lambda: True, raising=False)
+    assert not qat.progress.progress(range(3), desc="x").disable
