@@ -18,7 +18,8 @@ from qat.ipex_backend import prepare
 from qat.load import Encoder, batches
 from qat.numerics import WEIGHT_RANGES, resolve_weight_bits, weight_qparams
 from qat.progress import progress
-from qat.quant.config import CalibConfig, QuantConfig, SmoothQuantConfig
+from qat.quant.config import CalibConfig, EqualizeConfig, QuantConfig, SmoothQuantConfig
+from qat.quant.equalize import Equalization, equalize
 from qat.quant.observe import collect_statistics
 from qat.quant.qconf import Qconf
 from qat.quant.quantizer import FakeQuantizer
@@ -42,6 +43,7 @@ class Statistics:
     model: PreTrainedModel
     skeleton: Qconf
     stats: dict[int, TensorStats]
+    equalization: Equalization | None = None
 
 
 @dataclass
@@ -73,13 +75,14 @@ def ipex_skeleton(model: PreTrainedModel, example: Batch) -> Qconf:
 
 
 def calibrate(encoder: Encoder, texts: list[str], calib: CalibConfig, quant: QuantConfig,
-              smoothquant: SmoothQuantConfig | None = None) -> Calibration:
+              smoothquant: SmoothQuantConfig | None = None, equalization: EqualizeConfig | None = None) -> Calibration:
     """Observe activations on `calib.samples` texts (after SmoothQuant migration, if enabled) and return the qconf
     with the recipe's int8 ops set, and the fp32 weights it goes with."""
     calib_batches = calibration_batches(encoder, texts, calib)
     log.info("calibrating %s on %d texts in %d batches (%s)", encoder.source, calib.samples, len(calib_batches),
              calib.algorithm)
-    return apply_calibration(observe(encoder.model, calib_batches, calib, quant, smoothquant), calib, quant)
+    return apply_calibration(observe(encoder.model, calib_batches, calib, quant, smoothquant, equalization), calib,
+                             quant)
 
 
 def _track(calib_batches: list[Batch], what: str) -> Iterable[Batch]:
@@ -87,9 +90,15 @@ def _track(calib_batches: list[Batch], what: str) -> Iterable[Batch]:
 
 
 def observe(model: PreTrainedModel, calib_batches: list[Batch], calib: CalibConfig, quant: QuantConfig,
-            smoothquant: SmoothQuantConfig | None) -> Statistics:
-    """The model to calibrate (migrated if SmoothQuant is on), its IPEX skeleton and its activation statistics.
-    Migration changes the model's ops (one fp32 mul per smoothed module), so skeleton and statistics are redone."""
+            smoothquant: SmoothQuantConfig | None, equalization: EqualizeConfig | None = None) -> Statistics:
+    """The model to calibrate (equalized inside attention, then migrated by SmoothQuant, where enabled), its IPEX
+    skeleton and its activation statistics. Migration changes the model's ops (one fp32 mul per smoothed module),
+    so skeleton and statistics are redone."""
+    record = None
+    if equalization is not None and equalization.enabled:
+        model, record = equalize(model, calib_batches, equalization)
+        log.info("equalized %s pairs of %d attention blocks (alpha %.2f)", "/".join(equalization.pairs),
+                 len(record.qk or record.vo), equalization.alpha)
     skeleton = ipex_skeleton(model, calib_batches[0])
     stats = collect_statistics(model, skeleton, calib_batches, calib.bins, _track)
     if smoothquant is not None and smoothquant.enabled:
@@ -97,7 +106,7 @@ def observe(model: PreTrainedModel, calib_batches: list[Batch], calib: CalibConf
         skeleton = ipex_skeleton(model, calib_batches[0])
         stats = collect_statistics(model, skeleton, calib_batches, calib.bins, _track)
         log.info("SmoothQuant alpha %.2f: %d modules smoothed", smoothquant.alpha, len(smoothed_buffers(model)))
-    return Statistics(model, skeleton, stats)
+    return Statistics(model, skeleton, stats, record)
 
 
 def apply_calibration(observed: Statistics, calib: CalibConfig, quant: QuantConfig) -> Calibration:

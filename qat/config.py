@@ -9,7 +9,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from qat.errors import QatError, check_choice, check_positive
-from qat.quant.config import CALIB_ALGORITHMS, CalibConfig, QuantConfig, SmoothQuantConfig
+from qat.quant.config import CALIB_ALGORITHMS, CalibConfig, EqualizeConfig, QuantConfig, SmoothQuantConfig
 
 
 def is_test_split(name: str) -> bool:
@@ -196,14 +196,15 @@ class SpaceConfig:
     bias_correction: list[bool] = field(default_factory=lambda: [False])
     symmetric: list[bool] = field(default_factory=lambda: [False])
     alpha: list[float] = field(default_factory=lambda: [0.5])  # SmoothQuant alpha, searched when smoothquant is on
+    equalize_alpha: list[float] = field(default_factory=lambda: [0.5])  # searched when equalize is on
 
     def __post_init__(self) -> None:
-        for name in ("algorithm", "percentile", "batches", "bias_correction", "symmetric", "alpha"):
+        for name in ("algorithm", "percentile", "batches", "bias_correction", "symmetric", "alpha", "equalize_alpha"):
             if not getattr(self, name):
                 raise QatError(f"search space {name} is empty; expected at least one value")
         for algorithm in self.algorithm:
             check_choice("search space algorithm", algorithm, CALIB_ALGORITHMS)
-        for name in ("percentile", "batches", "alpha"):
+        for name in ("percentile", "batches", "alpha", "equalize_alpha"):
             values = getattr(self, name)
             if len(values) > 2 or values[0] > values[-1]:
                 raise QatError(f"search space {name}={values} is not valid; expected [value] or [low, high] with low <= high")
@@ -212,7 +213,7 @@ class SpaceConfig:
                 raise QatError(f"search space percentile {value} is not valid; expected a number in (0, 100]")
         for value in self.batches:
             check_positive("search space batches", value)
-        for value in self.alpha:
+        for value in self.alpha + self.equalize_alpha:
             if not 0.0 <= value <= 1.0:
                 raise QatError(f"search space alpha {value} is not valid; expected a number in [0, 1]")
 
@@ -279,6 +280,7 @@ class QuantJobConfig(JobConfig):
 
     quant: QuantConfig = field(default_factory=QuantConfig)
     smoothquant: SmoothQuantConfig = field(default_factory=SmoothQuantConfig)
+    equalize: EqualizeConfig = field(default_factory=EqualizeConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
 
 
@@ -295,9 +297,10 @@ class RunConfig(QuantJobConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.smoothquant.enabled and self.ptq.qconf:
-            raise QatError("smoothquant=on with ptq.qconf: a restored qconf keeps its own calibration; expected "
-                           "smoothquant=off, or no ptq.qconf so that qat migrates and calibrates")
+        for name in ("smoothquant", "equalize"):
+            if getattr(self, name).enabled and self.ptq.qconf:
+                raise QatError(f"{name}=on with ptq.qconf: a restored qconf keeps its own calibration; expected "
+                               f"{name}=off, or no ptq.qconf so that qat rescales and calibrates")
 
 
 @dataclass

@@ -83,6 +83,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
         model=session.encoder.source, run_dir=str(run_dir), ptq_source=ptq.source,
         recipe=RecipeSummary(sorted(k for k, n in ptq.qconf.int8_counts().items() if n), ptq.skip),
         calibration=CalibrationRecord(**vars(cfg.calib), texts=cfg.calib.samples), smoothquant=cfg.smoothquant,
+        equalize=cfg.equalize,
         data=DataSummary(len(session.data.heldout), list(session.data.tasks), len(session.calibration)),
         recovery=decision, training=training, final="qat" if training is not None else "ptq", variants=variants,
         exports=exports, weight_range=ptq.qconf.weight_range, cpu_has_vnni=cpu_has_vnni(), seconds=seconds,

@@ -47,7 +47,7 @@ def _calibrated(cfg: RunConfig, session: Session, run_dir: Path) -> PtqModel:
     calib_batches = calibration_batches(session.encoder, session.calibration, cfg.calib)
     log.info("calibrating %s on %d texts in %d batches (%s)", session.encoder.source, cfg.calib.samples,
              len(calib_batches), cfg.calib.algorithm)
-    observed = observe(session.encoder.model, calib_batches, cfg.calib, cfg.quant, cfg.smoothquant)
+    observed = observe(session.encoder.model, calib_batches, cfg.calib, cfg.quant, cfg.smoothquant, cfg.equalize)
     quant = cfg.quant
     if cfg.sensitivity.enabled:
         result = analyse_sensitivity(session, observed, cfg.calib, quant, cfg.sensitivity, cfg.recovery)
@@ -56,6 +56,8 @@ def _calibrated(cfg: RunConfig, session: Session, run_dir: Path) -> PtqModel:
         quant = dataclasses.replace(quant, skip=list(dict.fromkeys(quant.skip + result.skip)))
     calibration = apply_calibration(observed, cfg.calib, quant)
     metadata = {"recipe": asdict(quant), "calibration": asdict(cfg.calib), "smoothquant": asdict(cfg.smoothquant),
+                "equalize": {**asdict(cfg.equalize), "factors": asdict(observed.equalization)
+                             if observed.equalization else None},
                 "calibration_data": calibration_data(cfg, session.origins)}
     return PtqModel(calibration.model, calibration.qconf, "calibration", quant.skip, metadata)
 

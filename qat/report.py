@@ -9,7 +9,7 @@ from typing import Any
 from qat.atomic import write_json, write_text
 from qat.evaluate import Metrics, Variant
 from qat.export.verify import ExportRecord
-from qat.quant.config import CalibConfig, SmoothQuantConfig
+from qat.quant.config import CalibConfig, EqualizeConfig, SmoothQuantConfig
 from qat.recovery import RecoveryDecision, TrainingSummary
 
 
@@ -39,6 +39,7 @@ class RunReport:
     recipe: RecipeSummary
     calibration: CalibrationRecord
     smoothquant: SmoothQuantConfig
+    equalize: EqualizeConfig
     data: DataSummary
     recovery: RecoveryDecision
     training: TrainingSummary | None
@@ -71,6 +72,8 @@ def _recipe_line(report: RunReport) -> str:
     source = (f"calibration {calibration.algorithm} on {calibration.texts} texts"
               + (", bias correction" if calibration.bias_correction else "")
               + (f", SmoothQuant alpha {report.smoothquant.alpha}" if report.smoothquant.enabled else "")
+              + (f", attention equalized ({'/'.join(report.equalize.pairs)}, alpha {report.equalize.alpha})"
+                 if report.equalize.enabled else "")
               + "." if report.ptq_source == "calibration" else f"scales restored from {report.ptq_source}.")
     return (f"Recipe: int8 ops {report.recipe.ops}, skip {report.recipe.skip or 'none'}, weights per channel in "
             f"{report.weight_range}; " + source)

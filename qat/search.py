@@ -35,9 +35,10 @@ IPEX_DEFAULT = {"algorithm": "histogram", "bias_correction": False, "symmetric":
 ALPHA_STEP = 0.05
 
 
-def suggest(trial: Any, space: SpaceConfig, smoothquant: bool) -> dict[str, Any]:
+def suggest(trial: Any, space: SpaceConfig, smoothquant: bool, equalize: bool = False) -> dict[str, Any]:
     """One point of the space; the percentile only exists for the percentile algorithm, alpha only with
-    SmoothQuant on (on a 0.05 grid: each alpha needs its own statistics)."""
+    SmoothQuant on, equalize_alpha only with equalization on (both on a 0.05 grid: each alpha needs its own
+    statistics)."""
     def number(name: str, bounds: list, kind: type, step: float | None = None) -> Any:
         if bounds[0] == bounds[-1]:
             return bounds[0]
@@ -51,6 +52,8 @@ def suggest(trial: Any, space: SpaceConfig, smoothquant: bool) -> dict[str, Any]
     params["symmetric"] = trial.suggest_categorical("symmetric", space.symmetric)
     if smoothquant:
         params["alpha"] = round(number("alpha", space.alpha, float, step=ALPHA_STEP), 4)
+    if equalize:
+        params["equalize_alpha"] = round(number("equalize_alpha", space.equalize_alpha, float, step=ALPHA_STEP), 4)
     return params
 
 
@@ -61,7 +64,8 @@ def calib_setting(base: CalibConfig, params: dict[str, Any]) -> CalibConfig:
                                symmetric=params["symmetric"])
 
 
-def optimize(objective: Objective, search: SearchConfig, seed: int, smoothquant: bool = False) -> list[dict[str, Any]]:
+def optimize(objective: Objective, search: SearchConfig, seed: int, smoothquant: bool = False,
+             equalize: bool = False) -> list[dict[str, Any]]:
     """Run the narrow stage, and the wide one if the bound is missed; every trial as a record."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     maximize = higher_is_better(search.objective)
@@ -73,7 +77,7 @@ def optimize(objective: Objective, search: SearchConfig, seed: int, smoothquant:
                                     sampler=optuna.samplers.TPESampler(seed=seed))
 
         def trial_objective(trial: Any) -> float:
-            params = suggest(trial, space, smoothquant)
+            params = suggest(trial, space, smoothquant, equalize)
             key = tuple(sorted(params.items()))
             repeated = key in measured  # TPE may propose a point again: the objective is deterministic
             if not repeated:
@@ -116,22 +120,26 @@ def run_search(cfg: SearchRunConfig, run_dir: Path) -> dict[str, Any]:
                        f"({base.samples} texts) but the calibration set has {len(session.calibration)}; expected fewer "
                        "batches or more texts")
     calib_batches = calibration_batches(session.encoder, session.calibration, base)
-    prepared: dict[float | None, Statistics] = {}
+    prepared: dict[tuple[float | None, float | None], Statistics] = {}
 
-    def statistics(alpha: float | None) -> Statistics:
-        """Model, skeleton and statistics, collected once per SmoothQuant alpha (once in all without it)."""
-        if alpha not in prepared:
+    def statistics(alpha: float | None, equalize_alpha: float | None) -> Statistics:
+        """Model, skeleton and statistics, collected once per SmoothQuant and equalization alpha (once in all
+        without them)."""
+        if (alpha, equalize_alpha) not in prepared:
             smoothquant = None if alpha is None else dataclasses.replace(cfg.smoothquant, alpha=alpha)
-            prepared[alpha] = observe(session.encoder.model, calib_batches, base, cfg.quant, smoothquant)
-        return prepared[alpha]
+            equalize = None if equalize_alpha is None else dataclasses.replace(cfg.equalize, alpha=equalize_alpha)
+            prepared[alpha, equalize_alpha] = observe(session.encoder.model, calib_batches, base, cfg.quant,
+                                                      smoothquant, equalize)
+        return prepared[alpha, equalize_alpha]
 
     def objective(params: dict[str, Any]) -> Metrics:
-        calibration = apply_calibration(statistics(params.get("alpha")), calib_setting(base, params), cfg.quant)
+        observed = statistics(params.get("alpha"), params.get("equalize_alpha"))
+        calibration = apply_calibration(observed, calib_setting(base, params), cfg.quant)
         return session.evaluate_dev(simulate(calibration.model, calibration.qconf).eval())
 
     baseline_params = {**IPEX_DEFAULT, "batches": -(-cfg.calib.samples // cfg.calib.batch_size)}
     baseline = {"params": baseline_params, "metrics": objective(baseline_params)}
-    records = optimize(objective, cfg.search, cfg.seed, cfg.smoothquant.enabled)
+    records = optimize(objective, cfg.search, cfg.seed, cfg.smoothquant.enabled, cfg.equalize.enabled)
     best = best_record(records, cfg.search.objective)
     log.info("statistics collected %d time(s) for %d trials", len(prepared), len(records))
 
@@ -139,13 +147,16 @@ def run_search(cfg: SearchRunConfig, run_dir: Path) -> dict[str, Any]:
         for record in records:
             writer.add_scalar(f"search/{cfg.search.objective}", record["objective"], record["trial"])
     searched = calib_setting(base, best["params"])
-    header = "# Written by qat.search: python -m qat.train --config-dir <this run>/conf calib=searched smoothquant=searched\n"
+    header = ("# Written by qat.search: python -m qat.train --config-dir <this run>/conf calib=searched "
+              "smoothquant=searched equalize=searched\n")
     write_text(run_dir / "conf" / "calib" / "searched.yaml", header + OmegaConf.to_yaml(OmegaConf.structured(searched)))
     smoothquant = dataclasses.replace(cfg.smoothquant, alpha=best["params"].get("alpha", cfg.smoothquant.alpha))
     write_text(run_dir / "conf" / "smoothquant" / "searched.yaml", header + OmegaConf.to_yaml(OmegaConf.structured(smoothquant)))
+    equalize = dataclasses.replace(cfg.equalize, alpha=best["params"].get("equalize_alpha", cfg.equalize.alpha))
+    write_text(run_dir / "conf" / "equalize" / "searched.yaml", header + OmegaConf.to_yaml(OmegaConf.structured(equalize)))
     result = {"objective": cfg.search.objective, "baseline_ipex_default": baseline, "best": best, "trials": records,
               "statistics_collections": len(prepared), "calib": dataclasses.asdict(searched),
-              "smoothquant": dataclasses.asdict(smoothquant)}
+              "smoothquant": dataclasses.asdict(smoothquant), "equalize": dataclasses.asdict(equalize)}
     write_json(run_dir / "search.json", result)
     write_text(run_dir / "search.md", search_table(result))
     return result
@@ -154,13 +165,14 @@ def run_search(cfg: SearchRunConfig, run_dir: Path) -> dict[str, Any]:
 def search_table(result: dict[str, Any]) -> str:
     objective = result["objective"]
     lines = [f"# Calibration search ({objective}, {len(result['trials'])} trials)", "",
-             "| trial | stage | algorithm | percentile | batches | bias corr. | symmetric | SmoothQuant alpha | " + objective
-             + " | cosine_mean |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| trial | stage | algorithm | percentile | batches | bias corr. | symmetric | SmoothQuant alpha | "
+             "equalize alpha | " + objective + " | cosine_mean |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [("IPEX default", "-", result["baseline_ipex_default"])] + [(r["trial"], r["stage"], r) for r in result["trials"]]
     for trial, stage, record in rows:
         p, m = record["params"], record["metrics"]
         lines.append(f"| {trial} | {stage} | {p['algorithm']} | {p.get('percentile', '')} | {p['batches']} | "
-                     f"{p['bias_correction']} | {p['symmetric']} | {p.get('alpha', '')} | {m[objective]:.6g} | "
+                     f"{p['bias_correction']} | {p['symmetric']} | {p.get('alpha', '')} | {p.get('equalize_alpha', '')} | "
+                     f"{m[objective]:.6g} | "
                      f"{m['cosine_mean']:.5f} |")
     lines += ["", f"Best: trial {result['best']['trial']} {result['best']['params']}."]
     return "\n".join(lines) + "\n"

@@ -152,7 +152,7 @@ def run_sensitivity(cfg: SensitivityRunConfig, run_dir: Path) -> SensitivityResu
                            metrics={"recovery.metric": cfg.recovery.metric, "sensitivity.metric": cfg.sensitivity.metric},
                            only_tasks_of_metrics=True, recipe=cfg.quant)
     observed = observe(session.encoder.model, calibration_batches(session.encoder, session.calibration, cfg.calib),
-                       cfg.calib, cfg.quant, cfg.smoothquant)
+                       cfg.calib, cfg.quant, cfg.smoothquant, cfg.equalize)
     result = analyse_sensitivity(session, observed, cfg.calib, cfg.quant, cfg.sensitivity, cfg.recovery)
     write_outputs(result, cfg.quant, run_dir)
     return result

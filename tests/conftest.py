@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState, GradientState
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from qat.config import ModelConfig
@@ -37,3 +38,13 @@ def tiny_encoder(tiny_model_dir: Path) -> Encoder:
 @pytest.fixture(scope="session")
 def texts() -> list[str]:
     return builtin_sentences()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps its state in process-wide singletons; the job makes its own Accelerator."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

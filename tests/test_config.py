@@ -18,7 +18,7 @@ def compose_run(*overrides: str) -> RunConfig:
 
 def test_groups_are_the_documented_ones():
     assert set(GROUPS) == {"model", "data", "quant", "smoothquant", "calib", "train", "teacher", "export", "eval",
-                           "experiment"}
+                           "experiment", "equalize"}
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUPS.items() for o in options])

@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
 import qat.calibrate
 import qat.ptq
@@ -21,16 +20,6 @@ from qat.session import open_session
 def tiny_overrides(tiny_model_dir) -> list[str]:
     return [f"model.name_or_path={tiny_model_dir}", "model.max_length=32", "calib.samples=64",
             "+data.heldout.limit=40", "eval.batch_size=32"]
-
-
-@pytest.fixture
-def fresh_accelerate_state():
-    """accelerate keeps its state in process-wide singletons; the job makes its own Accelerator."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def test_sensitivity_stage_reuses_the_calibration_and_the_job_never_rereads_its_artifact(

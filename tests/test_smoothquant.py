@@ -44,8 +44,8 @@ def random_batch(vocab: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
 def test_migration_keeps_the_fp32_function_on_real_and_random_inputs(tiny_encoder, texts):
     calibration = calibrate(tiny_encoder, texts, CALIB, FULL, SMOOTH)
     smoothed = smoothed_buffers(calibration.model)
-    assert set(smoothed) == {f"encoder.layer.{i}.{m}" for i in range(2)
-                             for m in ("attention.self", "attention.output", "intermediate", "output")}
+    # The attention output's factors fold into the value projection: no runtime multiply there.
+    assert set(smoothed) == {f"encoder.layer.{i}.{m}" for i in range(2) for m in ("attention.self", "intermediate", "output")}
     assert not smoothed_buffers(tiny_encoder.model), "the original model is left alone"
     original, migrated = EncoderModule(tiny_encoder.model).eval(), EncoderModule(calibration.model).eval()
     with torch.no_grad():

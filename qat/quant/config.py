@@ -87,3 +87,24 @@ class SmoothQuantConfig:
             raise QatError(f"smoothquant.alpha={self.alpha} is not valid; expected a number in [0, 1]")
         if not self.modules:
             raise QatError("smoothquant.modules is empty; expected regular expressions of module paths, e.g. ['.*']")
+
+
+EQUALIZE_PAIRS = ("qk", "vo")
+
+
+@dataclass
+class EqualizeConfig:
+    """Weight-folded equalization inside attention before calibration (equalize.py): the Q/K channel pairs and the
+    V/O pairs, each rescaled per channel by the balance max|X|^alpha / max|W|^(1 - alpha)."""
+
+    enabled: bool = False
+    alpha: float = 0.5
+    pairs: list[str] = field(default_factory=lambda: list(EQUALIZE_PAIRS))
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise QatError(f"equalize.alpha={self.alpha} is not valid; expected a number in [0, 1]")
+        if not self.pairs:
+            raise QatError(f"equalize.pairs is empty; expected some of {list(EQUALIZE_PAIRS)}")
+        for pair in self.pairs:
+            check_choice("equalize.pairs entry", pair, EQUALIZE_PAIRS)
