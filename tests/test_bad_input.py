@@ -143,6 +143,9 @@ def test_bad_input_is_one_line_exit_2_and_changes_no_finished_run(case, job, ove
     code, errors = run_cli(MAINS[job], argv, capsys)
     assert code == 2 and len(errors) == 1, (code, errors)
     assert message in errors[0], errors[0]
+    if os.environ.get("QAT_BAD_INPUT_TABLE"):   # the table of messages for a closing note
+        with open(os.environ["QAT_BAD_INPUT_TABLE"], "a") as table:
+            table.write(f"| {case} | `{' '.join(overrides)}` | {errors[0]} |\n")
     assert snapshot(files["finished"]) == before
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir()), "a refused fresh run left files"
 
