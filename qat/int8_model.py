@@ -27,6 +27,11 @@ class Int8Encoder:
 
     def __init__(self, module: torch.jit.ScriptModule, tokenizer: PreTrainedTokenizerBase, info: ExportInfo) -> None:
         self.module, self.tokenizer, self.info = module, tokenizer, info
+        # A loaded TorchScript runs its first call unfused (it profiles); every call a user makes should run the
+        # same fused kernels, so that one text always gets one embedding.
+        warmup = tokenizer(["warm up"], return_tensors="pt")
+        with torch.no_grad():
+            module(warmup["input_ids"], warmup["attention_mask"])
 
     @torch.no_grad()
     def encode(self, sentences: str | list[str], batch_size: int = 32, show_progress_bar: bool | None = None,

@@ -15,6 +15,7 @@ from qat.errors import QatError
 from qat.evaluate import MODEL_VARIANTS, Table, Variant, evaluate
 from qat.export.ipex import load_exported
 from qat.export.verify import ExportRecord, export_verified
+from qat.load import batches
 from qat.numerics import cpu_has_vnni
 from qat.ptq import check_given_paths, given_artifact, prepare_ptq
 from qat.quant.simulate import FakeQuantModel, simulate
@@ -30,6 +31,7 @@ def export_and_evaluate(cfg: RunConfig, session: Session, models: dict[str, Fake
     """Each int8 model exported with its parity record, then fp32, every simulation and every export embedded on
     all evaluation texts."""
     texts = session.data.texts()
+    warmup = next(batches(session.encoder, session.data.heldout, 8))
     tables = {Variant.FP32: session.embed(session.fp32(), texts)}
     exports = {}
     for name, sim in models.items():
@@ -37,7 +39,7 @@ def export_and_evaluate(cfg: RunConfig, session: Session, models: dict[str, Fake
                                         run_dir / "export" / name, cfg.eval.batch_size, cfg.seed)
         fakequant, int8 = MODEL_VARIANTS[name]
         tables[fakequant] = session.embed(sim.eval(), texts)
-        tables[int8] = session.embed(load_exported(exports[name].path), texts)
+        tables[int8] = session.embed(load_exported(exports[name].path, warmup), texts)
     return exports, tables
 
 

@@ -94,11 +94,17 @@ def export_ipex(model: PreTrainedModel, qconf: Qconf, weight_qparams: dict[str, 
     return ExportResult(path, qconf_path, found)
 
 
-def load_exported(path: Path) -> torch.jit.ScriptModule:
-    """Load an exported int8 model (IPEX is imported by this module, so its kernels are registered)."""
+def load_exported(path: Path, warmup: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.jit.ScriptModule:
+    """Load an exported int8 model (IPEX is imported by this module, so its kernels are registered). The first
+    call of a loaded TorchScript profiles and runs the graph as converted, unfused; IPEX's fused int8 kernels run
+    from the second call on. With `warmup` that first call is made here, so every later call runs fused."""
     if not path.is_file():
         raise QatError(f"exported model {str(path)!r} does not exist; expected a TorchScript file from qat's export")
-    return torch.jit.load(str(path)).eval()
+    module = torch.jit.load(str(path)).eval()
+    if warmup is not None:
+        with torch.no_grad():
+            module(*warmup)
+    return module
 
 
 __all__ = ["MODEL_FILE", "ExportResult", "export_ipex", "int8_op_counts", "load_exported"]
