@@ -43,13 +43,18 @@ class Session:
         return evaluate(self.embed(forward, dev.texts()), self.fp32_dev, dev)
 
 
+def use_threads(threads: int | None) -> None:
+    """torch's CPU threads for this job (null keeps torch's default: all cores)."""
+    torch.set_num_threads(threads or torch.get_num_threads())
+
+
 def open_session(model: ModelConfig, data: DataConfig, eval_cfg: EvalConfig, *, seed: int, threads: int | None,
                  metrics: dict[str, str], only_tasks_of_metrics: bool = False, recipe: QuantConfig | None = None) -> Session:
     """Load everything once. `metrics` maps each setting that names a dev metric to its value; a metric that is
     not measured is an error before any calibration batch runs, and so is a `recipe` that names modules the model
     lacks. A job that reads nothing but those metrics (a search, a sensitivity analysis) keeps only the dev task
     sets they read, so its trials embed no more."""
-    torch.set_num_threads(threads or torch.get_num_threads())
+    use_threads(threads)
     set_seed(seed)
     texts, origins = calibration_texts(data)
     everything, dev = load_eval_data(data)

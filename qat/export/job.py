@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -18,6 +17,7 @@ from qat.evaluate import embed
 from qat.export.verify import ExportRecord, export_verified
 from qat.quant.simulate import FakeQuantModel, simulate
 from qat.quant.wrapper import EncoderModule
+from qat.session import use_threads
 
 RESULT_FILE = "export.json"
 ACCELERATE_MODEL_FILE = "model.safetensors"   # what accelerate's save_state writes into a checkpoint folder
@@ -38,7 +38,7 @@ def load_student_weights(sim: FakeQuantModel, weights: Path) -> None:
 
 
 def run_export(cfg: ExportRunConfig, run_dir: Path) -> ExportRecord:
-    torch.set_num_threads(cfg.threads or torch.get_num_threads())
+    use_threads(cfg.threads)
     artifact = read_ptq_artifact(Path(cfg.source.artifact))
     sim = simulate(artifact.encoder.model, artifact.qconf).eval()
     if cfg.source.weights:
