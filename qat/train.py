@@ -22,10 +22,10 @@ def train(cfg: RunConfig, run_dir: Path) -> RunReport:
 
 
 def main() -> None:
-    from qat.report import summary
-
     report, run_dir = run_job(JOB, RunConfig, train, resumes=lambda cfg: cfg.train.resume is not None)
     if report is not None:   # None on the other processes of an accelerate launch
+        from qat.report import summary  # imports IPEX: only once the job ran, so a refusal stays quick and quiet
+
         print(summary(report))
     print(f"report: {run_dir / 'report.md'}")
 
