@@ -9,13 +9,24 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from qat.errors import QatError, check_choice, check_positive
-from qat.quant.config import CALIB_ALGORITHMS, CalibConfig, EqualizeConfig, QuantConfig, SmoothQuantConfig
+from qat.quant.config import (
+    CALIB_ALGORITHMS,
+    CalibConfig,
+    EqualizeConfig,
+    QuantConfig,
+    SmoothQuantConfig,
+)
 
 
 def is_test_split(name: str) -> bool:
     """The one rule for acceptance data: a task set (or a metric of one, '<task>/<metric>') whose name says 'test'
     only reports; no choice (recovery decision, checkpoint, search, sensitivity) may read it."""
     return "test" in name
+
+
+# The package's own English text (qat/resources/), written for this project: short sentences, longer passages for
+# training, and passages on other subjects kept for the guard set.
+BUILTIN_SETS = ("sentences", "passages", "guard")
 
 
 @dataclass
@@ -33,10 +44,12 @@ class ModelConfig:
 
 @dataclass
 class SourceConfig:
-    """Where one text set comes from: the embedded sentences, a local file, or a `datasets` hub name."""
+    """Where one text set comes from: the package's own text (`path` names the set: sentences, passages, guard), a
+    local file, a BEIR folder (format beir: corpus.jsonl, queries.jsonl, qrels/<split>.tsv), or a `datasets` hub
+    name."""
 
     kind: str = "builtin"
-    path: str = ""
+    path: str = "sentences"
     format: str = "text"
     split: str = "train"
     subset: str | None = None
@@ -46,8 +59,10 @@ class SourceConfig:
 
     def __post_init__(self) -> None:
         check_choice("data source kind", self.kind, ("builtin", "file", "hub"))
-        check_choice("data source format", self.format, ("text", "pairs", "rerank"))
-        if self.kind != "builtin" and not self.path:
+        check_choice("data source format", self.format, ("text", "pairs", "rerank", "beir"))
+        if self.kind == "builtin":
+            check_choice("builtin data source path", self.path, BUILTIN_SETS)
+        elif not self.path:
             raise QatError(f"data source of kind {self.kind!r} has an empty path; expected a file path or dataset name")
         if self.offset < 0:
             raise QatError(f"data source offset={self.offset} is not valid; expected >= 0")
@@ -67,20 +82,27 @@ class MixPart:
 
 @dataclass
 class DataConfig:
-    """Calibration/training texts, held-out texts for fidelity, and labelled task sets (STS pairs, reranking).
-    A non-empty `mix` replaces `calibration` with several sources interleaved in the given proportions
-    (for a model that serves several tasks)."""
+    """Calibration texts, training texts, held-out texts for fidelity, a guard set from other domains, and labelled
+    task sets (STS pairs, reranking, BEIR retrieval). A non-empty `mix` replaces `calibration` with several sources
+    interleaved in the given proportions (for a model that serves several tasks). An empty `train` trains on the
+    calibration sources without their limit mixed with the package's sentences and passages."""
 
     root: str = ""  # base folder that file paths in data/*.yaml interpolate (${..root})
     calibration: SourceConfig = field(default_factory=lambda: SourceConfig(limit=256))
     mix: dict[str, MixPart] = field(default_factory=dict)
+    train: dict[str, MixPart] = field(default_factory=dict)
     heldout: SourceConfig = field(default_factory=lambda: SourceConfig(offset=256))
+    guard: dict[str, SourceConfig] = field(default_factory=dict)
     tasks: dict[str, SourceConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, source in self.tasks.items():
             if source.format == "text":
-                raise QatError(f"task set {name!r} has format 'text'; expected 'pairs' (STS) or 'rerank'")
+                raise QatError(f"task set {name!r} has format 'text'; expected 'pairs' (STS), 'rerank' or 'beir'")
+        for name, source in self.guard.items():
+            if is_test_split(name) or (source.format == "beir" and is_test_split(source.split)):
+                raise QatError(f"data.guard.{name} reads a test split; expected texts that choices may read "
+                               "(the guard decides which checkpoint is kept)")
 
 
 @dataclass

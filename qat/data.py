@@ -1,16 +1,23 @@
-"""Text sets: the embedded sentences, local TSV/CSV/JSONL/TXT files, and `datasets` hub names."""
+"""Text sets: the package's own text, local TSV/CSV/JSONL/TXT files, BEIR folders, and `datasets` hub names."""
 from __future__ import annotations
 
 import csv
 import json
 import math
-from dataclasses import dataclass
+import re
+from collections import Counter
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from qat.config import DataConfig, MixPart, SourceConfig
 from qat.errors import QatError
+
+# The default training mix: the calibration sources (without their limit) and the package's own text, by share.
+TASK_SHARE = 2.0
+PACKAGE_SHARES = {"sentences": 1.0, "passages": 1.0}
+PASSAGE_PART = 3   # sentences per part of a passage
 
 REQUIRED_COLUMNS = {
     "text": ("text",),
@@ -37,10 +44,35 @@ class RerankSet:
     negatives: list[list[str]]
 
 
+@dataclass
+class RetrievalSet:
+    """A BEIR-layout retrieval set: queries, a corpus, and graded relevance of documents for each query."""
+
+    queries: dict[str, str]
+    corpus: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
 def builtin_sentences() -> list[str]:
     """The several hundred English sentences written for this project and shipped in the package."""
     text = resources.files("qat").joinpath("resources/sentences.txt").read_text(encoding="utf-8")
     return [line for line in text.splitlines() if line.strip()]
+
+
+def builtin_passages(name: str) -> list[str]:
+    """The package's passages (`passages` for training, `guard` for the guard set), each followed by its parts of
+    three sentences: the set covers texts as long as model.max_length and of medium length, and has enough texts
+    for a similarity-score distribution."""
+    text = resources.files("qat").joinpath(f"resources/{name}.txt").read_text(encoding="utf-8")
+    texts = []
+    for passage in (p.strip() for p in text.split("\n\n") if p.strip()):
+        sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z0-9])", passage)
+        texts += [passage] + [" ".join(sentences[i:i + PASSAGE_PART]) for i in range(0, len(sentences), PASSAGE_PART)]
+    return list(dict.fromkeys(texts))
+
+
+def builtin_texts(name: str) -> list[str]:
+    return builtin_sentences() if name == "sentences" else builtin_passages(name)
 
 
 def _read_file(path: Path) -> list[dict[str, Any]]:
@@ -84,8 +116,8 @@ def _read_hub(source: SourceConfig) -> list[dict[str, Any]]:
 def read_rows(source: SourceConfig) -> list[dict[str, Any]]:
     """Rows of a source with its columns renamed, sliced by offset/limit, checked for the format's columns."""
     if source.kind == "builtin":
-        rows: list[dict[str, Any]] = [{"text": line} for line in builtin_sentences()]
-        where = "builtin sentences"
+        rows: list[dict[str, Any]] = [{"text": line} for line in builtin_texts(source.path)]
+        where = f"builtin {source.path}"
     elif source.kind == "file":
         rows, where = _read_file(Path(source.path)), source.path
     else:
@@ -109,8 +141,51 @@ def read_rows(source: SourceConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def _read_jsonl_ids(path: Path) -> dict[str, dict[str, Any]]:
+    rows = _read_file(path)
+    if rows and "_id" not in rows[0]:
+        raise QatError(f"BEIR file {str(path)!r} lacks the '_id' field; expected JSON lines with _id and text")
+    return {str(row["_id"]): row for row in rows}
+
+
+def load_retrieval(source: SourceConfig) -> RetrievalSet:
+    """A BEIR folder: corpus.jsonl, queries.jsonl and qrels/<split>.tsv (query-id, corpus-id, score). A document
+    is its title and text joined, as BEIR's dense retrievers read it. offset/limit slice the judged queries."""
+    folder = Path(source.path)
+    qrels_path = folder / "qrels" / f"{source.split}.tsv"
+    if not qrels_path.is_file():
+        found = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+        raise QatError(f"BEIR folder {source.path!r} has no qrels/{source.split}.tsv; expected a split of {found}")
+    corpus = {doc_id: " ".join(filter(None, [str(row.get("title") or ""), str(row.get("text") or "")]))
+              for doc_id, row in _read_jsonl_ids(folder / "corpus.jsonl").items()}
+    queries = {qid: str(row.get("text") or "") for qid, row in _read_jsonl_ids(folder / "queries.jsonl").items()}
+    qrels: dict[str, dict[str, int]] = {}
+    for number, row in enumerate(_read_file(qrels_path), start=2):
+        try:
+            qid, doc_id, score = str(row["query-id"]), str(row["corpus-id"]), int(row["score"])
+        except (KeyError, TypeError, ValueError):
+            raise QatError(f"BEIR qrels {str(qrels_path)!r} line {number} is not 'query-id corpus-id score'; "
+                           f"expected a header and integer scores") from None
+        for name, value, known in (("query", qid, queries), ("document", doc_id, corpus)):
+            if value not in known:
+                raise QatError(f"BEIR qrels {str(qrels_path)!r} line {number} names {name} {value!r}, which is not in "
+                               f"{'queries' if name == 'query' else 'corpus'}.jsonl; expected ids of that file")
+        qrels.setdefault(qid, {})[doc_id] = score
+    judged = [q for q, docs in qrels.items() if any(score > 0 for score in docs.values())]
+    end = None if source.limit is None else source.offset + source.limit
+    judged = judged[source.offset:end]
+    if not judged:
+        raise QatError(f"BEIR folder {source.path!r} has no query with a relevant document in qrels/{source.split}.tsv "
+                       f"(offset={source.offset}, limit={source.limit}); expected at least one")
+    return RetrievalSet({q: queries[q] for q in judged}, corpus, {q: qrels[q] for q in judged})
+
+
 def load_texts(source: SourceConfig) -> list[str]:
-    """Unlabelled texts of any format (pairs give both sentences, reranking gives queries and candidates)."""
+    """Unlabelled texts of any format (pairs give both sentences, reranking gives queries and candidates, BEIR
+    gives queries and documents)."""
+    if source.format == "beir":
+        retrieval = load_retrieval(source)
+        return list(dict.fromkeys([*retrieval.queries.values(), *retrieval.corpus.values()]))
     rows = read_rows(source)
     if source.format == "text":
         texts = [str(r["text"]) for r in rows]
@@ -131,35 +206,76 @@ def _score(value: Any, row: int, where: str) -> float:
     return score
 
 
-def load_task(source: SourceConfig) -> PairSet | RerankSet:
+def load_task(source: SourceConfig) -> PairSet | RerankSet | RetrievalSet:
+    if source.format == "beir":
+        return load_retrieval(source)
     rows = read_rows(source)
     if source.format == "pairs":
         scores = [_score(r["score"], number, source.path) for number, r in enumerate(rows, start=1)]
         return PairSet([str(r["sentence1"]) for r in rows], [str(r["sentence2"]) for r in rows], scores)
     if source.format == "rerank":
         return RerankSet([str(r["query"]) for r in rows], [list(r["positive"]) for r in rows], [list(r["negative"]) for r in rows])
-    raise QatError(f"format {source.format!r} has no task metric; expected 'pairs' or 'rerank'")
+    raise QatError(f"format {source.format!r} has no task metric; expected 'pairs', 'rerank' or 'beir'")
 
 
-def mix_texts(parts: dict[str, MixPart]) -> tuple[list[str], list[str]]:
-    """Texts of several sources interleaved so that every prefix keeps the proportions (to within one text);
-    the mix is as long as the scarcest source allows. Returns the texts and each text's source name."""
+def mix_texts(parts: dict[str, MixPart], cycle: bool = False) -> tuple[list[str], list[str]]:
+    """Texts of several sources interleaved so that every prefix keeps the proportions (to within one text).
+    The mix is as long as the scarcest source allows, or (cycle) as long as the most plentiful source needs,
+    the scarcer ones repeating. Returns the texts and each text's source name."""
     pools = {name: load_texts(part.source) for name, part in parts.items()}
     total = sum(part.proportion for part in parts.values())
     shares = {name: part.proportion / total for name, part in parts.items()}
-    length = int(min(len(pools[name]) / share for name, share in shares.items()))
+    length = int((max if cycle else min)(len(pools[name]) / share for name, share in shares.items()))
     taken = dict.fromkeys(parts, 0)
     texts, origins = [], []
     for position in range(1, length + 1):
         name = max(shares, key=lambda n: shares[n] * position - taken[n])
-        if taken[name] >= len(pools[name]):
+        if taken[name] >= len(pools[name]) and not cycle:
             break
-        texts.append(pools[name][taken[name]])
+        texts.append(pools[name][taken[name] % len(pools[name])])
         origins.append(name)
         taken[name] += 1
     return texts, origins
 
 
 def calibration_texts(data: DataConfig) -> tuple[list[str], list[str] | None]:
-    """The calibration (and training) texts, and each text's source name when they are a mix."""
+    """The calibration texts, and each text's source name when they are a mix."""
     return mix_texts(data.mix) if data.mix else (load_texts(data.calibration), None)
+
+
+def training_parts(data: DataConfig) -> dict[str, MixPart]:
+    """data.train, or by default the calibration sources without their limit (together TASK_SHARE) mixed with
+    the package's sentences and passages: the student sees the lengths and styles it will serve, not only the
+    task's short texts."""
+    if data.train:
+        return data.train
+    calibration = data.mix or {"calibration": MixPart(1.0, data.calibration)}
+    total = sum(part.proportion for part in calibration.values())
+    parts = {name: MixPart(TASK_SHARE * part.proportion / total, replace(part.source, limit=None))
+             for name, part in calibration.items()}
+    for name, share in PACKAGE_SHARES.items():
+        if not any(part.source.kind == "builtin" and part.source.path == name for part in parts.values()):
+            parts[f"package_{name}"] = MixPart(share, SourceConfig(kind="builtin", path=name))
+    return parts
+
+
+@dataclass
+class TrainingSet:
+    """The training stream (the mix, cycled, evaluated texts removed) and each text's source name."""
+
+    texts: list[str]
+    origins: list[str]
+
+    def counts(self) -> dict[str, int]:
+        """Distinct texts per source."""
+        return dict(Counter(origin for _, origin in dict.fromkeys(zip(self.texts, self.origins))))
+
+
+def training_texts(data: DataConfig, evaluated: set[str]) -> TrainingSet:
+    """The training texts: no text that is evaluated (held-out, guard, task sets) is trained on."""
+    texts, origins = mix_texts(training_parts(data), cycle=True)
+    kept = [(text, origin) for text, origin in zip(texts, origins) if text not in evaluated]
+    if not kept:
+        raise QatError(f"data.train sources {sorted(training_parts(data))} yield no text that is not also evaluated; "
+                       "expected training texts apart from the held-out, guard and task sets")
+    return TrainingSet([text for text, _ in kept], [origin for _, origin in kept])

@@ -1,4 +1,5 @@
-"""Fidelity to fp32 (cosine, EMD of similarity scores) and task metrics (STS Spearman, reranking MAP)."""
+"""Fidelity to fp32 (cosine, EMD of similarity scores) on held-out and guard texts, and task metrics (STS Spearman,
+reranking MAP, retrieval NDCG@10 and Recall@100)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -10,7 +11,8 @@ import torch
 from scipy.stats import spearmanr, wasserstein_distance
 
 from qat.config import DataConfig, is_test_split
-from qat.data import PairSet, RerankSet, load_task, load_texts
+from qat.data import PairSet, RerankSet, RetrievalSet, load_task, load_texts
+from qat.errors import QatError
 from qat.load import Encoder, batches, pool
 from qat.progress import progress
 from qat.quant.qconf import Qconf
@@ -18,7 +20,9 @@ from qat.quant.simulate import simulate
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Table = dict[str, torch.Tensor]      # text -> pooled, normalised embedding
-Metrics = dict[str, float]           # metric name ('cosine_mean', '<task>/spearman', ...) -> value
+Metrics = dict[str, float]           # metric name ('cosine_mean', 'guard/emd', '<task>/spearman', ...) -> value
+Task = PairSet | RerankSet | RetrievalSet
+GUARD = "guard"                      # the prefix of the guard set's metrics
 
 
 class Variant(StrEnum):
@@ -47,30 +51,41 @@ MODEL_VARIANTS = {"ptq": (Variant.PTQ_FAKEQUANT, Variant.PTQ_INT8), "qat": (Vari
 
 @dataclass
 class EvalData:
-    """Held-out texts for fidelity, and labelled task sets by name."""
+    """Held-out texts for fidelity, guard texts from other domains (fidelity too), and labelled task sets by name."""
 
     heldout: list[str]
-    tasks: dict[str, PairSet | RerankSet] = field(default_factory=dict)
+    tasks: dict[str, Task] = field(default_factory=dict)
+    guard: list[str] = field(default_factory=list)
 
     def for_metrics(self, metrics: list[str]) -> EvalData:
-        """Only the task sets these metrics read ('<task>/<metric>'): a search or sensitivity trial embeds no more."""
-        return EvalData(self.heldout, {n: t for n, t in self.tasks.items() if any(m.startswith(n + "/") for m in metrics)})
+        """Only the task sets (and guard) these metrics read ('<set>/<metric>'): a search or sensitivity trial
+        embeds no more."""
+        def read(name: str) -> bool:
+            return any(m.startswith(name + "/") for m in metrics)
+
+        return EvalData(self.heldout, {n: t for n, t in self.tasks.items() if read(n)}, self.guard if read(GUARD) else [])
 
     def texts(self) -> list[str]:
-        texts = list(self.heldout)
+        texts = self.heldout + self.guard
         for task in self.tasks.values():
             if isinstance(task, PairSet):
                 texts += task.sentence1 + task.sentence2
-            else:
+            elif isinstance(task, RerankSet):
                 texts += task.queries + [t for group in task.positives + task.negatives for t in group]
+            else:
+                texts += [*task.queries.values(), *task.corpus.values()]
         return list(dict.fromkeys(texts))
 
 
 def load_eval_data(data: DataConfig) -> tuple[EvalData, EvalData]:
-    """Everything evaluated (held-out texts and every task set), and the part that choices may use (no test)."""
+    """Everything evaluated (held-out texts, the guard and every task set), and the part that choices may use
+    (no test)."""
+    if GUARD in data.tasks:
+        raise QatError(f"task set name {GUARD!r} is the guard's; expected another name")
     tasks = {name: load_task(source) for name, source in data.tasks.items()}
-    everything = EvalData(load_texts(data.heldout), tasks)
-    return everything, EvalData(everything.heldout, {n: t for n, t in tasks.items() if not is_test_split(n)})
+    guard = list(dict.fromkeys(t for source in data.guard.values() for t in load_texts(source)))
+    everything = EvalData(load_texts(data.heldout), tasks, guard)
+    return everything, EvalData(everything.heldout, {n: t for n, t in tasks.items() if not is_test_split(n)}, guard)
 
 
 def higher_is_better(metric: str) -> bool:
@@ -139,18 +154,46 @@ def rerank_map(table: Table, rerank: RerankSet) -> float:
     return 100.0 * float(np.mean(aps))
 
 
+def retrieval_metrics(table: Table, retrieval: RetrievalSet, cutoff: int = 10, depth: int = 100) -> tuple[float, float]:
+    """NDCG@cutoff (graded gains, as BEIR's pytrec_eval computes it) and Recall@depth over the whole corpus, x100."""
+    doc_ids = list(retrieval.corpus)
+    documents = stack_texts(table, [retrieval.corpus[d] for d in doc_ids])
+    ndcgs, recalls = [], []
+    for qid, query in retrieval.queries.items():
+        top = torch.topk(documents @ table[query], min(depth, len(doc_ids))).indices.tolist()
+        gains = retrieval.qrels[qid]
+        ranked = [gains.get(doc_ids[i], 0) for i in top]
+        discounts = 1.0 / np.log2(np.arange(2, cutoff + 2))
+        ideal = sorted(gains.values(), reverse=True)[:cutoff]
+        ndcgs.append(float(np.dot(ranked[:cutoff], discounts[:len(ranked[:cutoff])]) / np.dot(ideal, discounts[:len(ideal)])))
+        relevant = sum(1 for g in gains.values() if g > 0)
+        recalls.append(sum(1 for g in ranked if g > 0) / relevant)
+    return 100.0 * float(np.mean(ndcgs)), 100.0 * float(np.mean(recalls))
+
+
+def fidelity(table: Table, reference: Table, texts: list[str]) -> Metrics:
+    """Cosine of each text's embedding to fp32's, and the EMD between the two similarity-score distributions."""
+    embeddings, reference_embeddings = stack_texts(table, texts), stack_texts(reference, texts)
+    return {**cosine_fidelity(reference_embeddings, embeddings),
+            "emd": emd(all_pair_scores(reference_embeddings), all_pair_scores(embeddings))}
+
+
 def evaluate(table: Table, reference: Table, data: EvalData) -> Metrics:
     """All metrics of one variant's embeddings against the fp32 reference embeddings."""
-    heldout, heldout_ref = stack_texts(table, data.heldout), stack_texts(reference, data.heldout)
-    metrics = cosine_fidelity(heldout_ref, heldout)
-    metrics["emd_heldout_pairs"] = emd(all_pair_scores(heldout_ref), all_pair_scores(heldout))
+    heldout = fidelity(table, reference, data.heldout)
+    metrics = {"cosine_mean": heldout["cosine_mean"], "cosine_min": heldout["cosine_min"],
+               "emd_heldout_pairs": heldout["emd"]}
+    if data.guard:
+        metrics.update({f"{GUARD}/{key}": value for key, value in fidelity(table, reference, data.guard).items()})
     for name, task in data.tasks.items():
         if isinstance(task, PairSet):
             scores = pair_scores(table, task)
             metrics[f"{name}/spearman"] = sts_spearman(scores, task.scores)
             metrics[f"{name}/emd"] = emd(pair_scores(reference, task), scores)
-        else:
+        elif isinstance(task, RerankSet):
             metrics[f"{name}/map"] = rerank_map(table, task)
+        else:
+            metrics[f"{name}/ndcg@10"], metrics[f"{name}/recall@100"] = retrieval_metrics(table, task)
     return metrics
 
 

@@ -11,6 +11,7 @@ from accelerate.utils import DataLoaderConfiguration
 
 from qat.artifact import library_versions
 from qat.config import RunConfig
+from qat.data import training_texts
 from qat.errors import QatError
 from qat.evaluate import MODEL_VARIANTS, Table, Variant, evaluate
 from qat.export.ipex import load_exported
@@ -52,6 +53,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     calibrates = given_artifact(cfg, run_dir) is None and not cfg.ptq.qconf
     session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads, metrics=metrics,
                            recipe=cfg.quant if calibrates else None)
+    training_set = training_texts(cfg.data, set(session.data.texts())) if cfg.train.enabled else None
     accelerator = Accelerator(
         cpu=True, log_with="tensorboard", project_dir=str(run_dir), gradient_accumulation_steps=cfg.train.grad_accum,
         mixed_precision="bf16" if cfg.train.bf16 else "no",
@@ -67,7 +69,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
                                session.evaluate_dev(models["ptq"]))
     training = None
     if decision.train:
-        models["qat"], training = recover(cfg, accelerator, session, ptq.model, ptq.qconf, run_dir)
+        models["qat"], training = recover(cfg, accelerator, session, ptq.model, ptq.qconf, training_set.texts, run_dir)
         seconds["train"] = training.seconds
     if not accelerator.is_main_process:
         accelerator.end_training()
@@ -86,7 +88,8 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
         recipe=RecipeSummary(sorted(k for k, n in ptq.qconf.int8_counts().items() if n), ptq.skip),
         calibration=CalibrationRecord(**vars(cfg.calib), texts=cfg.calib.samples), smoothquant=cfg.smoothquant,
         equalize=cfg.equalize,
-        data=DataSummary(len(session.data.heldout), list(session.data.tasks), len(session.calibration)),
+        data=DataSummary(len(session.data.heldout), len(session.data.guard), list(session.data.tasks),
+                         len(session.calibration), training_set.counts() if training_set else {}),
         recovery=decision, training=training, final="qat" if training is not None else "ptq", variants=variants,
         exports=exports, weight_range=ptq.qconf.weight_range, cpu_has_vnni=cpu_has_vnni(), seconds=seconds,
         versions=library_versions())

@@ -83,10 +83,10 @@ def build_teacher(cfg: RunConfig, ptq_model: PreTrainedModel, qconf: Qconf, fp32
 
 
 def recover(cfg: RunConfig, accelerator: Accelerator, session: Session, ptq_model: PreTrainedModel, qconf: Qconf,
-            run_dir: Path) -> tuple[FakeQuantModel, TrainingSummary]:
-    """Recovery training; returns the student with its best dev weights and what the training did."""
+            texts: list[str], run_dir: Path) -> tuple[FakeQuantModel, TrainingSummary]:
+    """Recovery training on `texts`; returns the student with its best dev weights and what the training did."""
     teacher = build_teacher(cfg, ptq_model, qconf, session.fp32())
-    trainer = Trainer(accelerator, simulate(ptq_model, qconf), teacher, session.encoder, session.calibration,
+    trainer = Trainer(accelerator, simulate(ptq_model, qconf), teacher, session.encoder, texts,
                       cfg.train, run_dir, student_settings(cfg, ptq_model, qconf), cfg.seed, session.evaluate_dev,
                       cfg.recovery.metric)
     result = trainer.train(resolve_resume(cfg.train.resume, run_dir / CHECKPOINT_DIR))

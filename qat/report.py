@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from qat.atomic import write_json, write_text
-from qat.evaluate import Metrics, Variant
+from qat.evaluate import Metrics, Variant, higher_is_better
 from qat.export.verify import ExportRecord
 from qat.quant.config import CalibConfig, EqualizeConfig, SmoothQuantConfig
 from qat.recovery import RecoveryDecision, TrainingSummary
@@ -27,8 +27,10 @@ class CalibrationRecord(CalibConfig):
 @dataclass
 class DataSummary:
     heldout_texts: int
+    guard_texts: int
     tasks: list[str]
-    train_texts: int
+    calibration_texts: int
+    train_texts: dict[str, int]   # distinct training texts per source
 
 
 @dataclass
@@ -90,19 +92,28 @@ def _export_line(name: str, export: ExportRecord) -> str:
 
 
 def variant_table(variants: dict[Variant, Metrics]) -> list[str]:
-    """The metrics of every evaluated model, one row each (markdown)."""
-    columns = list(dict.fromkeys(k for metrics in variants.values() for k in metrics))
-    lines = ["| variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for variant, metrics in variants.items():
-        lines.append(f"| {variant.title} | " + " | ".join(_fmt(metrics.get(c, "")) for c in columns) + " |")
+    """One markdown table of every set (held-out texts, the guard, each task set) and metric by row, every evaluated
+    model by column, and what QAT changed against PTQ (both exported) where a run has both: a regression on any set
+    shows in one place."""
+    delta = Variant.PTQ_INT8 in variants and Variant.QAT_INT8 in variants
+    header = ["set", "metric", *(variant.title for variant in variants)] + (["QAT - PTQ (exported)"] if delta else [])
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for key in dict.fromkeys(k for metrics in variants.values() for k in metrics):
+        set_name, _, metric = key.rpartition("/")
+        cells = [set_name or "held-out", f"{metric} {'↑' if higher_is_better(key) else '↓'}",
+                 *(_fmt(metrics.get(key, "")) for metrics in variants.values())]
+        if delta:
+            cells.append(f"{variants[Variant.QAT_INT8][key] - variants[Variant.PTQ_INT8][key]:+.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def render_markdown(report: RunReport) -> str:
     lines = [f"# qat run: {report.model}", "", _recipe_line(report), "", _recovery_line(report), "",
              *variant_table(report.variants)]
-    lines += ["", "Cosine and EMD compare with fp32 (pooled embeddings on the held-out texts; EMD between"
-              " similarity-score distributions). Spearman and MAP are x100.", ""]
+    lines += ["", "Cosine and EMD compare with fp32 (pooled embeddings of the held-out and guard texts; EMD between"
+              " similarity-score distributions). Spearman, MAP, NDCG and recall are x100. Training texts (distinct, by "
+              f"source): {report.data.train_texts or 'none'}.", ""]
     lines += [_export_line(name, export) for name, export in report.exports.items()]
     lines += ["", f"Final model: {report.final.upper()} (`{report.exports[report.final].path}`).",
               "LayerNorm, GELU and softmax stay fp32: IPEX has no int8 kernel for them.",

@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -26,7 +26,7 @@ from qat.atomic import TMP_SUFFIX, atomic_path
 from qat.config import TrainConfig
 from qat.distill import DistillLoss, distillation_loss, record_blocks
 from qat.errors import QatError
-from qat.evaluate import Metrics, higher_is_better
+from qat.evaluate import GUARD, Metrics, higher_is_better
 from qat.load import Encoder, pool
 from qat.progress import progress
 from qat.quant.modules import QuantLinear
@@ -40,6 +40,8 @@ warnings.filterwarnings("ignore", message="aten::layer_norm: an autograd kernel 
 STATE_FILE = "trainer_state.json"
 CHECKPOINT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2
+GUARD_METRIC = f"{GUARD}/cosine_mean"   # no checkpoint below PTQ on it is kept
+LENGTH_GROUP = 16                       # batches per group sorted by length
 
 
 @dataclass
@@ -53,6 +55,7 @@ class TrainState:
     best_step: int | None = None
     fingerprint: str = ""
     seconds: float = 0.0            # training time so far, over every process that trained this run
+    guard_floor: float | None = None  # PTQ's guard cosine: a checkpoint below it is never the best
 
 
 @dataclass
@@ -66,16 +69,44 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
+class LengthGroupedSampler(Sampler[int]):
+    """Shuffled indices in which every run of `batch_size` holds texts of similar length, so that short sentences
+    and long passages in one training set pad little: each epoch's permutation is cut into groups of LENGTH_GROUP
+    batches, each group sorted by length, and the batches shuffled. The permutation is seeded by seed and epoch,
+    so a resumed run sees the same batches (transformers' LengthGroupedSampler draws from a generator's running
+    state, which a resumed run cannot restore)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        group = LENGTH_GROUP * self.batch_size
+        ordered = [i for start in range(0, len(order), group)
+                   for i in sorted(order[start:start + group], key=self.lengths.__getitem__, reverse=True)]
+        batches = [ordered[i:i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
+        full = [b for b in batches if len(b) == self.batch_size]
+        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+        return iter([i for batch in shuffled for i in batch])
+
+
 def text_loader(encoder: Encoder, texts: list[str], batch_size: int, seed: int) -> DataLoader:
-    """Shuffled, tokenized batches; drop_last keeps every batch divisible across processes."""
+    """Tokenized batches of similar length; drop_last keeps every batch divisible across processes."""
     def collate(batch: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         enc = encoder.tokenizer(batch, padding=True, truncation=True, max_length=encoder.max_length, return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"]
 
     if len(texts) < batch_size:
         raise QatError(f"training set has {len(texts)} texts; expected at least train.batch_size={batch_size}")
-    return DataLoader(texts, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(texts, batch_size=batch_size, sampler=LengthGroupedSampler([len(t) for t in texts], batch_size, seed),
+                      drop_last=True, collate_fn=collate)
 
 
 def select_trainable(student: FakeQuantModel, train_layernorm: bool) -> list[nn.Parameter]:
@@ -181,15 +212,19 @@ class Trainer:
         student.train(self.cfg.dropout)
         if not self.accelerator.is_main_process:
             return
-        value = metrics[self.metric]
+        value, guard = metrics[self.metric], metrics.get(GUARD_METRIC)
         if not math.isfinite(value):
             raise QatError(f"dev {self.metric} became {value} at step {self.state.step}; stopped without saving it as best")
         errors = weight_quant_errors(student)
         self.accelerator.log({**{f"dev/{k}": v for k, v in metrics.items()},
                               **{f"weight_quant_error/{k}": v for k, v in errors.items()}}, step=self.state.step)
-        better = self.state.best_metric is None or (
-            value > self.state.best_metric if higher_is_better(self.metric) else value < self.state.best_metric)
-        log.info("step %d: dev %s = %.6f%s", self.state.step, self.metric, value, " (best)" if better else "")
+        if self.state.step == 0:
+            self.state.guard_floor = guard
+        guarded = guard is None or self.state.guard_floor is None or guard >= self.state.guard_floor
+        better = guarded and (self.state.best_metric is None or (
+            value > self.state.best_metric if higher_is_better(self.metric) else value < self.state.best_metric))
+        guard_note = "" if guard is None else f", {GUARD_METRIC} {guard:.6f}" + ("" if guarded else " (below PTQ: not kept)")
+        log.info("step %d: dev %s = %.6f%s%s", self.state.step, self.metric, value, guard_note, " (best)" if better else "")
         if better:
             self.state.best_metric, self.state.best_step = value, self.state.step
             with atomic_path(self.best_path) as tmp:

@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-from qat.config import SourceConfig
-from qat.data import PairSet, RerankSet, builtin_sentences, load_task, load_texts
+from qat.config import DataConfig, MixPart, SourceConfig
+from qat.data import (PairSet, RerankSet, RetrievalSet, builtin_sentences, builtin_texts, load_task, load_texts,
+                      mix_texts, training_parts, training_texts)
 from qat.errors import QatError
 
 
@@ -66,3 +67,72 @@ def test_missing_file_and_bad_format():
         load_texts(SourceConfig(kind="file", path="/nonexistent/file.tsv"))
     with pytest.raises(QatError, match="format"):
         SourceConfig(format="images")
+
+
+def test_package_passages_and_guard_cover_long_and_medium_texts_and_do_not_overlap():
+    passages, guard = builtin_texts("passages"), builtin_texts("guard")
+    for texts in (passages, guard):
+        words = sorted(len(t.split()) for t in texts)
+        assert len(texts) >= 40 and words[-1] >= 100 and words[len(words) // 2] >= 30
+    assert not set(passages) & set(guard) and not set(guard) & set(builtin_sentences())
+    with pytest.raises(QatError, match=r"builtin data source path='poems' is not valid; expected one of \['sentences'"):
+        SourceConfig(kind="builtin", path="poems")
+
+
+def test_default_training_text_is_the_calibration_source_unlimited_with_the_package_text(tmp_path):
+    path = tmp_path / "sts.tsv"
+    path.write_text("score\tsentence1\tsentence2\n" + "".join(f"1\tfirst {i}\tsecond {i}\n" for i in range(300)))
+    data = DataConfig(calibration=SourceConfig(kind="file", path=str(path), format="pairs", limit=10))
+    parts = training_parts(data)
+    assert parts["calibration"].source.limit is None and parts["calibration"].proportion == 2.0
+    assert {n: p.source.path for n, p in parts.items() if n != "calibration"} == {"package_sentences": "sentences",
+                                                                               "package_passages": "passages"}
+    evaluated = {"first 0", builtin_texts("passages")[0]}
+    training = training_texts(data, evaluated)
+    assert not evaluated & set(training.texts)
+    counts = training.counts()
+    assert counts["calibration"] == 599 and counts["package_sentences"] == len(builtin_sentences())
+    assert counts["package_passages"] == len(builtin_texts("passages")) - 1
+    # the source that needs the longest stream for its share (329 sentences at a quarter) sets the length; the others
+    # repeat
+    mixed, _ = mix_texts(parts, cycle=True)
+    assert len(mixed) == 4 * len(builtin_sentences()) and training.texts == [t for t in mixed if t not in evaluated]
+    # the builtin data's calibration source is the package's sentences: not mixed in twice
+    assert set(training_parts(DataConfig())) == {"calibration", "package_passages"}
+
+
+def test_a_training_source_with_nothing_but_evaluated_text_is_refused():
+    data = DataConfig(train={"only": MixPart(1.0, SourceConfig(limit=3))})
+    with pytest.raises(QatError, match=r"data.train sources \['only'\] yield no text that is not also evaluated"):
+        training_texts(data, set(builtin_sentences()[:3]))
+
+
+def write_beir(folder, qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\nq2\td3\t1\n"):
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "T" if i == 1 else "",
+                                                             "text": f"doc {i}"}) + "\n" for i in range(1, 5)))
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "first"}\n{"_id": "q2", "text": "second"}\n'
+                                          '{"_id": "q3", "text": "unjudged"}\n')
+    (folder / "qrels" / "dev.tsv").write_text(qrels)
+    return SourceConfig(kind="file", path=str(folder), format="beir", split="dev")
+
+
+def test_beir_folder(tmp_path):
+    retrieval = load_task(write_beir(tmp_path / "beir"))
+    assert isinstance(retrieval, RetrievalSet)
+    assert retrieval.queries == {"q1": "first", "q2": "second"} and retrieval.corpus["d1"] == "T doc 1"
+    assert retrieval.qrels == {"q1": {"d1": 1}, "q2": {"d2": 2, "d3": 1}}
+    assert load_texts(write_beir(tmp_path / "again"))[:2] == ["first", "second"]
+
+
+@pytest.mark.parametrize("split, qrels, message", [
+    ("test", None, r"has no qrels/test.tsv; expected a split of \['dev'\]"),
+    ("dev", "query-id\tcorpus-id\tscore\nq1\td9\t1\n", "line 2 names document 'd9', which is not in corpus.jsonl"),
+    ("dev", "query-id\tcorpus-id\tscore\nq7\td1\t1\n", "line 2 names query 'q7', which is not in queries.jsonl"),
+    ("dev", "query-id\tcorpus-id\tscore\nq1\td1\thigh\n", "line 2 is not 'query-id corpus-id score'"),
+    ("dev", "query-id\tcorpus-id\tscore\nq1\td1\t0\n", "has no query with a relevant document"),
+])
+def test_bad_beir_folders_are_one_line_errors(tmp_path, split, qrels, message):
+    source = write_beir(tmp_path / "beir", **({"qrels": qrels} if qrels else {}))
+    with pytest.raises(QatError, match=message):
+        load_task(SourceConfig(kind="file", path=source.path, format="beir", split=split))

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from qat.data import RerankSet
-from qat.evaluate import all_pair_scores, average_precision, cosine_fidelity, emd, rerank_map, sts_spearman
+from qat.data import RerankSet, RetrievalSet
+from qat.evaluate import (EvalData, all_pair_scores, average_precision, cosine_fidelity, emd, evaluate, rerank_map,
+                          retrieval_metrics, sts_spearman)
 
 
 def test_average_precision_hand_computed():
@@ -32,3 +33,25 @@ def test_spearman_emd_and_cosine():
     assert fidelity["cosine_min"] == pytest.approx(2 ** -0.5) and fidelity["cosine_mean"] == pytest.approx((1 + 2 ** -0.5) / 2)
     assert all_pair_scores(a).tolist() == pytest.approx([2 ** -0.5])
 
+
+
+def test_retrieval_ndcg_and_recall_hand_computed():
+    unit = torch.eye(4)
+    table = {"q": unit[0], "d1": unit[0], "d2": 0.8 * unit[0] + 0.6 * unit[1], "d3": unit[2], "d4": unit[3]}
+    retrieval = RetrievalSet({"q1": "q"}, {"a": "d1", "b": "d2", "c": "d3", "d": "d4"}, {"q1": {"b": 2, "c": 1}})
+    # ranking a, b, then c and d tied at 0: gains 0, 2, 1 or 0 at ranks 1-3
+    ndcg, recall = retrieval_metrics(table, retrieval, cutoff=2, depth=2)
+    assert ndcg == pytest.approx(100 * (2 / np.log2(3)) / (2 + 1 / np.log2(3)))
+    assert recall == pytest.approx(50.0)
+    assert retrieval_metrics(table, retrieval, cutoff=10, depth=100)[1] == pytest.approx(100.0)
+
+
+def test_guard_and_retrieval_sets_are_evaluated_and_guard_is_read_by_choices():
+    rows = torch.nn.functional.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), dim=-1)
+    texts = ["h1", "h2", "g1", "g2", "g3", "q"]
+    table = dict(zip(texts, rows))
+    data = EvalData(["h1", "h2"], {"ret_dev": RetrievalSet({"q1": "q"}, {"a": "g1"}, {"q1": {"a": 1}})}, ["g1", "g2", "g3"])
+    metrics = evaluate(table, table, data)
+    assert metrics["guard/cosine_mean"] == pytest.approx(1.0) and metrics["guard/emd"] == 0.0
+    assert metrics["ret_dev/ndcg@10"] == pytest.approx(100.0) and set(data.texts()) == set(texts)
+    assert data.for_metrics(["guard/emd"]).guard == data.guard and not data.for_metrics(["cosine_mean"]).guard

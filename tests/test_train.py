@@ -21,7 +21,7 @@ from qat.evaluate import EvalData, embed, evaluate
 from qat.load import batches, pool
 from qat.quant.wrapper import EncoderModule
 from qat.quant.simulate import simulate
-from qat.trainer import STATE_FILE, Trainer, resolve_resume
+from qat.trainer import STATE_FILE, LengthGroupedSampler, Trainer, resolve_resume
 
 
 @pytest.fixture
@@ -181,3 +181,33 @@ def test_sensitivity_stage_and_smoothquant_in_the_job(tiny_model_dir, tmp_path):
     assert (mix["a"]["texts"], mix["b"]["texts"]) == (48, 16) and mix["a"]["proportion"] == 3
     assert report["exports"]["ptq"]["parity"]["passed"]
     assert report["smoothquant"]["enabled"] and "SmoothQuant alpha 0.5" in (run_dir / "report.md").read_text()
+
+
+def test_length_grouped_batches_are_seeded_by_epoch_and_pad_little():
+    lengths = [(i * 37) % 101 for i in range(200)]
+    sampler = LengthGroupedSampler(lengths, batch_size=8, seed=3)
+    first = list(sampler)
+    assert sorted(first) == list(range(200)) and list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+    spread = [max(lengths[i] for i in first[b:b + 8]) - min(lengths[i] for i in first[b:b + 8]) for b in range(0, 200, 8)]
+    assert max(spread) < 30 < 100
+
+
+@pytest.mark.parametrize("guard_drop, best_step", [(0.5, 0), (0.0, 6)])
+def test_a_checkpoint_worse_than_ptq_on_the_guard_is_never_kept(tiny_encoder, qconf, texts, tmp_path, guard_drop, best_step):
+    """The dev metric improves at every evaluation; the guard (scripted here) either falls below PTQ's after the
+    start or stays at it."""
+    def script(metrics):
+        step = len(seen)
+        seen.append(step)
+        metrics["cosine_mean"] = 0.5 + 0.1 * step
+        metrics["guard/cosine_mean"] = 0.9 - (guard_drop if step else 0.0)
+
+    seen = []
+    trainer = make_trainer(tiny_encoder, qconf, texts, tmp_path, evaluate_hook=script, eval_every=3)
+    result = trainer.train(None)
+    assert seen == [0, 1, 2] and result.state.guard_floor == pytest.approx(0.9)
+    assert result.state.best_step == best_step
