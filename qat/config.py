@@ -137,11 +137,19 @@ class TrainConfig:
     output_weight: float = 1.0
     eval_every: int = 100
     save_every: int = 100
+    patience: int | None = None        # stop after this many evaluations without a better (guarded) dev metric
+    max_minutes: float | None = None   # stop once training (evaluations included) has taken this long
     resume: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "lr", "max_grad_norm", "eval_every", "save_every"):
             check_positive(f"train.{name}", getattr(self, name))
+        if self.patience is not None and self.patience < 1:
+            raise QatError(f"train.patience={self.patience} is not valid; expected a positive count of evaluations, or "
+                           "null to train all train.steps")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise QatError(f"train.max_minutes={self.max_minutes} is not valid; expected a positive number of minutes, "
+                           "or null for no time limit")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise QatError(f"train.warmup_ratio={self.warmup_ratio} is not valid; expected a number in [0, 1)")
         if self.block_weight < 0 or self.output_weight < 0 or self.block_weight + self.output_weight == 0:

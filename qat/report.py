@@ -64,7 +64,9 @@ def _recovery_line(report: RunReport) -> str:
             f"(fp32 {decision.fp32:.4f}, PTQ {decision.ptq:.4f}; threshold {decision.threshold:.2%}).")
     if training is None:
         return head + (" No training needed: the PTQ model is the result." if not decision.force else "")
-    return (head + f" Trained {training.step} steps with the {training.teacher} teacher on "
+    stop = {"patience": " (stopped early: no better dev metric in train.patience evaluations)",
+            "max_minutes": " (stopped at train.max_minutes)"}.get(training.stopped, "")
+    return (head + f" Trained {training.step} steps{stop} with the {training.teacher} teacher on "
             f"{training.processes} process(es) in {training.seconds:.0f} s ({training.seconds_per_step:.2f} s/step); "
             f"best dev {decision.metric} {training.best_metric:.4f} at step {training.best_step}.")
 

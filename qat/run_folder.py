@@ -22,8 +22,8 @@ LOCK_FILE = ".lock"
 SETTINGS_FILE = "settings.json"
 TENSORBOARD_DIR = "tensorboard"   # events of a run that failed before any output say nothing
 RECORD_DIR = ".hydra"
-# A setting that does not shape what the job computes may change on a resume.
-FREE_ON_RESUME = ("train.resume", "threads", "eval.", "export.")
+# A setting that does not shape what the job has computed so far may change on a resume.
+FREE_ON_RESUME = ("train.resume", "train.patience", "train.max_minutes", "threads", "eval.", "export.")
 
 
 @dataclass(frozen=True)

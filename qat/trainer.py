@@ -56,6 +56,8 @@ class TrainState:
     fingerprint: str = ""
     seconds: float = 0.0            # training time so far, over every process that trained this run
     guard_floor: float | None = None  # PTQ's guard cosine: a checkpoint below it is never the best
+    evaluations_without_gain: int = 0
+    stopped: str = ""               # why training ended before train.steps: 'patience' or 'max_minutes'
 
 
 @dataclass
@@ -225,6 +227,7 @@ class Trainer:
             value > self.state.best_metric if higher_is_better(self.metric) else value < self.state.best_metric))
         guard_note = "" if guard is None else f", {GUARD_METRIC} {guard:.6f}" + ("" if guarded else " (below PTQ: not kept)")
         log.info("step %d: dev %s = %.6f%s%s", self.state.step, self.metric, value, guard_note, " (best)" if better else "")
+        self.state.evaluations_without_gain = 0 if better else self.state.evaluations_without_gain + 1
         if better:
             self.state.best_metric, self.state.best_step = value, self.state.step
             with atomic_path(self.best_path) as tmp:
@@ -245,6 +248,16 @@ class Trainer:
         if step % cfg.eval_every == 0 or step == cfg.steps:
             self.evaluate()
 
+    def _stop_reason(self, seconds: float) -> str:
+        """'patience' when the dev metric has not improved for train.patience evaluations, 'max_minutes' when the
+        training time is spent, else ''."""
+        cfg = self.cfg
+        if cfg.patience is not None and self.state.evaluations_without_gain >= cfg.patience:
+            return "patience"
+        if cfg.max_minutes is not None and seconds >= 60.0 * cfg.max_minutes:
+            return "max_minutes"
+        return ""
+
     def train(self, resume_from: Path | None) -> TrainResult:
         if resume_from is not None:
             self.resume(resume_from)
@@ -257,7 +270,7 @@ class Trainer:
         bar = progress(desc="training", total=cfg.steps, unit="step", initial=self.state.step, leave=True)
         if not acc.is_main_process:
             bar.disable = True
-        while self.state.step < cfg.steps:
+        while self.state.step < cfg.steps and not self.state.stopped:
             self.loader.set_epoch(self.state.epoch)
             loader = acc.skip_first_batches(self.loader, self.state.batch_in_epoch) if self.state.batch_in_epoch else self.loader
             for input_ids, attention_mask in loader:
@@ -276,14 +289,19 @@ class Trainer:
                     continue
                 self.state.step += 1
                 self._after_step(loss, grad_norm, bar, (start, first_step))
-                if self.state.step % cfg.save_every == 0 or self.state.step == cfg.steps:
-                    self.state.seconds = resumed_seconds + time.perf_counter() - start
+                self.state.seconds = resumed_seconds + time.perf_counter() - start
+                self.state.stopped = self._stop_reason(self.state.seconds)
+                if self.state.step % cfg.save_every == 0 or self.state.step == cfg.steps or self.state.stopped:
                     last_checkpoint = self.save_checkpoint()
-                if self.state.step >= cfg.steps:
+                if self.state.step >= cfg.steps or self.state.stopped:
                     break
             else:
                 self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
         bar.close()
+        if self.state.stopped:
+            log.info("stopped at step %d (%s): %s", self.state.step, self.state.stopped,
+                     f"no better dev {self.metric} in {cfg.patience} evaluations" if self.state.stopped == "patience"
+                     else f"training took {self.state.seconds / 60:.1f} of train.max_minutes={cfg.max_minutes}")
         self.state.seconds = resumed_seconds + time.perf_counter() - start
         best = self.best_path if self.best_path.is_file() else None
         return TrainResult(self.state, self.state.seconds / max(1, self.state.step), best)

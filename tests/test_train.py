@@ -211,3 +211,16 @@ def test_a_checkpoint_worse_than_ptq_on_the_guard_is_never_kept(tiny_encoder, qc
     result = trainer.train(None)
     assert seen == [0, 1, 2] and result.state.guard_floor == pytest.approx(0.9)
     assert result.state.best_step == best_step
+
+
+def test_patience_and_max_minutes_stop_early_and_say_why(tiny_encoder, qconf, texts, tmp_path):
+    def never_better(metrics):
+        metrics["cosine_mean"] = 0.5
+
+    trainer = make_trainer(tiny_encoder, qconf, texts, tmp_path / "patience", evaluate_hook=never_better, eval_every=1,
+                           patience=2)
+    state = trainer.train(None).state
+    assert (state.step, state.stopped, state.best_step) == (2, "patience", 0)
+    assert (tmp_path / "patience" / "checkpoints" / "step_000002").is_dir()
+    timed = make_trainer(tiny_encoder, qconf, texts, tmp_path / "timed", max_minutes=1e-6).train(None).state
+    assert (timed.step, timed.stopped) == (1, "max_minutes")
