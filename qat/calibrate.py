@@ -18,7 +18,7 @@ from qat.ipex_backend import prepare
 from qat.load import Encoder, batches
 from qat.numerics import WEIGHT_RANGES, resolve_weight_bits, weight_qparams
 from qat.progress import progress
-from qat.quant.config import CalibConfig, EqualizeConfig, QuantConfig, SmoothQuantConfig
+from qat.quant.config import AUTO, CalibConfig, EqualizeConfig, QuantConfig, SmoothQuantConfig
 from qat.quant.equalize import Equalization, equalize
 from qat.quant.observe import collect_statistics
 from qat.quant.qconf import Qconf
@@ -92,21 +92,36 @@ def _track(calib_batches: list[Batch], what: str) -> Iterable[Batch]:
 def observe(model: PreTrainedModel, calib_batches: list[Batch], calib: CalibConfig, quant: QuantConfig,
             smoothquant: SmoothQuantConfig | None, equalization: EqualizeConfig | None = None) -> Statistics:
     """The model to calibrate (equalized inside attention, then migrated by SmoothQuant, where enabled), its IPEX
-    skeleton and its activation statistics. Migration changes the model's ops (one fp32 mul per smoothed module),
-    so skeleton and statistics are redone."""
+    skeleton and its activation statistics."""
+    return smooth(observe_unsmoothed(model, calib_batches, calib, equalization), calib_batches, calib, quant, smoothquant)
+
+
+def observe_unsmoothed(model: PreTrainedModel, calib_batches: list[Batch], calib: CalibConfig,
+                       equalization: EqualizeConfig | None) -> Statistics:
+    """Statistics before SmoothQuant (of the equalized model, where enabled): what every SmoothQuant alpha migrates
+    from."""
     record = None
     if equalization is not None and equalization.enabled:
         model, record = equalize(model, calib_batches, equalization)
         log.info("equalized %s pairs of %d attention blocks (alpha %.2f)", "/".join(equalization.pairs),
                  len(record.qk or record.vo), equalization.alpha)
     skeleton = ipex_skeleton(model, calib_batches[0])
+    return Statistics(model, skeleton, collect_statistics(model, skeleton, calib_batches, calib.bins, _track), record)
+
+
+def smooth(observed: Statistics, calib_batches: list[Batch], calib: CalibConfig, quant: QuantConfig,
+           smoothquant: SmoothQuantConfig | None) -> Statistics:
+    """SmoothQuant migration of the observed model (unchanged if off). Migration changes the model's ops (one fp32
+    mul per smoothed module), so skeleton and statistics are redone."""
+    if smoothquant is None or not smoothquant.enabled:
+        return observed
+    if smoothquant.alpha == AUTO:
+        raise QatError("smoothquant.alpha=auto reached calibration unresolved; expected the job to choose an alpha first")
+    model = migrate(observed.model, observed.skeleton, observed.stats, calib.batches, quant, smoothquant, calib_batches[0])
+    skeleton = ipex_skeleton(model, calib_batches[0])
     stats = collect_statistics(model, skeleton, calib_batches, calib.bins, _track)
-    if smoothquant is not None and smoothquant.enabled:
-        model = migrate(model, skeleton, stats, calib.batches, quant, smoothquant, calib_batches[0])
-        skeleton = ipex_skeleton(model, calib_batches[0])
-        stats = collect_statistics(model, skeleton, calib_batches, calib.bins, _track)
-        log.info("SmoothQuant alpha %.2f: %d modules smoothed", smoothquant.alpha, len(smoothed_buffers(model)))
-    return Statistics(model, skeleton, stats, record)
+    log.info("SmoothQuant alpha %.2f: %d modules smoothed", smoothquant.alpha, len(smoothed_buffers(model)))
+    return Statistics(model, skeleton, stats, observed.equalization)
 
 
 def apply_calibration(observed: Statistics, calib: CalibConfig, quant: QuantConfig) -> Calibration:

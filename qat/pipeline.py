@@ -2,6 +2,7 @@
 -> report."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -18,7 +19,8 @@ from qat.export.ipex import load_exported
 from qat.export.verify import ExportRecord, export_verified
 from qat.load import batches
 from qat.numerics import cpu_has_vnni
-from qat.ptq import check_given_paths, given_artifact, prepare_ptq
+from qat.ptq import PtqModel, check_given_paths, given_artifact, prepare_ptq
+from qat.quant.config import SmoothQuantConfig
 from qat.quant.simulate import FakeQuantModel, simulate
 from qat.recovery import decide_recovery, recover
 from qat.report import CalibrationRecord, DataSummary, RecipeSummary, RunReport, write_report
@@ -42,6 +44,12 @@ def export_and_evaluate(cfg: RunConfig, session: Session, models: dict[str, Fake
         tables[fakequant] = session.embed(sim.eval(), texts)
         tables[int8] = session.embed(load_exported(exports[name].path, warmup), texts)
     return exports, tables
+
+
+def ptq_smoothquant(cfg: RunConfig, ptq: PtqModel) -> SmoothQuantConfig:
+    """SmoothQuant as the PTQ model was made: with the alpha that 'auto' chose."""
+    choice = ptq.alpha_choice
+    return dataclasses.replace(cfg.smoothquant, alpha=choice.alpha) if choice else cfg.smoothquant
 
 
 def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
@@ -86,7 +94,8 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     report = RunReport(
         model=session.encoder.source, run_dir=str(run_dir), ptq_source=ptq.source,
         recipe=RecipeSummary(sorted(k for k, n in ptq.qconf.int8_counts().items() if n), ptq.skip),
-        calibration=CalibrationRecord(**vars(cfg.calib), texts=cfg.calib.samples), smoothquant=cfg.smoothquant,
+        calibration=CalibrationRecord(**vars(cfg.calib), texts=cfg.calib.samples), smoothquant=ptq_smoothquant(cfg, ptq),
+        smoothquant_choice=ptq.alpha_choice,
         equalize=cfg.equalize,
         data=DataSummary(len(session.data.heldout), len(session.data.guard), list(session.data.tasks),
                          len(session.calibration), training_set.counts() if training_set else {}),

@@ -13,13 +13,14 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel
 
 from qat.artifact import check_ptq_artifact, read_ptq_artifact, write_ptq_artifact
-from qat.calibrate import apply_calibration, calibration_batches, observe
+from qat.calibrate import apply_calibration, calibration_batches
 from qat.config import RunConfig
 from qat.quant.qconf import Qconf
 from qat.restore import restore_qconf
 from qat.sensitivity import analyse_sensitivity, write_outputs
 from qat.session import Session
 from qat.trainer import CHECKPOINT_DIR, resolve_resume
+from qat.trials import AlphaChoice, observe_for_run
 
 log = logging.getLogger(__name__)
 ARTIFACT_DIR = "ptq"
@@ -32,6 +33,13 @@ class PtqModel:
     source: str                 # 'calibration', or the foreign qconf it was restored from
     skip: list[str]             # what the recipe leaves fp32
     metadata: dict[str, Any]    # what the artifact's metadata.json records
+
+    @property
+    def alpha_choice(self) -> AlphaChoice | None:
+        """How smoothquant.alpha=auto chose (recorded in the artifact, so a resumed run reports it, not redoes it)."""
+        smoothquant = self.metadata.get("smoothquant")
+        choice = smoothquant.get("choice") if isinstance(smoothquant, dict) else None
+        return AlphaChoice(**choice) if choice else None
 
 
 def calibration_data(cfg: RunConfig, origins: list[str] | None) -> dict[str, Any]:
@@ -47,7 +55,8 @@ def _calibrated(cfg: RunConfig, session: Session, run_dir: Path) -> PtqModel:
     calib_batches = calibration_batches(session.encoder, session.calibration, cfg.calib)
     log.info("calibrating %s on %d texts in %d batches (%s)", session.encoder.source, cfg.calib.samples,
              len(calib_batches), cfg.calib.algorithm)
-    observed = observe(session.encoder.model, calib_batches, cfg.calib, cfg.quant, cfg.smoothquant, cfg.equalize)
+    observed, smoothquant, choice = observe_for_run(session, calib_batches, cfg.calib, cfg.quant, cfg.smoothquant,
+                                                    cfg.equalize)
     quant = cfg.quant
     if cfg.sensitivity.enabled:
         result = analyse_sensitivity(session, observed, cfg.calib, quant, cfg.sensitivity, cfg.recovery)
@@ -55,7 +64,7 @@ def _calibrated(cfg: RunConfig, session: Session, run_dir: Path) -> PtqModel:
         log.info("sensitivity: %d more op(s) stay fp32: %s", len(result.skip), result.skip)
         quant = dataclasses.replace(quant, skip=list(dict.fromkeys(quant.skip + result.skip)))
     calibration = apply_calibration(observed, cfg.calib, quant)
-    metadata = {"recipe": asdict(quant), "calibration": asdict(cfg.calib), "smoothquant": asdict(cfg.smoothquant),
+    metadata = {"recipe": asdict(quant), "calibration": asdict(cfg.calib), "smoothquant": {**asdict(smoothquant), "choice": asdict(choice) if choice else None},
                 "equalize": {**asdict(cfg.equalize), "factors": asdict(observed.equalization)
                              if observed.equalization else None},
                 "calibration_data": calibration_data(cfg, session.origins)}

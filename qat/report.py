@@ -11,6 +11,7 @@ from qat.evaluate import Metrics, Variant, higher_is_better
 from qat.export.verify import ExportRecord
 from qat.quant.config import CalibConfig, EqualizeConfig, SmoothQuantConfig
 from qat.recovery import RecoveryDecision, TrainingSummary
+from qat.trials import AlphaChoice
 
 
 @dataclass
@@ -41,6 +42,7 @@ class RunReport:
     recipe: RecipeSummary
     calibration: CalibrationRecord
     smoothquant: SmoothQuantConfig
+    smoothquant_choice: AlphaChoice | None   # how smoothquant.alpha=auto chose, if it did
     equalize: EqualizeConfig
     data: DataSummary
     recovery: RecoveryDecision
@@ -71,11 +73,19 @@ def _recovery_line(report: RunReport) -> str:
             f"best dev {decision.metric} {training.best_metric:.4f} at step {training.best_step}.")
 
 
+def _alpha(report: RunReport) -> str:
+    choice = report.smoothquant_choice
+    if choice is None:
+        return str(report.smoothquant.alpha)
+    scores = ", ".join(f"{alpha} {value:.5f}" for alpha, value in choice.scores.items())
+    return f"{choice.alpha} (auto: held-out {choice.objective} by alpha: {scores})"
+
+
 def _recipe_line(report: RunReport) -> str:
     calibration = report.calibration
     source = (f"calibration {calibration.algorithm} on {calibration.texts} texts"
               + (", bias correction" if calibration.bias_correction else "")
-              + (f", SmoothQuant alpha {report.smoothquant.alpha}" if report.smoothquant.enabled else "")
+              + (f", SmoothQuant alpha {_alpha(report)}" if report.smoothquant.enabled else "")
               + (f", attention equalized ({'/'.join(report.equalize.pairs)}, alpha {report.equalize.alpha})"
                  if report.equalize.enabled else "")
               + "." if report.ptq_source == "calibration" else f"scales restored from {report.ptq_source}.")

@@ -18,15 +18,15 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from qat.atomic import write_json, write_text
-from qat.calibrate import Statistics, apply_calibration, calibration_batches, observe
+from qat.calibrate import calibration_batches
 from qat.config import SearchConfig, SearchRunConfig, SpaceConfig
 from qat.errors import QatError
 from qat.evaluate import Metrics, higher_is_better
 from qat.progress import interactive
 from qat.quant.config import CalibConfig
-from qat.quant.simulate import simulate
 from qat.run_folder import JobKind
 from qat.session import open_session
+from qat.trials import CalibrationTrials
 
 log = logging.getLogger(__name__)
 JOB = JobKind("search", finished_marker="search.json", resumable=False)
@@ -119,29 +119,17 @@ def run_search(cfg: SearchRunConfig, run_dir: Path) -> dict[str, Any]:
         raise QatError(f"the search space asks for {batches_needed} calibration batches of {cfg.calib.batch_size} "
                        f"({base.samples} texts) but the calibration set has {len(session.calibration)}; expected fewer "
                        "batches or more texts")
-    calib_batches = calibration_batches(session.encoder, session.calibration, base)
-    prepared: dict[tuple[float | None, float | None], Statistics] = {}
-
-    def statistics(alpha: float | None, equalize_alpha: float | None) -> Statistics:
-        """Model, skeleton and statistics, collected once per SmoothQuant and equalization alpha (once in all
-        without them)."""
-        if (alpha, equalize_alpha) not in prepared:
-            smoothquant = None if alpha is None else dataclasses.replace(cfg.smoothquant, alpha=alpha)
-            equalize = None if equalize_alpha is None else dataclasses.replace(cfg.equalize, alpha=equalize_alpha)
-            prepared[alpha, equalize_alpha] = observe(session.encoder.model, calib_batches, base, cfg.quant,
-                                                      smoothquant, equalize)
-        return prepared[alpha, equalize_alpha]
+    trials = CalibrationTrials(session, calibration_batches(session.encoder, session.calibration, base), base,
+                               cfg.quant, cfg.smoothquant, cfg.equalize)
 
     def objective(params: dict[str, Any]) -> Metrics:
-        observed = statistics(params.get("alpha"), params.get("equalize_alpha"))
-        calibration = apply_calibration(observed, calib_setting(base, params), cfg.quant)
-        return session.evaluate_dev(simulate(calibration.model, calibration.qconf).eval())
+        return trials.metrics(calib_setting(base, params), params.get("alpha"), params.get("equalize_alpha"))
 
     baseline_params = {**IPEX_DEFAULT, "batches": -(-cfg.calib.samples // cfg.calib.batch_size)}
     baseline = {"params": baseline_params, "metrics": objective(baseline_params)}
     records = optimize(objective, cfg.search, cfg.seed, cfg.smoothquant.enabled, cfg.equalize.enabled)
     best = best_record(records, cfg.search.objective)
-    log.info("statistics collected %d time(s) for %d trials", len(prepared), len(records))
+    log.info("statistics collected %d time(s) for %d trials", trials.collections, len(records))
 
     with SummaryWriter(str(run_dir / "tensorboard")) as writer:
         for record in records:
@@ -155,7 +143,7 @@ def run_search(cfg: SearchRunConfig, run_dir: Path) -> dict[str, Any]:
     equalize = dataclasses.replace(cfg.equalize, alpha=best["params"].get("equalize_alpha", cfg.equalize.alpha))
     write_text(run_dir / "conf" / "equalize" / "searched.yaml", header + OmegaConf.to_yaml(OmegaConf.structured(equalize)))
     result = {"objective": cfg.search.objective, "baseline_ipex_default": baseline, "best": best, "trials": records,
-              "statistics_collections": len(prepared), "calib": dataclasses.asdict(searched),
+              "statistics_collections": trials.collections, "calib": dataclasses.asdict(searched),
               "smoothquant": dataclasses.asdict(smoothquant), "equalize": dataclasses.asdict(equalize)}
     write_json(run_dir / "search.json", result)
     write_text(run_dir / "search.md", search_table(result))

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from qat.atomic import atomic_path, write_json, write_text
-from qat.calibrate import Statistics, apply_calibration, calibration_batches, observe
+from qat.calibrate import Statistics, apply_calibration, calibration_batches
 from qat.config import RecoveryConfig, SensitivityConfig, SensitivityRunConfig
 from qat.errors import QatError
 from qat.evaluate import Metrics, relative_loss
@@ -31,6 +31,7 @@ from qat.quant.qconf import Qconf
 from qat.quant.simulate import simulate
 from qat.run_folder import JobKind
 from qat.session import Session, open_session
+from qat.trials import observe_for_run
 
 matplotlib.use("Agg")
 from matplotlib import pyplot  # noqa: E402  (after choosing the non-interactive backend)
@@ -151,8 +152,8 @@ def run_sensitivity(cfg: SensitivityRunConfig, run_dir: Path) -> SensitivityResu
     session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads,
                            metrics={"recovery.metric": cfg.recovery.metric, "sensitivity.metric": cfg.sensitivity.metric},
                            only_tasks_of_metrics=True, recipe=cfg.quant)
-    observed = observe(session.encoder.model, calibration_batches(session.encoder, session.calibration, cfg.calib),
-                       cfg.calib, cfg.quant, cfg.smoothquant, cfg.equalize)
+    observed, _, _ = observe_for_run(session, calibration_batches(session.encoder, session.calibration, cfg.calib),
+                                     cfg.calib, cfg.quant, cfg.smoothquant, cfg.equalize)
     result = analyse_sensitivity(session, observed, cfg.calib, cfg.quant, cfg.sensitivity, cfg.recovery)
     write_outputs(result, cfg.quant, run_dir)
     return result

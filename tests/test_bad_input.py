@@ -128,6 +128,7 @@ CASES = [
     ("too few calibration texts", "train", ["calib.samples=100000"], "calib.samples=100000 but the calibration set has only"),
     ("resume from a non-checkpoint", "train", ["train.resume={root}", "recovery.force=true", "teacher=fp32"],
      "is not a checkpoint"),
+    ("alpha auto, smoothquant off", "train", ["smoothquant.alpha=auto"], "smoothquant.alpha=auto with smoothquant off"),
     ("patience 0", "train", ["train.patience=0"], "train.patience=0 is not valid; expected a positive count"),
     ("negative minutes", "train", ["train.max_minutes=-5"], "train.max_minutes=-5.0 is not valid; expected a positive"),
     ("training text all evaluated", "train", ["recovery.force=true", "+data.train={{a: {{source: {{offset: 256, limit: 40}}}}}}"],

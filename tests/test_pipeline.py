@@ -66,3 +66,26 @@ def test_simulate_copies_the_model_and_qconf_recipes_are_new_objects(tiny_encode
     assert not any(type(m).__name__ == "QuantLinear" for m in tiny_encoder.model.modules())
     partial = qconf.with_recipe(QuantConfig(ops=["linear"], skip=["encoder.layer.0.output.dense"]))
     assert partial is not qconf and partial.int8_counts()["linear"] == qconf.int8_counts()["linear"] - 1
+
+
+def test_smoothquant_alpha_auto_picks_the_closest_candidate_on_held_out_texts_and_records_it(
+        tiny_model_dir, tmp_path, monkeypatch, fresh_accelerate_state):
+    collections = []
+    collect = qat.calibrate.collect_statistics
+    monkeypatch.setattr(qat.calibrate, "collect_statistics", lambda *a, **k: collections.append(1) or collect(*a, **k))
+    cfg = job_config("train", RunConfig, tiny_overrides(tiny_model_dir) + [
+        "train=none", "quant=full_int8", "smoothquant=on", "smoothquant.candidates=[0.2,0.5,0.8]"])
+    assert cfg.smoothquant.alpha == "auto"
+    report = run_pipeline(cfg, tmp_path / "run")
+    choice = report.smoothquant_choice
+    assert choice.objective == "emd_heldout_pairs" and set(choice.scores) == {"0.2", "0.5", "0.8"}
+    assert choice.scores[str(choice.alpha)] == min(choice.scores.values()) and report.smoothquant.alpha == choice.alpha
+    assert len(collections) == 1 + 3   # before SmoothQuant once, after it once per candidate; the PTQ reuses its own
+    assert report.variants[Variant.PTQ_FAKEQUANT]["emd_heldout_pairs"] == pytest.approx(choice.scores[str(choice.alpha)])
+    assert qat.ptq._read(tmp_path / "run" / "ptq", cfg).alpha_choice == choice   # a resumed run reads, not rechooses
+    assert f"SmoothQuant alpha {choice.alpha} (auto" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_smoothquant_alpha_auto_needs_smoothquant_on():
+    with pytest.raises(QatError, match="smoothquant.alpha=auto with smoothquant off; expected smoothquant=on"):
+        job_config("train", RunConfig, ["smoothquant.alpha=auto"])

@@ -169,7 +169,7 @@ def test_sensitivity_stage_and_smoothquant_in_the_job(tiny_model_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "qat.train", f"hydra.run.dir={run_dir}", f"model.name_or_path={tiny_model_dir}",
          "model.max_length=32", "calib.samples=64", "train=none", "sensitivity.enabled=true", "sensitivity.top_k=1",
-         "smoothquant=on", "+data.mix={a: {proportion: 3, source: {limit: 150}}, b: {proportion: 1, source: {offset: 150, limit: 100}}}"],
+         "smoothquant=on", "smoothquant.alpha=0.5", "+data.mix={a: {proportion: 3, source: {limit: 150}}, b: {proportion: 1, source: {offset: 150, limit: 100}}}"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     sensitivity = json.loads((run_dir / "sensitivity" / "sensitivity.json").read_text())

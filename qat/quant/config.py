@@ -3,6 +3,7 @@ them; nothing here knows of it. Validation errors name the value and what was ex
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from qat.errors import QatError, check_choice, check_positive
 from qat.quant.ranges import RANGE_ALGORITHMS
@@ -12,6 +13,7 @@ from qat.quant.ranges import RANGE_ALGORITHMS
 OP_KINDS = ("linear", "matmul", "residual_add", "embedding_add")
 OP_ALIASES = {"add": ("residual_add", "embedding_add")}
 CALIB_ALGORITHMS = tuple(RANGE_ALGORITHMS)
+AUTO = "auto"
 
 
 @dataclass
@@ -79,12 +81,18 @@ class SmoothQuantConfig:
     are smoothed ('.*': all of them)."""
 
     enabled: bool = False
-    alpha: float = 0.5
+    alpha: Any = 0.5    # a number, or 'auto': the job picks one of `candidates` before calibration
+    candidates: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     modules: list[str] = field(default_factory=lambda: [".*"])
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise QatError(f"smoothquant.alpha={self.alpha} is not valid; expected a number in [0, 1]")
+        if self.alpha == AUTO:
+            if not self.enabled:
+                raise QatError("smoothquant.alpha=auto with smoothquant off; expected smoothquant=on (or enabled=true)")
+        elif isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
+            raise QatError(f"smoothquant.alpha={self.alpha!r} is not valid; expected a number in [0, 1] or 'auto'")
+        if not self.candidates or not all(0.0 <= a <= 1.0 for a in self.candidates):
+            raise QatError(f"smoothquant.candidates={self.candidates} is not valid; expected alphas in [0, 1]")
         if not self.modules:
             raise QatError("smoothquant.modules is empty; expected regular expressions of module paths, e.g. ['.*']")
 
