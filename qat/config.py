@@ -9,13 +9,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from qat.errors import QatError, check_choice, check_positive
-from qat.quant.config import (
-    CALIB_ALGORITHMS,
-    CalibConfig,
-    EqualizeConfig,
-    QuantConfig,
-    SmoothQuantConfig,
-)
+from qat.quant.config import AUTO, CALIB_ALGORITHMS, CalibConfig, EqualizeConfig, QuantConfig, SmoothQuantConfig
 
 
 def is_test_split(name: str) -> bool:
@@ -126,7 +120,9 @@ class TrainConfig:
     steps: int = 300
     batch_size: int = 32
     grad_accum: int = 1
-    lr: float = 1e-5
+    lr: Any = 1e-5     # a number, or 'auto': a short trial of each of lr_candidates, and the best one continues
+    lr_candidates: list[float] = field(default_factory=lambda: [1e-5, 3e-5, 1e-4])
+    trial_steps: int = 50
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
@@ -142,8 +138,15 @@ class TrainConfig:
     resume: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "lr", "max_grad_norm", "eval_every", "save_every"):
+        for name in ("steps", "batch_size", "grad_accum", "max_grad_norm", "eval_every", "save_every", "trial_steps"):
             check_positive(f"train.{name}", getattr(self, name))
+        for lr in [self.lr] if self.lr != AUTO else self.lr_candidates:
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+                raise QatError(f"train.lr={lr!r} is not valid; expected a positive number or 'auto'"
+                               + (" (in train.lr_candidates)" if self.lr == AUTO else ""))
+        if self.lr == AUTO and not (self.lr_candidates and self.trial_steps < self.steps):
+            raise QatError(f"train.lr=auto with lr_candidates={self.lr_candidates}, trial_steps={self.trial_steps}, "
+                           f"steps={self.steps}; expected candidates and trial_steps < steps")
         if self.patience is not None and self.patience < 1:
             raise QatError(f"train.patience={self.patience} is not valid; expected a positive count of evaluations, or "
                            "null to train all train.steps")

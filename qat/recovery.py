@@ -1,29 +1,37 @@
 """The recovery stage: decide whether PTQ needs training, build the teacher, train the fake-quant student."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from safetensors.torch import load_file
 from torch import nn
 from transformers import PreTrainedModel
 
-from qat.config import RecoveryConfig, RunConfig
+from qat.atomic import write_json
+from qat.config import RecoveryConfig, RunConfig, TrainConfig
 from qat.errors import QatError
-from qat.evaluate import Metrics, relative_loss
-from qat.quant.config import QuantConfig
+from qat.evaluate import Metrics, higher_is_better, relative_loss
+from qat.quant.config import AUTO, QuantConfig
 from qat.quant.qconf import Qconf
 from qat.quant.simulate import FakeQuantModel, simulate
 from qat.run_folder import FREE_ON_RESUME, flat_settings
 from qat.session import Session
-from qat.trainer import CHECKPOINT_DIR, Trainer, TrainState, resolve_resume
+from qat.trainer import BEST_FILE, CHECKPOINT_DIR, Trainer, TrainState, latest_checkpoint, resolve_resume
 
 log = logging.getLogger(__name__)
+LR_TRIALS_DIR = "lr_trials"
+TRIAL_FILE = "trial.json"
+CHOICE_FILE = "choice.json"
 
 
 @dataclass
@@ -46,6 +54,8 @@ class TrainingSummary(TrainState):
     seconds_per_step: float = 0.0
     teacher: str = ""
     processes: int = 1
+    lr: float = 0.0
+    lr_choice: LrChoice | None = None   # how train.lr=auto chose, if it did
 
 
 def decide_recovery(recovery: RecoveryConfig, train_enabled: bool, fp32: Metrics, ptq: Metrics) -> RecoveryDecision:
@@ -82,17 +92,103 @@ def build_teacher(cfg: RunConfig, ptq_model: PreTrainedModel, qconf: Qconf, fp32
     return simulate(ptq_model, recipe).eval()
 
 
+@dataclass
+class LrTrial:
+    metric: float | None    # the dev metric at the trial's end (None: the guard fell below PTQ's there)
+    seconds: float
+
+
+@dataclass
+class LrChoice:
+    """train.lr=auto: each candidate trained `trial_steps` steps on the run's schedule, its dev metric at the end,
+    and the lr whose trial continues."""
+
+    metric: str
+    trial_steps: int
+    trials: dict[str, LrTrial]   # lr (as written) -> its trial
+    lr: float
+
+
+def _trial_dir(checkpoints: Path, lr: float) -> Path:
+    return checkpoints / LR_TRIALS_DIR / f"lr_{lr:g}"
+
+
+def choose_lr(cfg: RunConfig, make_trainer: Callable[[float, Path, str], Trainer], checkpoints: Path,
+              accelerator: Accelerator) -> LrChoice:
+    """Run (or, on a resume, read) the lr trials. A finished trial is recorded in its folder and not run again;
+    a trial killed halfway starts over. The choice is made on the main process (which evaluates) and broadcast."""
+    choice_file = checkpoints / LR_TRIALS_DIR / CHOICE_FILE
+    if choice_file.is_file():
+        recorded = json.loads(choice_file.read_text())
+        return LrChoice(**{**recorded, "trials": {k: LrTrial(**v) for k, v in recorded["trials"].items()}})
+    trials = {}
+    for lr in cfg.train.lr_candidates:
+        folder = _trial_dir(checkpoints, lr)
+        if (folder / TRIAL_FILE).is_file():
+            trials[f"{lr:g}"] = LrTrial(**json.loads((folder / TRIAL_FILE).read_text()))
+            continue
+        if accelerator.is_main_process and folder.exists():
+            shutil.rmtree(folder)
+        accelerator.wait_for_everyone()
+        log.info("train.lr=auto: trial of lr %g for %d steps", lr, cfg.train.trial_steps)
+        state = make_trainer(lr, folder, f"lr_trial/{lr:g}/").train(None, stop_at=cfg.train.trial_steps).state
+        accelerator.free_memory()
+        trials[f"{lr:g}"] = LrTrial(state.last_metric, state.seconds)
+        if accelerator.is_main_process:
+            write_json(folder / TRIAL_FILE, asdict(trials[f"{lr:g}"]))
+    [choice] = broadcast_object_list([_best_lr(cfg, trials) if accelerator.is_main_process else None])
+    if accelerator.is_main_process:
+        write_json(choice_file, asdict(choice))
+        accelerator.log({f"lr_trial/{lr}/final_dev_{cfg.recovery.metric}": t.metric for lr, t in trials.items()
+                         if t.metric is not None}, step=cfg.train.trial_steps)
+    log.info("train.lr=auto: dev %s after %d steps by lr %s -> lr %g", cfg.recovery.metric, cfg.train.trial_steps,
+             {lr: t.metric for lr, t in trials.items()}, choice.lr)
+    return choice
+
+
+def _best_lr(cfg: RunConfig, trials: dict[str, LrTrial]) -> LrChoice:
+    """The candidate with the best dev metric at its trial's end among those whose guard held (the smallest lr if
+    none held: the continuation still keeps no checkpoint below PTQ on the guard)."""
+    held = {lr: t.metric for lr, t in trials.items() if t.metric is not None}
+    if held:
+        pick = max if higher_is_better(cfg.recovery.metric) else min
+        best = pick(held, key=held.__getitem__)
+    else:
+        best = min(trials, key=float)
+    return LrChoice(cfg.recovery.metric, cfg.train.trial_steps, trials, float(best))
+
+
 def recover(cfg: RunConfig, accelerator: Accelerator, session: Session, ptq_model: PreTrainedModel, qconf: Qconf,
             texts: list[str], run_dir: Path) -> tuple[FakeQuantModel, TrainingSummary]:
-    """Recovery training on `texts`; returns the student with its best dev weights and what the training did."""
+    """Recovery training on `texts`; returns the student with its best dev weights and what the training did.
+    With train.lr=auto the candidates' trials run first and the best one continues from its last checkpoint."""
     teacher = build_teacher(cfg, ptq_model, qconf, session.fp32())
-    trainer = Trainer(accelerator, simulate(ptq_model, qconf), teacher, session.encoder, texts,
-                      cfg.train, run_dir, student_settings(cfg, ptq_model, qconf), cfg.seed, session.evaluate_dev,
-                      cfg.recovery.metric)
-    result = trainer.train(resolve_resume(cfg.train.resume, run_dir / CHECKPOINT_DIR))
+    settings = student_settings(cfg, ptq_model, qconf)
+    checkpoints = run_dir / CHECKPOINT_DIR
+
+    def make_trainer(lr: float, folder: Path, log_prefix: str = "", train: TrainConfig = cfg.train) -> Trainer:
+        return Trainer(accelerator, simulate(ptq_model, qconf), teacher, session.encoder, texts,
+                       dataclasses.replace(train, lr=lr), folder, {**settings, "train.lr": lr}, cfg.seed,
+                       session.evaluate_dev, cfg.recovery.metric, log_prefix)
+
+    start, choice, other_seconds = resolve_resume(cfg.train.resume, checkpoints), None, 0.0
+    train = cfg.train
+    if cfg.train.lr == AUTO:
+        choice = choose_lr(cfg, make_trainer, checkpoints, accelerator)
+        winner = _trial_dir(checkpoints, choice.lr)
+        other_seconds = sum(t.seconds for lr, t in choice.trials.items() if float(lr) != choice.lr)
+        if start is None:
+            start = latest_checkpoint(winner)
+            if accelerator.is_main_process and (winner / BEST_FILE).is_file():
+                shutil.copyfile(winner / BEST_FILE, checkpoints / BEST_FILE)
+        if train.max_minutes is not None:   # the bound covers the trials too
+            train = dataclasses.replace(train, max_minutes=max(train.max_minutes - other_seconds / 60, 1e-9))
+    trainer = make_trainer(choice.lr if choice else cfg.train.lr, checkpoints, train=train)
+    result = trainer.train(start)
     student = accelerator.unwrap_model(trainer.student, keep_fp32_wrapper=False)   # fp32, as exported
     if result.best_weights is not None:
         student.load_state_dict(load_file(str(result.best_weights)))
-    summary = TrainingSummary(**asdict(result.state), seconds_per_step=result.seconds_per_step,
-                              teacher=cfg.teacher.kind, processes=accelerator.num_processes)
+    state = dataclasses.replace(result.state, seconds=result.state.seconds + other_seconds)
+    summary = TrainingSummary(**asdict(state), seconds_per_step=result.seconds_per_step, teacher=cfg.teacher.kind,
+                              processes=accelerator.num_processes, lr=trainer.cfg.lr, lr_choice=choice)
     return student, summary

@@ -68,7 +68,13 @@ def _recovery_line(report: RunReport) -> str:
         return head + (" No training needed: the PTQ model is the result." if not decision.force else "")
     stop = {"patience": " (stopped early: no better dev metric in train.patience evaluations)",
             "max_minutes": " (stopped at train.max_minutes)"}.get(training.stopped, "")
-    return (head + f" Trained {training.step} steps{stop} with the {training.teacher} teacher on "
+    lr = f"lr {training.lr:g}"
+    if training.lr_choice is not None:
+        choice = training.lr_choice
+        trials = ", ".join(f"{value} {'guard fell' if t.metric is None else f'{t.metric:.4f}'}"
+                           for value, t in choice.trials.items())
+        lr += f" (auto: dev {choice.metric} after {choice.trial_steps} steps by lr: {trials})"
+    return (head + f" Trained {training.step} steps{stop}, {lr}, with the {training.teacher} teacher on "
             f"{training.processes} process(es) in {training.seconds:.0f} s ({training.seconds_per_step:.2f} s/step); "
             f"best dev {decision.metric} {training.best_metric:.4f} at step {training.best_step}.")
 

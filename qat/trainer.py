@@ -40,6 +40,7 @@ warnings.filterwarnings("ignore", message="aten::layer_norm: an autograd kernel 
 STATE_FILE = "trainer_state.json"
 CHECKPOINT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2
+BEST_FILE = "best_student.safetensors"
 GUARD_METRIC = f"{GUARD}/cosine_mean"   # no checkpoint below PTQ on it is kept
 LENGTH_GROUP = 16                       # batches per group sorted by length
 
@@ -56,6 +57,7 @@ class TrainState:
     fingerprint: str = ""
     seconds: float = 0.0            # training time so far, over every process that trained this run
     guard_floor: float | None = None  # PTQ's guard cosine: a checkpoint below it is never the best
+    last_metric: float | None = None  # the dev metric at the latest evaluation, if the guard held there
     evaluations_without_gain: int = 0
     stopped: str = ""               # why training ended before train.steps: 'patience' or 'max_minutes'
 
@@ -153,12 +155,12 @@ class Trainer:
     """Block-wise distillation of a fake-quant student from a frozen teacher."""
 
     def __init__(self, accelerator: Accelerator, student: FakeQuantModel, teacher: nn.Module, encoder: Encoder,
-                 texts: list[str], cfg: TrainConfig, run_dir: Path, settings: dict[str, Any], seed: int,
-                 evaluate_dev: Callable[[FakeQuantModel], Metrics], metric: str) -> None:
-        self.accelerator, self.encoder, self.cfg = accelerator, encoder, cfg
+                 texts: list[str], cfg: TrainConfig, checkpoints: Path, settings: dict[str, Any], seed: int,
+                 evaluate_dev: Callable[[FakeQuantModel], Metrics], metric: str, log_prefix: str = "") -> None:
+        self.accelerator, self.encoder, self.cfg, self.log_prefix = accelerator, encoder, cfg, log_prefix
         self.teacher, self.evaluate_dev, self.metric = teacher.eval(), evaluate_dev, metric
-        self.checkpoints = run_dir / CHECKPOINT_DIR
-        self.best_path = self.checkpoints / "best_student.safetensors"
+        self.checkpoints = checkpoints
+        self.best_path = checkpoints / BEST_FILE
         self.settings = settings
         self.state = TrainState(fingerprint=fingerprint(settings))
         self.parameters = select_trainable(student, cfg.train_layernorm)
@@ -218,8 +220,8 @@ class Trainer:
         if not math.isfinite(value):
             raise QatError(f"dev {self.metric} became {value} at step {self.state.step}; stopped without saving it as best")
         errors = weight_quant_errors(student)
-        self.accelerator.log({**{f"dev/{k}": v for k, v in metrics.items()},
-                              **{f"weight_quant_error/{k}": v for k, v in errors.items()}}, step=self.state.step)
+        self.log({**{f"dev/{k}": v for k, v in metrics.items()},
+                  **{f"weight_quant_error/{k}": v for k, v in errors.items()}})
         if self.state.step == 0:
             self.state.guard_floor = guard
         guarded = guard is None or self.state.guard_floor is None or guard >= self.state.guard_floor
@@ -228,24 +230,28 @@ class Trainer:
         guard_note = "" if guard is None else f", {GUARD_METRIC} {guard:.6f}" + ("" if guarded else " (below PTQ: not kept)")
         log.info("step %d: dev %s = %.6f%s%s", self.state.step, self.metric, value, guard_note, " (best)" if better else "")
         self.state.evaluations_without_gain = 0 if better else self.state.evaluations_without_gain + 1
+        self.state.last_metric = value if guarded else None
         if better:
             self.state.best_metric, self.state.best_step = value, self.state.step
             with atomic_path(self.best_path) as tmp:
                 save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(tmp))
 
-    def _after_step(self, loss: DistillLoss, grad_norm: float | None, bar: tqdm, started: tuple[float, int]) -> None:
+    def log(self, values: dict[str, float]) -> None:
+        self.accelerator.log({self.log_prefix + key: value for key, value in values.items()}, step=self.state.step)
+
+    def _after_step(self, loss: DistillLoss, grad_norm: float | None, bar: tqdm, started: tuple[float, int],
+                    end: int) -> None:
         """Log, watch, evaluate and save as the schedule says, after an optimizer step."""
         cfg, step, lr = self.cfg, self.state.step, self.scheduler.get_last_lr()[0]
-        self.accelerator.log({"train/loss": loss.total.item(), "train/output_loss": loss.output.item(), "train/lr": lr,
-                              "train/grad_norm": float(grad_norm),
-                              **{f"train/block_{i}": b.item() for i, b in enumerate(loss.blocks)}}, step=step)
+        self.log({"train/loss": loss.total.item(), "train/output_loss": loss.output.item(), "train/lr": lr,
+                  "train/grad_norm": float(grad_norm), **{f"train/block_{i}": b.item() for i, b in enumerate(loss.blocks)}})
         bar.update(1)
         bar.set_postfix(loss=f"{loss.total.item():.4g}", lr=f"{lr:.2g}", best_dev=f"{self.state.best_metric or 0:.5f}")
-        if bar.disable and (step % max(1, cfg.steps // 20) == 0) and self.accelerator.is_main_process:
+        if bar.disable and (step % max(1, end // 20) == 0) and self.accelerator.is_main_process:
             rate = (time.perf_counter() - started[0]) / max(1, step - started[1])
-            log.info("step %d/%d: loss %.4g, lr %.2g, %.2f s/step, about %.0f s to go", step, cfg.steps,
-                     loss.total.item(), lr, rate, rate * (cfg.steps - step))
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+            log.info("step %d/%d: loss %.4g, lr %.2g, %.2f s/step, about %.0f s to go", step, end,
+                     loss.total.item(), lr, rate, rate * (end - step))
+        if step % cfg.eval_every == 0 or step == end:
             self.evaluate()
 
     def _stop_reason(self, seconds: float) -> str:
@@ -258,19 +264,22 @@ class Trainer:
             return "max_minutes"
         return ""
 
-    def train(self, resume_from: Path | None) -> TrainResult:
+    def train(self, resume_from: Path | None, stop_at: int | None = None) -> TrainResult:
+        """Train to train.steps (or to `stop_at`, a trial's end, on the same schedule), evaluating and saving as
+        configured; a checkpoint is saved at the end."""
         if resume_from is not None:
             self.resume(resume_from)
         cfg, acc = self.cfg, self.accelerator
+        end = min(cfg.steps, stop_at or cfg.steps)
         self.student.train(cfg.dropout)
         start, resumed_seconds, first_step = time.perf_counter(), self.state.seconds, self.state.step
         last_checkpoint = resume_from
         if self.state.step == 0:
             self.evaluate()  # the PTQ starting point, so "best" never falls below it
-        bar = progress(desc="training", total=cfg.steps, unit="step", initial=self.state.step, leave=True)
+        bar = progress(desc="training", total=end, unit="step", initial=self.state.step, leave=True)
         if not acc.is_main_process:
             bar.disable = True
-        while self.state.step < cfg.steps and not self.state.stopped:
+        while self.state.step < end and not self.state.stopped:
             self.loader.set_epoch(self.state.epoch)
             loader = acc.skip_first_batches(self.loader, self.state.batch_in_epoch) if self.state.batch_in_epoch else self.loader
             for input_ids, attention_mask in loader:
@@ -288,12 +297,12 @@ class Trainer:
                 if not acc.sync_gradients:
                     continue
                 self.state.step += 1
-                self._after_step(loss, grad_norm, bar, (start, first_step))
+                self._after_step(loss, grad_norm, bar, (start, first_step), end)
                 self.state.seconds = resumed_seconds + time.perf_counter() - start
                 self.state.stopped = self._stop_reason(self.state.seconds)
-                if self.state.step % cfg.save_every == 0 or self.state.step == cfg.steps or self.state.stopped:
+                if self.state.step % cfg.save_every == 0 or self.state.step == end or self.state.stopped:
                     last_checkpoint = self.save_checkpoint()
-                if self.state.step >= cfg.steps or self.state.stopped:
+                if self.state.step >= end or self.state.stopped:
                     break
             else:
                 self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0

@@ -1,11 +1,13 @@
 """The recovery job called in-process: one session, statistics collected once, typed results."""
 import json
+import shutil
 
 import pytest
 import torch
 
 import qat.calibrate
 import qat.ptq
+import qat.recovery
 from qat.config import RunConfig, SensitivityRunConfig
 from qat.entry import job_config
 from qat.errors import QatError
@@ -89,3 +91,30 @@ def test_smoothquant_alpha_auto_picks_the_closest_candidate_on_held_out_texts_an
 def test_smoothquant_alpha_auto_needs_smoothquant_on():
     with pytest.raises(QatError, match="smoothquant.alpha=auto with smoothquant off; expected smoothquant=on"):
         job_config("train", RunConfig, ["smoothquant.alpha=auto"])
+
+
+def test_lr_auto_runs_a_trial_per_candidate_continues_the_best_and_a_resume_does_not_choose_again(
+        tiny_model_dir, tmp_path, monkeypatch, fresh_accelerate_state):
+    overrides = tiny_overrides(tiny_model_dir) + [
+        "recovery.force=true", "train.lr=auto", "train.lr_candidates=[1e-4,1e-3]", "train.trial_steps=2",
+        "train.steps=4", "train.eval_every=2", "train.batch_size=8", "teacher=fp32", "~data.guard"]
+    report = run_pipeline(job_config("train", RunConfig, overrides), tmp_path / "run")
+    training = report.training
+    choice = training.lr_choice
+    assert set(choice.trials) == {"0.0001", "0.001"} and choice.trial_steps == 2 and training.lr == choice.lr
+    scores = {lr: t.metric for lr, t in choice.trials.items()}
+    assert scores[f"{choice.lr:g}"] == max(scores.values()) and training.step == 4
+    assert training.seconds >= sum(t.seconds for t in choice.trials.values())
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert (checkpoints / "lr_trials" / "choice.json").is_file() and (checkpoints / "step_000004").is_dir()
+    assert "(auto: dev cosine_mean after 2 steps by lr:" in (tmp_path / "run" / "report.md").read_text()
+
+    # killed after the trials, before the continuation saved anything: the resume reads the choice
+    shutil.rmtree(checkpoints / "step_000004")
+    trained = []
+    train = qat.recovery.Trainer.train
+    monkeypatch.setattr(qat.recovery.Trainer, "train", lambda self, start, stop_at=None: trained.append(stop_at) or
+                        train(self, start, stop_at))
+    resumed = run_pipeline(job_config("train", RunConfig, overrides + ["train.resume=auto"]), tmp_path / "run")
+    assert trained == [None] and resumed.training.lr_choice == choice and resumed.training.step == 4
+    assert resumed.variants[Variant.QAT_FAKEQUANT] == pytest.approx(report.variants[Variant.QAT_FAKEQUANT])

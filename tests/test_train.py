@@ -47,7 +47,7 @@ def make_trainer(tiny_encoder, qconf, texts, run_dir, settings=None, evaluate_ho
         return metrics
 
     cfg = TrainConfig(**{"steps": 6, "batch_size": 8, "lr": 1e-3, "eval_every": 100, "save_every": 3, **train})
-    return Trainer(accelerator, student, teacher, tiny_encoder, texts[:64], cfg, run_dir, settings or {"calib.algorithm": "histogram"}, 0,
+    return Trainer(accelerator, student, teacher, tiny_encoder, texts[:64], cfg, run_dir / "checkpoints", settings or {"calib.algorithm": "histogram"}, 0,
                    evaluate_dev, "cosine_mean")
 
 
