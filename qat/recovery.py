@@ -141,8 +141,8 @@ def choose_lr(cfg: RunConfig, make_trainer: Callable[[float, Path, str], Trainer
         write_json(choice_file, asdict(choice))
         accelerator.log({f"lr_trial/{lr}/final_dev_{cfg.recovery.metric}": t.metric for lr, t in trials.items()
                          if t.metric is not None}, step=cfg.train.trial_steps)
-    log.info("train.lr=auto: dev %s after %d steps by lr %s -> lr %g", cfg.recovery.metric, cfg.train.trial_steps,
-             {lr: t.metric for lr, t in trials.items()}, choice.lr)
+        log.info("train.lr=auto: dev %s after %d steps by lr %s -> lr %g", cfg.recovery.metric, cfg.train.trial_steps,
+                 {lr: t.metric for lr, t in choice.trials.items()}, choice.lr)
     return choice
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
@@ -299,7 +300,9 @@ class Trainer:
                 self.state.step += 1
                 self._after_step(loss, grad_norm, bar, (start, first_step), end)
                 self.state.seconds = resumed_seconds + time.perf_counter() - start
-                self.state.stopped = self._stop_reason(self.state.seconds)
+                if cfg.patience is not None or cfg.max_minutes is not None:
+                    # the main process decides (only it evaluates, and clocks differ): every process stops together
+                    [self.state.stopped] = broadcast_object_list([self._stop_reason(self.state.seconds)])
                 if self.state.step % cfg.save_every == 0 or self.state.step == end or self.state.stopped:
                     last_checkpoint = self.save_checkpoint()
                 if self.state.step >= end or self.state.stopped:
