@@ -273,9 +273,10 @@ class TrainingSet:
 
 def training_texts(data: DataConfig, evaluated: set[str]) -> TrainingSet:
     """The training texts: no text that is evaluated (held-out, guard, task sets) is trained on."""
-    texts, origins = mix_texts(training_parts(data), cycle=True)
+    parts = training_parts(data)
+    texts, origins = mix_texts(parts, cycle=True)
     kept = [(text, origin) for text, origin in zip(texts, origins) if text not in evaluated]
     if not kept:
-        raise QatError(f"data.train sources {sorted(training_parts(data))} yield no text that is not also evaluated; "
+        raise QatError(f"data.train sources {sorted(parts)} yield no text that is not also evaluated; "
                        "expected training texts apart from the held-out, guard and task sets")
     return TrainingSet([text for text, _ in kept], [origin for _, origin in kept])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Table = dict[str, torch.Tensor]      # text -> pooled, normalised embedding
 Metrics = dict[str, float]           # metric name ('cosine_mean', 'guard/emd', '<task>/spearman', ...) -> value
 Task = PairSet | RerankSet | RetrievalSet
+K = TypeVar("K")
 GUARD = "guard"                      # the prefix of the guard set's metrics
 
 
@@ -92,6 +94,11 @@ def higher_is_better(metric: str) -> bool:
     return "emd" not in metric
 
 
+def best_of(scores: dict[K, float], metric: str) -> K:
+    """The key whose score is best for this metric (the highest, or the lowest for a distance)."""
+    return (max if higher_is_better(metric) else min)(scores, key=scores.__getitem__)
+
+
 def relative_loss(metric: str, fp32: float, quantized: float) -> float:
     """How much worse the quantized model is than fp32 (positive = worse): relative for scores, absolute for
     distances (whose fp32 value is 0)."""
@@ -158,12 +165,12 @@ def retrieval_metrics(table: Table, retrieval: RetrievalSet, cutoff: int = 10, d
     """NDCG@cutoff (graded gains, as BEIR's pytrec_eval computes it) and Recall@depth over the whole corpus, x100."""
     doc_ids = list(retrieval.corpus)
     documents = stack_texts(table, [retrieval.corpus[d] for d in doc_ids])
+    discounts = 1.0 / np.log2(np.arange(2, cutoff + 2))
     ndcgs, recalls = [], []
     for qid, query in retrieval.queries.items():
         top = torch.topk(documents @ table[query], min(depth, len(doc_ids))).indices.tolist()
         gains = retrieval.qrels[qid]
         ranked = [gains.get(doc_ids[i], 0) for i in top]
-        discounts = 1.0 / np.log2(np.arange(2, cutoff + 2))
         ideal = sorted(gains.values(), reverse=True)[:cutoff]
         ndcgs.append(float(np.dot(ranked[:cutoff], discounts[:len(ranked[:cutoff])]) / np.dot(ideal, discounts[:len(ideal)])))
         relevant = sum(1 for g in gains.values() if g > 0)

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 from qat.atomic import write_json
 from qat.config import RecoveryConfig, RunConfig, TrainConfig
 from qat.errors import QatError
-from qat.evaluate import Metrics, higher_is_better, relative_loss
+from qat.evaluate import Metrics, best_of, relative_loss
 from qat.quant.config import AUTO, QuantConfig
 from qat.quant.qconf import Qconf
 from qat.quant.simulate import FakeQuantModel, simulate
@@ -150,11 +150,7 @@ def _best_lr(cfg: RunConfig, trials: dict[str, LrTrial]) -> LrChoice:
     """The candidate with the best dev metric at its trial's end among those whose guard held (the smallest lr if
     none held: the continuation still keeps no checkpoint below PTQ on the guard)."""
     held = {lr: t.metric for lr, t in trials.items() if t.metric is not None}
-    if held:
-        pick = max if higher_is_better(cfg.recovery.metric) else min
-        best = pick(held, key=held.__getitem__)
-    else:
-        best = min(trials, key=float)
+    best = best_of(held, cfg.recovery.metric) if held else min(trials, key=float)
     return LrChoice(cfg.recovery.metric, cfg.train.trial_steps, trials, float(best))
 
 

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 
 from qat.calibrate import Statistics, apply_calibration, observe_unsmoothed, smooth
-from qat.evaluate import EvalData, Metrics, higher_is_better
+from qat.evaluate import EvalData, Metrics, best_of
 from qat.quant.config import AUTO, CalibConfig, EqualizeConfig, QuantConfig, SmoothQuantConfig
 from qat.quant.simulate import simulate
 from qat.quant.stats import Batch
@@ -72,8 +72,7 @@ def observe_for_run(session: Session, calib_batches: list[Batch], calib: CalibCo
         alpha = smoothquant.alpha if smoothquant.enabled else None
         return trials.statistics(alpha, equalize_alpha), smoothquant, None
     scores = {alpha: trials.metrics(calib, alpha, equalize_alpha)[AUTO_ALPHA_OBJECTIVE] for alpha in smoothquant.candidates}
-    pick = max if higher_is_better(AUTO_ALPHA_OBJECTIVE) else min
-    best = pick(scores, key=scores.__getitem__)
+    best = best_of(scores, AUTO_ALPHA_OBJECTIVE)
     log.info("smoothquant.alpha=auto: %s on held-out texts %s -> alpha %s", AUTO_ALPHA_OBJECTIVE,
              {a: round(v, 6) for a, v in scores.items()}, best)
     choice = AlphaChoice(AUTO_ALPHA_OBJECTIVE, {str(a): v for a, v in scores.items()}, best)
