@@ -120,9 +120,9 @@ class TrainConfig:
     steps: int = 300
     batch_size: int = 32
     grad_accum: int = 1
-    lr: Any = 1e-5     # a number, or 'auto': a short trial of each of lr_candidates, and the best one continues
+    lr: Any = "auto"   # a number, or 'auto': a short trial of each of lr_candidates, and the best one continues
     lr_candidates: list[float] = field(default_factory=lambda: [1e-5, 3e-5, 1e-4])
-    trial_steps: int = 50
+    trial_steps: int = 30
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
@@ -134,7 +134,7 @@ class TrainConfig:
     eval_every: int = 100
     save_every: int = 100
     patience: int | None = None        # stop after this many evaluations without a better (guarded) dev metric
-    max_minutes: float | None = None   # stop once training (evaluations included) has taken this long
+    max_minutes: float | None = 20.0   # stop once training (trials and evaluations included) has taken this long
     resume: str | None = None
 
     def __post_init__(self) -> None:
