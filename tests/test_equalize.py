@@ -105,7 +105,7 @@ def test_a_recovery_run_on_an_equalized_model_exports_what_it_trained(tiny_model
 
     cfg = job_config("train", RunConfig, [f"model.name_or_path={tiny_model_dir}", "model.max_length=32", "calib.samples=64",
                                           "+data.heldout.limit=40", "equalize=on", "smoothquant=on", "quant=full_int8",
-                                          "recovery.force=true", "train.steps=3", "train.batch_size=16", "teacher=fp32"])
+                                          "recovery.force=true", "train.steps=3", "train.lr=1e-5", "train.batch_size=16", "teacher=fp32"])
     report = run_pipeline(cfg, tmp_path / "run")
     assert report.final == "qat" and report.equalize.enabled
     for export in report.exports.values():

@@ -16,7 +16,7 @@ from qat.trainer import STATE_FILE
 def train_command(run_dir, tiny_model_dir, *extra):
     return [sys.executable, "-m", "qat.train", f"hydra.run.dir={run_dir}", f"model.name_or_path={tiny_model_dir}",
             "model.max_length=32", "calib.samples=64", "+data.heldout.limit=40", "recovery.force=true", "teacher=fp32",
-            "train.steps=60", "train.batch_size=16", "train.save_every=2", "train.eval_every=30", *extra]
+            "train.steps=60", "train.lr=1e-5", "train.batch_size=16", "train.save_every=2", "train.eval_every=30", *extra]
 
 
 @pytest.mark.slow

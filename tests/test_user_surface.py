@@ -31,7 +31,7 @@ def trained_run(tmp_path_factory, tiny_model_dir):
     GradientState._reset_state()
     run_dir = tmp_path_factory.mktemp("surface") / "run"
     cfg = job_config("train", RunConfig, [f"model.name_or_path={tiny_model_dir}", *TINY, "quant=full_int8",
-                                          "recovery.force=true", "train.steps=4", "train.batch_size=16",
+                                          "recovery.force=true", "train.steps=4", "train.lr=1e-5", "train.batch_size=16",
                                           "train.eval_every=2", "train.save_every=2"])
     report = run_pipeline(cfg, run_dir)
     AcceleratorState._reset_state(True)
