@@ -67,10 +67,12 @@ def collect_statistics(model: nn.Module, skeleton: Qconf, calib_batches: list[Ba
         if isinstance(module, FakeQuantizer):
             module.enabled = False
     recorders: dict[int, _Recorder] = {}
+    linear_inputs = {op.info["input_tensor_infos"][index]["id"] for op, index, _ in sim.activation_sites
+                     if op.kind == "linear"}
     for op, index, quantizer in sim.activation_sites:
         tensor_id = op.info["input_tensor_infos"][index]["id"]
         if tensor_id not in recorders:
-            quantizer.observer = recorders[tensor_id] = _Recorder(2 * bins, channel_sums=op.kind == "linear")
+            quantizer.observer = recorders[tensor_id] = _Recorder(2 * bins, channel_sums=tensor_id in linear_inputs)
     for batch in track(calib_batches, "ranges"):
         sim(*batch)
     for recorder in recorders.values():

@@ -35,8 +35,11 @@ _SMOOTHED_CLASSES: dict[type, type] = {}
 class _SmoothedInput:
     """Mixin: the module's first input times the per-channel 1/s buffer, then the module's own forward."""
 
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        return super().forward(hidden_states * getattr(self, SMOOTH_BUFFER), *args, **kwargs)  # type: ignore[misc]
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not args:   # e.g. DistilBERT's attention gets query, key and value by keyword: no one input to scale
+            raise QatError(f"SmoothQuant cannot multiply the input of {type(self).__bases__[1].__name__} at run time: "
+                           "its caller passes no positional input; expected smoothquant.modules to leave it out")
+        return super().forward(args[0] * getattr(self, SMOOTH_BUFFER), *args[1:], **kwargs)  # type: ignore[misc]
 
 
 def smooth_input(module: nn.Module, inv_scale: torch.Tensor) -> None:
@@ -61,25 +64,33 @@ def restore_smoothing(model: nn.Module, buffers: dict[str, torch.Tensor]) -> Non
         smooth_input(model.get_submodule(path), inv_scale)
 
 
-def smoothing_groups(qconf: Qconf, quant: QuantConfig, cfg: SmoothQuantConfig) -> dict[str, list[QuantOp]]:
-    """Owner module path -> the recipe's int8 Linears it owns, which must share one input."""
+def smoothing_groups(qconf: Qconf, quant: QuantConfig, cfg: SmoothQuantConfig) -> list[list[QuantOp]]:
+    """The recipe's int8 Linears (of the selected modules) grouped by the tensor they read: Q/K/V share theirs,
+    so they share one factor per input channel."""
     recipe = qconf.with_recipe(quant)
     patterns = [re.compile(p) for p in cfg.modules]
-    groups: dict[str, list[QuantOp]] = {}
+    groups: dict[int, list[QuantOp]] = {}
     for op in recipe.ops:
-        if op.kind == "linear" and op.quantized:
-            owner = op.name.rpartition(".")[0]
-            if any(p.fullmatch(owner) for p in patterns):
-                groups.setdefault(owner, []).append(op)
-    for owner, ops in groups.items():
-        inputs = {op.info["input_tensor_infos"][0]["id"] for op in ops}
-        if len(inputs) > 1:
-            raise QatError(f"the Linears {[op.name for op in ops]} of {owner!r} read different tensors; expected "
-                           "Linears that share their module's first input (SmoothQuant keeps one factor per input)")
+        if op.kind == "linear" and op.quantized and any(p.fullmatch(_owner(op)) for p in patterns):
+            groups.setdefault(op.info["input_tensor_infos"][0]["id"], []).append(op)
     if not groups:
         raise QatError(f"smoothquant.modules={cfg.modules} selects no int8 Linear; expected module paths such as "
                        "'encoder.layer.0.intermediate'")
-    return groups
+    return list(groups.values())
+
+
+def _owner(op: QuantOp) -> str:
+    return op.name.rpartition(".")[0]
+
+
+def _runtime_owner(ops: list[QuantOp], taken: set[str]) -> str:
+    """The module whose first input gets the runtime 1/s: the one parent of the group's Linears, if no other
+    group needs it."""
+    owners = {_owner(op) for op in ops}
+    if len(owners) > 1 or owners & taken:
+        raise QatError(f"the Linears {[op.name for op in ops]} need a SmoothQuant multiply on an input that their "
+                       "module does not receive alone; expected smoothquant.modules to leave them out")
+    return owners.pop()
 
 
 @torch.no_grad()
@@ -90,7 +101,8 @@ def migrate(model: nn.Module, qconf: Qconf, stats: dict[int, TensorStats], batch
     gets a runtime multiply on its owner's input."""
     migrated = copy.deepcopy(model)
     value_of = {block.output: block.value for block in attention_projections(migrated)}
-    for owner, ops in smoothing_groups(qconf, quant, cfg).items():
+    owners: set[str] = set()
+    for ops in smoothing_groups(qconf, quant, cfg):
         linears = [migrated.get_submodule(op.name) for op in ops]
         act_max = stats[ops[0].info["input_tensor_infos"][0]["id"]].channel_max(batches).float()
         weight_max = torch.stack([linear.weight.abs().amax(0) for linear in linears]).amax(0)
@@ -103,6 +115,8 @@ def migrate(model: nn.Module, qconf: Qconf, stats: dict[int, TensorStats], batch
             if value.bias is not None:
                 value.bias.div_(factors)
         else:
+            owner = _runtime_owner(ops, owners)
+            owners.add(owner)
             smooth_input(migrated.get_submodule(owner), 1.0 / factors)
     check_function(model, migrated, check, "SmoothQuant migration")
     return migrated

@@ -1,0 +1,93 @@
+"""The BERT family's encoders, each a tiny random-weight config saved next to a tokenizer, through the whole
+recovery run: calibrate -> fake-quant -> a few QAT steps -> IPEX export -> parity, for the default and the
+full-operator recipe (with equalization and, where the architecture allows it, SmoothQuant)."""
+import json
+
+import pytest
+import torch
+from transformers import (AutoModel, AutoTokenizer, BertConfig, DistilBertConfig, ElectraConfig, ErnieConfig,
+                          MPNetConfig, PretrainedConfig, RobertaConfig, XLMRobertaConfig)
+
+from qat.artifact import METADATA_FILE
+from qat.config import RunConfig
+from qat.entry import job_config
+from qat.errors import QatError
+from qat.export.folder import read_export_info
+from qat.int8_model import load_int8
+from qat.load import resolve_model_path
+from qat.pipeline import run_pipeline
+
+SIZE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+# Position ids of RoBERTa-style models start after the padding index, hence two more positions.
+OFFSET_POSITIONS = dict(max_position_embeddings=66, pad_token_id=0)
+ARCHITECTURES: dict[str, PretrainedConfig] = {
+    "bert": BertConfig(**SIZE, max_position_embeddings=64),
+    "roberta": RobertaConfig(**SIZE, **OFFSET_POSITIONS),
+    "xlm-roberta": XLMRobertaConfig(**SIZE, **OFFSET_POSITIONS),
+    "electra": ElectraConfig(**SIZE, embedding_size=16, max_position_embeddings=64),
+    "distilbert": DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64),
+    "ernie": ErnieConfig(**SIZE, max_position_embeddings=64),
+    "mpnet": MPNetConfig(**SIZE, **OFFSET_POSITIONS),
+}
+# Where SmoothQuant's runtime multiply has no module input of its own to sit on: DistilBERT's attention gets Q, K
+# and V by keyword and its FFN owns both Linears; ELECTRA's embedding projection reads inside the model's forward.
+NO_SMOOTHQUANT = {"distilbert", "electra"}
+RUN = ["model.max_length=32", "calib.samples=64", "+data.heldout.limit=40", "~data.guard", "recovery.force=true",
+       "train.steps=2", "train.lr=1e-4", "train.batch_size=8", "teacher=fp32"]
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> dict[str, str]:
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("bundled:all-MiniLM-L6-v2"))
+    folders = {}
+    for name, config in ARCHITECTURES.items():
+        torch.manual_seed(0)
+        config.vocab_size = tokenizer.vocab_size
+        folders[name] = tmp_path_factory.mktemp(name)
+        AutoModel.from_config(config).save_pretrained(folders[name])
+        tokenizer.save_pretrained(folders[name])
+    return {name: str(folder) for name, folder in folders.items()}
+
+
+def full_recipe(name: str) -> list[str]:
+    return ["quant=full_int8", "equalize=on", *([] if name in NO_SMOOTHQUANT else ["smoothquant=on", "smoothquant.alpha=0.5"])]
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("recipe", ["default", "full"])
+def test_every_architecture_trains_and_exports_what_it_simulates(model_dirs, name, recipe, tmp_path,
+                                                                 fresh_accelerate_state):
+    overrides = ["quant=ipex_default"] if recipe == "default" else full_recipe(name)
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={model_dirs[name]}", *RUN, *overrides])
+    report = run_pipeline(cfg, tmp_path / "run")
+    assert report.final == "qat" and report.training.step == 2
+    embedding_projection = 1 if name == "electra" else 0
+    for export in report.exports.values():
+        assert export.parity.unfused_max_abs_diff == 0.0 and export.parity.passed
+        assert export.graph_int8_ops["linear"] == 12 + embedding_projection and export.graph_int8_ops["matmul"] == 4
+        assert (export.graph_int8_ops["add"] > 0) == (recipe == "full")
+
+
+@pytest.mark.parametrize("name", sorted(NO_SMOOTHQUANT))
+def test_smoothquant_names_what_it_cannot_place(model_dirs, name, tmp_path, fresh_accelerate_state):
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={model_dirs[name]}", *RUN, "quant=full_int8",
+                                          "smoothquant=on", "smoothquant.alpha=0.5"])
+    with pytest.raises(QatError, match="SmoothQuant .*expected smoothquant.modules to leave"):
+        run_pipeline(cfg, tmp_path / "run")
+
+
+def test_cls_pooling_is_recorded_and_read_back(model_dirs, tmp_path, fresh_accelerate_state):
+    """A BGE-style model ([CLS] pooling): the PTQ artifact and the export say so, and the export's embeddings
+    are the [CLS] state (they differ from mean pooling's)."""
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={model_dirs['bert']}", *RUN, "model.pooling=cls",
+                                          "quant=full_int8"])
+    run_dir = tmp_path / "run"
+    report = run_pipeline(cfg, run_dir)
+    assert json.loads((run_dir / "ptq" / METADATA_FILE).read_text())["pooling"] == "cls"
+    assert read_export_info(run_dir / "export" / "qat").pooling == "cls"
+    model = load_int8(run_dir / "export" / "qat")
+    texts = ["a first sentence of several words", "short"]
+    cls = model.encode(texts, convert_to_tensor=True, show_progress_bar=False)
+    model.info.pooling = "mean"
+    assert not torch.allclose(cls, model.encode(texts, convert_to_tensor=True, show_progress_bar=False))
+    assert report.variants["qat_int8"]["cosine_mean"] > 0.5
