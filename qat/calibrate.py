@@ -13,6 +13,7 @@ import torch
 from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping
 from transformers import PreTrainedModel
 
+from qat.data import Text
 from qat.errors import QatError
 from qat.ipex_backend import prepare
 from qat.load import Encoder, batches
@@ -54,7 +55,7 @@ class Calibration:
     model: PreTrainedModel
 
 
-def calibration_batches(encoder: Encoder, texts: list[str], calib: CalibConfig) -> list[Batch]:
+def calibration_batches(encoder: Encoder, texts: list[Text], calib: CalibConfig) -> list[Batch]:
     if len(texts) < calib.samples:
         raise QatError(f"calib.samples={calib.samples} but the calibration set has only {len(texts)} texts; "
                        "expected at most that many samples")
@@ -74,7 +75,7 @@ def ipex_skeleton(model: PreTrainedModel, example: Batch) -> Qconf:
     return qconf
 
 
-def calibrate(encoder: Encoder, texts: list[str], calib: CalibConfig, quant: QuantConfig,
+def calibrate(encoder: Encoder, texts: list[Text], calib: CalibConfig, quant: QuantConfig,
               smoothquant: SmoothQuantConfig | None = None, equalization: EqualizeConfig | None = None) -> Calibration:
     """Observe activations on `calib.samples` texts (after SmoothQuant migration, if enabled) and return the qconf
     with the recipe's int8 ops set, and the fp32 weights it goes with."""

@@ -30,9 +30,11 @@ class ModelConfig:
     name_or_path: str = "bundled:all-MiniLM-L6-v2"
     pooling: str = "mean"
     max_length: int = 128
+    kind: str = "auto"   # embedding (pooled vectors) or scores (a sequence-classification head); auto: the checkpoint's
 
     def __post_init__(self) -> None:
         check_choice("model.pooling", self.pooling, ("mean", "cls"))
+        check_choice("model.kind", self.kind, ("auto", "embedding", "scores"))
         check_positive("model.max_length", self.max_length)
 
 
@@ -164,7 +166,7 @@ class TrainConfig:
 class RecoveryConfig:
     """When to train: only if PTQ loses more than `threshold` on the dev metric (relative), unless forced."""
 
-    metric: str = "cosine_mean"
+    metric: str = "auto"   # auto: cosine_mean for embedding models, score_diff_mean for score models
     threshold: float = 0.01
     force: bool = False
 

@@ -19,6 +19,8 @@ TASK_SHARE = 2.0
 PACKAGE_SHARES = {"sentences": 1.0, "passages": 1.0}
 PASSAGE_PART = 3   # sentences per part of a passage
 
+Text = str | tuple[str, str]     # one input: a text, or a (text_a, text_b) pair for a score model
+
 REQUIRED_COLUMNS = {
     "text": ("text",),
     "pairs": ("score", "sentence1", "sentence2"),
@@ -34,6 +36,9 @@ class PairSet:
     sentence2: list[str]
     scores: list[float]
 
+    def pairs(self) -> list[tuple[str, str]]:
+        return list(zip(self.sentence1, self.sentence2))
+
 
 @dataclass
 class RerankSet:
@@ -42,6 +47,10 @@ class RerankSet:
     queries: list[str]
     positives: list[list[str]]
     negatives: list[list[str]]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(query, candidate) for every candidate of every query."""
+        return [(q, c) for q, pos, neg in zip(self.queries, self.positives, self.negatives) for c in pos + neg]
 
 
 @dataclass
@@ -180,19 +189,30 @@ def load_retrieval(source: SourceConfig) -> RetrievalSet:
     return RetrievalSet({q: queries[q] for q in judged}, corpus, {q: qrels[q] for q in judged})
 
 
-def load_texts(source: SourceConfig) -> list[str]:
-    """Unlabelled texts of any format (pairs give both sentences, reranking gives queries and candidates, BEIR
-    gives queries and documents)."""
+def load_texts(source: SourceConfig, pairs: bool = False) -> list[Text]:
+    """Unlabelled inputs of any format: single texts (pairs give both sentences, reranking gives queries and
+    candidates, BEIR gives queries and documents), or with `pairs` what a score model reads: the sentence pairs,
+    (query, candidate), (query, judged document), or each text paired with the next."""
     if source.format == "beir":
         retrieval = load_retrieval(source)
+        if pairs:
+            return [(retrieval.queries[q], retrieval.corpus[d]) for q, docs in retrieval.qrels.items() for d in docs]
         return list(dict.fromkeys([*retrieval.queries.values(), *retrieval.corpus.values()]))
     rows = read_rows(source)
+    texts: list[Text]
     if source.format == "text":
         texts = [str(r["text"]) for r in rows]
+        if pairs:
+            texts = list(zip(texts[0::2], texts[1::2]))
     elif source.format == "pairs":
-        texts = [str(r[c]) for r in rows for c in ("sentence1", "sentence2")]
+        texts = ([(str(r["sentence1"]), str(r["sentence2"])) for r in rows] if pairs
+                 else [str(r[c]) for r in rows for c in ("sentence1", "sentence2")])
     else:
-        texts = [t for r in rows for t in [r["query"], *r["positive"], *r["negative"]]]
+        candidates = [(str(r["query"]), [str(c) for c in [*r["positive"], *r["negative"]]]) for r in rows]
+        texts = ([(q, c) for q, cs in candidates for c in cs] if pairs
+                 else [t for q, cs in candidates for t in [q, *cs]])
+    if not texts:
+        raise QatError(f"data source {source.path!r} yields no pair; expected at least two texts")
     return list(dict.fromkeys(texts))
 
 
@@ -218,16 +238,17 @@ def load_task(source: SourceConfig) -> PairSet | RerankSet | RetrievalSet:
     raise QatError(f"format {source.format!r} has no task metric; expected 'pairs', 'rerank' or 'beir'")
 
 
-def mix_texts(parts: dict[str, MixPart], cycle: bool = False) -> tuple[list[str], list[str]]:
+def mix_texts(parts: dict[str, MixPart], cycle: bool = False, pairs: bool = False) -> tuple[list[Text], list[str]]:
     """Texts of several sources interleaved so that every prefix keeps the proportions (to within one text).
     The mix is as long as the scarcest source allows, or (cycle) as long as the most plentiful source needs,
     the scarcer ones repeating. Returns the texts and each text's source name."""
-    pools = {name: load_texts(part.source) for name, part in parts.items()}
+    pools = {name: load_texts(part.source, pairs) for name, part in parts.items()}
     total = sum(part.proportion for part in parts.values())
     shares = {name: part.proportion / total for name, part in parts.items()}
     length = int((max if cycle else min)(len(pools[name]) / share for name, share in shares.items()))
     taken = dict.fromkeys(parts, 0)
-    texts, origins = [], []
+    texts: list[Text] = []
+    origins: list[str] = []
     for position in range(1, length + 1):
         name = max(shares, key=lambda n: shares[n] * position - taken[n])
         if taken[name] >= len(pools[name]) and not cycle:
@@ -238,9 +259,9 @@ def mix_texts(parts: dict[str, MixPart], cycle: bool = False) -> tuple[list[str]
     return texts, origins
 
 
-def calibration_texts(data: DataConfig) -> tuple[list[str], list[str] | None]:
-    """The calibration texts, and each text's source name when they are a mix."""
-    return mix_texts(data.mix) if data.mix else (load_texts(data.calibration), None)
+def calibration_texts(data: DataConfig, pairs: bool = False) -> tuple[list[Text], list[str] | None]:
+    """The calibration inputs, and each one's source name when they are a mix."""
+    return mix_texts(data.mix, pairs=pairs) if data.mix else (load_texts(data.calibration, pairs), None)
 
 
 def training_parts(data: DataConfig) -> dict[str, MixPart]:
@@ -263,7 +284,7 @@ def training_parts(data: DataConfig) -> dict[str, MixPart]:
 class TrainingSet:
     """The training stream (the mix, cycled, evaluated texts removed) and each text's source name."""
 
-    texts: list[str]
+    texts: list[Text]
     origins: list[str]
 
     def counts(self) -> dict[str, int]:
@@ -271,10 +292,10 @@ class TrainingSet:
         return dict(Counter(origin for _, origin in dict.fromkeys(zip(self.texts, self.origins))))
 
 
-def training_texts(data: DataConfig, evaluated: set[str]) -> TrainingSet:
-    """The training texts: no text that is evaluated (held-out, guard, task sets) is trained on."""
+def training_texts(data: DataConfig, evaluated: set[Text], pairs: bool = False) -> TrainingSet:
+    """The training inputs: nothing that is evaluated (held-out, guard, task sets) is trained on."""
     parts = training_parts(data)
-    texts, origins = mix_texts(parts, cycle=True)
+    texts, origins = mix_texts(parts, cycle=True, pairs=pairs)
     kept = [(text, origin) for text, origin in zip(texts, origins) if text not in evaluated]
     if not kept:
         raise QatError(f"data.train sources {sorted(parts)} yield no text that is not also evaluated; "

@@ -10,6 +10,8 @@ from torch import nn
 
 from qat.errors import QatError
 
+COSINE_LOSS, MSE_LOSS, KL_LOSS = "cosine", "mse", "kl"   # the output term for embeddings, scores, class logits
+
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The encoder's blocks: the longest ModuleList of same-class modules that hold weights (BERT: encoder.layer;
@@ -58,13 +60,23 @@ def normalized_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Ten
     return (mse / power.clamp(min=1e-12)).mean()
 
 
+def output_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
+    """Embeddings: 1 - cosine; a score head's independent scores: MSE; class logits: KL(teacher || student)."""
+    student, teacher = student.float(), teacher.detach().float()
+    if kind == COSINE_LOSS:
+        return 1.0 - nn.functional.cosine_similarity(student, teacher, dim=-1).mean()
+    if kind == MSE_LOSS:
+        return nn.functional.mse_loss(student, teacher)
+    return nn.functional.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean")
+
+
 def distillation_loss(student_blocks: list[torch.Tensor], teacher_blocks: list[torch.Tensor],
-                      student_pooled: torch.Tensor, teacher_pooled: torch.Tensor, mask: torch.Tensor,
-                      block_weight: float, output_weight: float) -> DistillLoss:
-    """sum_b block_weight * nMSE(block b) + output_weight * (1 - cosine of pooled embeddings)."""
+                      student_outputs: torch.Tensor, teacher_outputs: torch.Tensor, mask: torch.Tensor,
+                      block_weight: float, output_weight: float, output_kind: str = COSINE_LOSS) -> DistillLoss:
+    """sum_b block_weight * nMSE(block b) + output_weight * the output loss (see output_loss)."""
     if len(student_blocks) != len(teacher_blocks):
         raise QatError(f"student has {len(student_blocks)} blocks, teacher {len(teacher_blocks)}; expected the same")
     blocks = [normalized_mse(s, t.detach(), mask) for s, t in zip(student_blocks, teacher_blocks)]
-    output = 1.0 - nn.functional.cosine_similarity(student_pooled.float(), teacher_pooled.detach().float(), dim=-1).mean()
+    output = output_loss(student_outputs, teacher_outputs, output_kind)
     total = block_weight * torch.stack(blocks).sum() + output_weight * output
     return DistillLoss(total, blocks, output)

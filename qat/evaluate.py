@@ -1,5 +1,7 @@
-"""Fidelity to fp32 (cosine, EMD of similarity scores) on held-out and guard texts, and task metrics (STS Spearman,
-reranking MAP, retrieval NDCG@10 and Recall@100)."""
+"""Fidelity to fp32 on held-out and guard inputs (embeddings: cosine and the EMD of similarity scores; score
+models: |score difference| and the EMD of the score distributions), and task metrics (STS Spearman and Pearson,
+reranking MAP, MRR@10 and NDCG@10, retrieval NDCG@10 and Recall@100). A pair's score is the cosine of its two
+embeddings, or a score model's output for the pair."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -9,22 +11,25 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr, wasserstein_distance
+from scipy.stats import pearsonr, spearmanr, wasserstein_distance
 
 from qat.config import DataConfig, is_test_split
-from qat.data import PairSet, RerankSet, RetrievalSet, load_task, load_texts
+from qat.data import PairSet, RerankSet, RetrievalSet, Text, load_task, load_texts
 from qat.errors import QatError
-from qat.load import Encoder, batches, pool
+from qat.load import Encoder, batches, outputs, text_length
 from qat.progress import progress
 from qat.quant.qconf import Qconf
 from qat.quant.simulate import simulate
 
-Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Table = dict[str, torch.Tensor]      # text -> pooled, normalised embedding
+Forward = Callable[..., torch.Tensor]   # a model called on one batch (input_ids, attention_mask[, token_type_ids])
+Table = dict[Text, torch.Tensor]     # input -> pooled, normalised embedding, or a score model's outputs
 Metrics = dict[str, float]           # metric name ('cosine_mean', 'guard/emd', '<task>/spearman', ...) -> value
 Task = PairSet | RerankSet | RetrievalSet
 K = TypeVar("K")
 GUARD = "guard"                      # the prefix of the guard set's metrics
+# How a pair is scored: the cosine of two embeddings, a score model's first output (one relevance logit or
+# regression score), or its probability of the last class (class logits).
+COSINE, LOGIT, SOFTMAX = "cosine", "logit", "softmax"
 
 
 class Variant(StrEnum):
@@ -53,11 +58,21 @@ MODEL_VARIANTS = {"ptq": (Variant.PTQ_FAKEQUANT, Variant.PTQ_INT8), "qat": (Vari
 
 @dataclass
 class EvalData:
-    """Held-out texts for fidelity, guard texts from other domains (fidelity too), and labelled task sets by name."""
+    """Held-out inputs for fidelity, guard inputs from other domains (fidelity too), and labelled task sets by
+    name; `scoring` says how a pair is scored (for a score model every input is a pair)."""
 
-    heldout: list[str]
+    heldout: list[Text]
     tasks: dict[str, Task] = field(default_factory=dict)
-    guard: list[str] = field(default_factory=list)
+    guard: list[Text] = field(default_factory=list)
+    scoring: str = COSINE
+
+    @property
+    def pairs(self) -> bool:
+        return self.scoring != COSINE
+
+    @property
+    def fidelity_metric(self) -> str:
+        return fidelity_metric(self.pairs)
 
     def for_metrics(self, metrics: list[str]) -> EvalData:
         """Only the task sets (and guard) these metrics read ('<set>/<metric>'): a search or sensitivity trial
@@ -65,12 +80,15 @@ class EvalData:
         def read(name: str) -> bool:
             return any(m.startswith(name + "/") for m in metrics)
 
-        return EvalData(self.heldout, {n: t for n, t in self.tasks.items() if read(n)}, self.guard if read(GUARD) else [])
+        return EvalData(self.heldout, {n: t for n, t in self.tasks.items() if read(n)},
+                        self.guard if read(GUARD) else [], self.scoring)
 
-    def texts(self) -> list[str]:
+    def texts(self) -> list[Text]:
         texts = self.heldout + self.guard
         for task in self.tasks.values():
-            if isinstance(task, PairSet):
+            if isinstance(task, (PairSet, RerankSet)) and self.pairs:
+                texts += task.pairs()
+            elif isinstance(task, PairSet):
                 texts += task.sentence1 + task.sentence2
             elif isinstance(task, RerankSet):
                 texts += task.queries + [t for group in task.positives + task.negatives for t in group]
@@ -79,19 +97,34 @@ class EvalData:
         return list(dict.fromkeys(texts))
 
 
-def load_eval_data(data: DataConfig) -> tuple[EvalData, EvalData]:
-    """Everything evaluated (held-out texts, the guard and every task set), and the part that choices may use
+def fidelity_metric(pairs: bool) -> str:
+    """The held-out metric that says how close a model is to fp32 (the default recovery metric, and the guard's)."""
+    return "score_diff_mean" if pairs else "cosine_mean"
+
+
+def scoring_of(encoder: Encoder) -> str:
+    return SOFTMAX if encoder.classes else LOGIT if encoder.pairs else COSINE
+
+
+def load_eval_data(data: DataConfig, scoring: str = COSINE) -> tuple[EvalData, EvalData]:
+    """Everything evaluated (held-out inputs, the guard and every task set), and the part that choices may use
     (no test)."""
     if GUARD in data.tasks:
         raise QatError(f"task set name {GUARD!r} is the guard's; expected another name")
     tasks = {name: load_task(source) for name, source in data.tasks.items()}
-    guard = list(dict.fromkeys(t for source in data.guard.values() for t in load_texts(source)))
-    everything = EvalData(load_texts(data.heldout), tasks, guard)
-    return everything, EvalData(everything.heldout, {n: t for n, t in tasks.items() if not is_test_split(n)}, guard)
+    pairs = scoring != COSINE
+    for name, task in tasks.items():
+        if pairs and isinstance(task, RetrievalSet):
+            raise QatError(f"task set {name!r} is a BEIR retrieval set, which needs single texts (embeddings of the "
+                           "whole corpus); expected pairs or rerank task sets for a score model")
+    guard = list(dict.fromkeys(t for source in data.guard.values() for t in load_texts(source, pairs)))
+    everything = EvalData(load_texts(data.heldout, pairs), tasks, guard, scoring)
+    return everything, EvalData(everything.heldout, {n: t for n, t in tasks.items() if not is_test_split(n)}, guard,
+                                scoring)
 
 
 def higher_is_better(metric: str) -> bool:
-    return "emd" not in metric
+    return "emd" not in metric and "diff" not in metric
 
 
 def best_of(scores: dict[K, float], metric: str) -> K:
@@ -108,15 +141,16 @@ def relative_loss(metric: str, fp32: float, quantized: float) -> float:
 
 
 @torch.no_grad()
-def embed(forward: Forward, encoder: Encoder, texts: list[str], batch_size: int) -> Table:
-    """Pooled, normalised embeddings by text; texts sorted by length so that batches carry little padding."""
-    order = sorted(texts, key=len)
+def embed(forward: Forward, encoder: Encoder, texts: list[Text], batch_size: int) -> Table:
+    """What each input is compared by (pooled, normalised embeddings, or a score model's outputs); inputs sorted
+    by length so that batches carry little padding."""
+    order = sorted(texts, key=text_length)
     steps = progress(batches(encoder, order, batch_size), desc="embedding", total=-(-len(order) // batch_size))
-    vectors = [pool(forward(ids, mask), mask, encoder.pooling) for ids, mask in steps]
+    vectors = [outputs(encoder, forward(*batch), batch[1]) for batch in steps]
     return dict(zip(order, torch.cat(vectors)))
 
 
-def stack_texts(table: Table, texts: list[str]) -> torch.Tensor:
+def stack_texts(table: Table, texts: list[Text]) -> torch.Tensor:
     return torch.stack([table[t] for t in texts])
 
 
@@ -132,13 +166,26 @@ def all_pair_scores(embeddings: torch.Tensor) -> np.ndarray:
     return sims[rows, cols].numpy()
 
 
-def pair_scores(table: Table, pairs: PairSet) -> np.ndarray:
-    return (stack_texts(table, pairs.sentence1) * stack_texts(table, pairs.sentence2)).sum(-1).numpy()
+def head_scores(outputs: torch.Tensor, scoring: str) -> torch.Tensor:
+    """A score model's score of each pair: its first output, or its probability of the last class."""
+    return outputs.softmax(-1)[:, -1] if scoring == SOFTMAX else outputs[:, 0]
+
+
+def pair_scores(table: Table, pairs: list[tuple[str, str]], scoring: str) -> np.ndarray:
+    if scoring == COSINE:
+        return (stack_texts(table, [a for a, _ in pairs]) * stack_texts(table, [b for _, b in pairs])).sum(-1).numpy()
+    return head_scores(stack_texts(table, pairs), scoring).numpy()
 
 
 def emd(reference_scores: np.ndarray, scores: np.ndarray) -> float:
-    """Earth mover's distance between two similarity-score distributions."""
+    """Earth mover's distance between two score distributions."""
     return float(wasserstein_distance(reference_scores, scores))
+
+
+def score_differences(reference_scores: np.ndarray, scores: np.ndarray) -> Metrics:
+    difference = np.abs(scores - reference_scores)
+    return {"score_diff_mean": float(difference.mean()), "score_diff_max": float(difference.max()),
+            "emd": emd(reference_scores, scores)}
 
 
 def sts_spearman(scores: np.ndarray, gold: list[float]) -> float:
@@ -152,13 +199,26 @@ def average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:
     return float((hits[ranked] / (np.flatnonzero(ranked) + 1)).mean())
 
 
-def rerank_map(table: Table, rerank: RerankSet) -> float:
-    aps = []
+def ranking_metrics(scores: np.ndarray, relevant: np.ndarray, cutoff: int = 10) -> tuple[float, float, float]:
+    """AP, reciprocal rank within the cutoff and binary NDCG@cutoff of one query's candidates."""
+    ranked = relevant[np.argsort(-scores, kind="stable")]
+    first = int(np.argmax(ranked))
+    discounts = 1.0 / np.log2(np.arange(2, cutoff + 2))
+    top = ranked[:cutoff].astype(float)
+    ideal = discounts[:min(int(relevant.sum()), cutoff)].sum()
+    return (average_precision(scores, relevant), 1.0 / (first + 1) if first < cutoff else 0.0,
+            float(np.dot(top, discounts[:len(top)]) / ideal))
+
+
+def rerank_metrics(table: Table, rerank: RerankSet, scoring: str) -> Metrics:
+    """MAP, MRR@10 and NDCG@10 (x100) of ranking each query's candidates."""
+    per_query = []
     for query, positives, negatives in zip(rerank.queries, rerank.positives, rerank.negatives):
         candidates = positives + negatives
-        scores = (stack_texts(table, candidates) @ table[query]).numpy()
-        aps.append(average_precision(scores, np.array([True] * len(positives) + [False] * len(negatives))))
-    return 100.0 * float(np.mean(aps))
+        scores = pair_scores(table, [(query, c) for c in candidates], scoring)
+        per_query.append(ranking_metrics(scores, np.array([True] * len(positives) + [False] * len(negatives))))
+    means = 100.0 * np.mean(per_query, axis=0)
+    return {"map": float(means[0]), "mrr@10": float(means[1]), "ndcg@10": float(means[2])}
 
 
 def retrieval_metrics(table: Table, retrieval: RetrievalSet, cutoff: int = 10, depth: int = 100) -> tuple[float, float]:
@@ -178,27 +238,32 @@ def retrieval_metrics(table: Table, retrieval: RetrievalSet, cutoff: int = 10, d
     return 100.0 * float(np.mean(ndcgs)), 100.0 * float(np.mean(recalls))
 
 
-def fidelity(table: Table, reference: Table, texts: list[str]) -> Metrics:
-    """Cosine of each text's embedding to fp32's, and the EMD between the two similarity-score distributions."""
-    embeddings, reference_embeddings = stack_texts(table, texts), stack_texts(reference, texts)
-    return {**cosine_fidelity(reference_embeddings, embeddings),
-            "emd": emd(all_pair_scores(reference_embeddings), all_pair_scores(embeddings))}
+def fidelity(table: Table, reference: Table, texts: list[Text], scoring: str) -> Metrics:
+    """Embeddings: the cosine of each text's embedding to fp32's, and the EMD between the two similarity-score
+    distributions of all pairs of texts. Score models: |difference| of every output to fp32's, and the EMD
+    between the two output distributions."""
+    outputs, reference_outputs = stack_texts(table, texts), stack_texts(reference, texts)
+    if scoring == COSINE:
+        return {**cosine_fidelity(reference_outputs, outputs),
+                "emd": emd(all_pair_scores(reference_outputs), all_pair_scores(outputs))}
+    return score_differences(reference_outputs.flatten().numpy(), outputs.flatten().numpy())
 
 
 def evaluate(table: Table, reference: Table, data: EvalData) -> Metrics:
-    """All metrics of one variant's embeddings against the fp32 reference embeddings."""
-    heldout = fidelity(table, reference, data.heldout)
-    metrics = {"cosine_mean": heldout["cosine_mean"], "cosine_min": heldout["cosine_min"],
-               "emd_heldout_pairs": heldout["emd"]}
+    """All metrics of one variant's outputs against the fp32 reference outputs."""
+    heldout = fidelity(table, reference, data.heldout, data.scoring)
+    metrics = {**{k: v for k, v in heldout.items() if k != "emd"}, "emd_heldout_pairs": heldout["emd"]}
     if data.guard:
-        metrics.update({f"{GUARD}/{key}": value for key, value in fidelity(table, reference, data.guard).items()})
+        metrics.update({f"{GUARD}/{key}": value for key, value in fidelity(table, reference, data.guard, data.scoring).items()})
     for name, task in data.tasks.items():
         if isinstance(task, PairSet):
-            scores = pair_scores(table, task)
+            scores = pair_scores(table, task.pairs(), data.scoring)
             metrics[f"{name}/spearman"] = sts_spearman(scores, task.scores)
-            metrics[f"{name}/emd"] = emd(pair_scores(reference, task), scores)
+            metrics[f"{name}/pearson"] = 100.0 * float(pearsonr(scores, task.scores).statistic)
+            differences = score_differences(pair_scores(reference, task.pairs(), data.scoring), scores)
+            metrics.update({f"{name}/{key}": value for key, value in differences.items()})
         elif isinstance(task, RerankSet):
-            metrics[f"{name}/map"] = rerank_map(table, task)
+            metrics.update({f"{name}/{key}": value for key, value in rerank_metrics(table, task, data.scoring).items()})
         else:
             metrics[f"{name}/ndcg@10"], metrics[f"{name}/recall@100"] = retrieval_metrics(table, task)
     return metrics

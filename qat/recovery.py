@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 
 from qat.atomic import write_json
 from qat.config import RecoveryConfig, RunConfig, TrainConfig
+from qat.data import Text
 from qat.errors import QatError
 from qat.evaluate import Metrics, best_of, relative_loss
 from qat.quant.config import AUTO, QuantConfig
@@ -155,7 +156,7 @@ def _best_lr(cfg: RunConfig, trials: dict[str, LrTrial]) -> LrChoice:
 
 
 def recover(cfg: RunConfig, accelerator: Accelerator, session: Session, ptq_model: PreTrainedModel, qconf: Qconf,
-            texts: list[str], run_dir: Path) -> tuple[FakeQuantModel, TrainingSummary]:
+            texts: list[Text], run_dir: Path) -> tuple[FakeQuantModel, TrainingSummary]:
     """Recovery training on `texts`; returns the student with its best dev weights and what the training did.
     With train.lr=auto the candidates' trials run first and the best one continues from its last checkpoint."""
     teacher = build_teacher(cfg, ptq_model, qconf, session.fp32())

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from qat.calibrate import ipex_skeleton, set_weight_qparams
+from qat.data import Text
 from qat.errors import QatError
 from qat.load import DROPPED_MODULES, Encoder, batches
 from qat.quant.config import QuantConfig
@@ -70,7 +71,7 @@ def transplant(foreign: Qconf, skeleton: Qconf) -> Qconf:
     return result
 
 
-def restore_qconf(encoder: Encoder, foreign: Qconf, texts: list[str], quant: QuantConfig) -> Qconf:
+def restore_qconf(encoder: Encoder, foreign: Qconf, texts: list[Text], quant: QuantConfig) -> Qconf:
     """The foreign qconf on this project's skeleton, keeping its recipe; weights use this CPU's weight range."""
     restored = transplant(foreign, ipex_skeleton(encoder.model, next(batches(encoder, texts[:8], 8))))
     set_weight_qparams(restored, encoder.model, quant.weight_bits)

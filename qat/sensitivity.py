@@ -154,7 +154,8 @@ def run_sensitivity(cfg: SensitivityRunConfig, run_dir: Path) -> SensitivityResu
                            only_tasks_of_metrics=True, recipe=cfg.quant)
     observed, _, _ = observe_for_run(session, calibration_batches(session.encoder, session.calibration, cfg.calib),
                                      cfg.calib, cfg.quant, cfg.smoothquant, cfg.equalize)
-    result = analyse_sensitivity(session, observed, cfg.calib, cfg.quant, cfg.sensitivity, cfg.recovery)
+    recovery = dataclasses.replace(cfg.recovery, metric=session.metrics["recovery.metric"])
+    result = analyse_sensitivity(session, observed, cfg.calib, cfg.quant, cfg.sensitivity, recovery)
     write_outputs(result, cfg.quant, run_dir)
     return result
 

@@ -10,11 +10,11 @@ from accelerate.utils import set_seed
 
 from qat.calibrate import ipex_skeleton
 from qat.config import DataConfig, EvalConfig, ModelConfig
-from qat.data import calibration_texts
+from qat.data import Text, calibration_texts
 from qat.errors import QatError
-from qat.evaluate import EvalData, Forward, Metrics, Table, embed, evaluate, load_eval_data
+from qat.evaluate import EvalData, Forward, Metrics, Table, embed, evaluate, load_eval_data, scoring_of
 from qat.load import Encoder, batches, load_encoder
-from qat.quant.config import QuantConfig
+from qat.quant.config import AUTO, QuantConfig
 from qat.quant.wrapper import EncoderModule
 
 log = logging.getLogger(__name__)
@@ -23,24 +23,30 @@ log = logging.getLogger(__name__)
 @dataclass
 class Session:
     encoder: Encoder
-    calibration: list[str]            # calibration (and training) texts
+    calibration: list[Text]           # calibration inputs
     origins: list[str] | None         # each calibration text's source name, when they are a mix
     data: EvalData                    # everything evaluated at the end: held-out texts and every task set
     dev: EvalData                     # what choices may read: held-out texts and the non-test task sets
     fp32_dev: Table                   # fp32 embeddings of dev.texts()
     fp32_dev_metrics: Metrics
     batch_size: int
+    metrics: dict[str, str]           # each setting that names a dev metric -> the metric ('auto' resolved)
 
     def fp32(self) -> EncoderModule:
         return EncoderModule(self.encoder.model).eval()
 
-    def embed(self, forward: Forward, texts: list[str]) -> Table:
+    def embed(self, forward: Forward, texts: list[Text]) -> Table:
         return embed(forward, self.encoder, texts, self.batch_size)
 
     def evaluate_dev(self, forward: Forward, dev: EvalData | None = None) -> Metrics:
         """Metrics of a model on the dev data (or a part of it) against the fp32 reference."""
         dev = dev or self.dev
         return evaluate(self.embed(forward, dev.texts()), self.fp32_dev, dev)
+
+
+def resolve_metric(metric: str, data: EvalData) -> str:
+    """'auto' is the fidelity metric of the model's kind: cosine_mean for embeddings, score_diff_mean for scores."""
+    return data.fidelity_metric if metric == AUTO else metric
 
 
 def use_threads(threads: int | None) -> None:
@@ -56,11 +62,12 @@ def open_session(model: ModelConfig, data: DataConfig, eval_cfg: EvalConfig, *, 
     sets they read, so its trials embed no more."""
     use_threads(threads)
     set_seed(seed)
-    texts, origins = calibration_texts(data)
-    everything, dev = load_eval_data(data)
+    encoder = load_encoder(model)
+    texts, origins = calibration_texts(data, encoder.pairs)
+    everything, dev = load_eval_data(data, scoring_of(encoder))
+    metrics = {setting: resolve_metric(name, dev) for setting, name in metrics.items()}
     if only_tasks_of_metrics:
         dev = dev.for_metrics(list(metrics.values()))
-    encoder = load_encoder(model)
     if recipe is not None:
         ipex_skeleton(encoder.model, next(batches(encoder, texts[:2], 2))).with_recipe(recipe)
     fp32_dev = embed(EncoderModule(encoder.model).eval(), encoder, dev.texts(), eval_cfg.batch_size)
@@ -70,4 +77,4 @@ def open_session(model: ModelConfig, data: DataConfig, eval_cfg: EvalConfig, *, 
             raise QatError(f"{setting}={name!r} is not measured on this data; expected one of {sorted(measured)}")
     log.info("%s: %d calibration texts, %d held-out texts, task sets %s", encoder.source, len(texts),
              len(dev.heldout), list(everything.tasks))
-    return Session(encoder, texts, origins, everything, dev, fp32_dev, measured, eval_cfg.batch_size)
+    return Session(encoder, texts, origins, everything, dev, fp32_dev, measured, eval_cfg.batch_size, metrics)

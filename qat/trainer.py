@@ -25,10 +25,11 @@ from transformers import get_cosine_schedule_with_warmup
 
 from qat.atomic import TMP_SUFFIX, atomic_path
 from qat.config import TrainConfig
-from qat.distill import DistillLoss, distillation_loss, record_blocks
+from qat.data import Text
+from qat.distill import COSINE_LOSS, KL_LOSS, MSE_LOSS, DistillLoss, distillation_loss, record_blocks
 from qat.errors import QatError
-from qat.evaluate import GUARD, Metrics, higher_is_better
-from qat.load import Encoder, pool
+from qat.evaluate import GUARD, Metrics, fidelity_metric, higher_is_better
+from qat.load import Batch, Encoder, outputs, text_length, tokenize
 from qat.progress import progress
 from qat.quant.modules import QuantLinear
 from qat.quant.simulate import FakeQuantModel
@@ -42,7 +43,6 @@ STATE_FILE = "trainer_state.json"
 CHECKPOINT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2
 BEST_FILE = "best_student.safetensors"
-GUARD_METRIC = f"{GUARD}/cosine_mean"   # no checkpoint below PTQ on it is kept
 LENGTH_GROUP = 16                       # batches per group sorted by length
 
 
@@ -57,7 +57,7 @@ class TrainState:
     best_step: int | None = None
     fingerprint: str = ""
     seconds: float = 0.0            # training time so far, over every process that trained this run
-    guard_floor: float | None = None  # PTQ's guard cosine: a checkpoint below it is never the best
+    guard_floor: float | None = None  # PTQ's guard fidelity: a checkpoint worse than it is never the best
     last_metric: float | None = None  # the dev metric at the latest evaluation, if the guard held there
     evaluations_without_gain: int = 0
     stopped: str = ""               # why training ended before train.steps: 'patience' or 'max_minutes'
@@ -102,16 +102,17 @@ class LengthGroupedSampler(Sampler[int]):
         return iter([i for batch in shuffled for i in batch])
 
 
-def text_loader(encoder: Encoder, texts: list[str], batch_size: int, seed: int) -> DataLoader:
+def text_loader(encoder: Encoder, texts: list[Text], batch_size: int, seed: int) -> DataLoader:
     """Tokenized batches of similar length; drop_last keeps every batch divisible across processes."""
-    def collate(batch: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = encoder.tokenizer(batch, padding=True, truncation=True, max_length=encoder.max_length, return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
-
     if len(texts) < batch_size:
-        raise QatError(f"training set has {len(texts)} texts; expected at least train.batch_size={batch_size}")
-    return DataLoader(texts, batch_size=batch_size, sampler=LengthGroupedSampler([len(t) for t in texts], batch_size, seed),
-                      drop_last=True, collate_fn=collate)
+        raise QatError(f"training set has {len(texts)} inputs; expected at least train.batch_size={batch_size}")
+    return DataLoader(texts, batch_size=batch_size, sampler=LengthGroupedSampler([text_length(t) for t in texts],
+                      batch_size, seed), drop_last=True, collate_fn=lambda batch: tokenize(encoder, batch))
+
+
+def output_kind(encoder: Encoder) -> str:
+    """How the model's outputs are distilled: embeddings by cosine, class logits by KL, scores by MSE."""
+    return KL_LOSS if encoder.classes else MSE_LOSS if encoder.pairs else COSINE_LOSS
 
 
 def select_trainable(student: FakeQuantModel, train_layernorm: bool) -> list[nn.Parameter]:
@@ -156,7 +157,7 @@ class Trainer:
     """Block-wise distillation of a fake-quant student from a frozen teacher."""
 
     def __init__(self, accelerator: Accelerator, student: FakeQuantModel, teacher: nn.Module, encoder: Encoder,
-                 texts: list[str], cfg: TrainConfig, checkpoints: Path, settings: dict[str, Any], seed: int,
+                 texts: list[Text], cfg: TrainConfig, checkpoints: Path, settings: dict[str, Any], seed: int,
                  evaluate_dev: Callable[[FakeQuantModel], Metrics], metric: str, log_prefix: str = "") -> None:
         self.accelerator, self.encoder, self.cfg, self.log_prefix = accelerator, encoder, cfg, log_prefix
         self.teacher, self.evaluate_dev, self.metric = teacher.eval(), evaluate_dev, metric
@@ -182,14 +183,15 @@ class Trainer:
         self.state = state
         log.info("resumed from %s at step %d", path, state.step)
 
-    def loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    def loss(self, batch: Batch) -> DistillLoss:
+        mask = batch[1]
         with torch.no_grad(), record_blocks(self.teacher) as teacher_blocks:
-            teacher_pooled = pool(self.teacher(input_ids, attention_mask), attention_mask, self.encoder.pooling)
+            teacher_outputs = outputs(self.encoder, self.teacher(*batch), mask)
         with record_blocks(self.accelerator.unwrap_model(self.student)) as student_blocks, \
                 self.accelerator.autocast():
-            student_pooled = pool(self.student(input_ids, attention_mask), attention_mask, self.encoder.pooling)
-        return distillation_loss(student_blocks, teacher_blocks, student_pooled, teacher_pooled, attention_mask,
-                                 self.cfg.block_weight, self.cfg.output_weight)
+            student_outputs = outputs(self.encoder, self.student(*batch), mask)
+        return distillation_loss(student_blocks, teacher_blocks, student_outputs, teacher_outputs, mask,
+                                 self.cfg.block_weight, self.cfg.output_weight, output_kind(self.encoder))
 
     def save_checkpoint(self) -> Path:
         """accelerate's full state plus ours, written under a temporary name and renamed when complete."""
@@ -217,7 +219,8 @@ class Trainer:
         student.train(self.cfg.dropout)
         if not self.accelerator.is_main_process:
             return
-        value, guard = metrics[self.metric], metrics.get(GUARD_METRIC)
+        guard_metric = f"{GUARD}/{fidelity_metric(self.encoder.pairs)}"   # no checkpoint worse than PTQ on it is kept
+        value, guard = metrics[self.metric], metrics.get(guard_metric)
         if not math.isfinite(value):
             raise QatError(f"dev {self.metric} became {value} at step {self.state.step}; stopped without saving it as best")
         errors = weight_quant_errors(student)
@@ -225,10 +228,11 @@ class Trainer:
                   **{f"weight_quant_error/{k}": v for k, v in errors.items()}})
         if self.state.step == 0:
             self.state.guard_floor = guard
-        guarded = guard is None or self.state.guard_floor is None or guard >= self.state.guard_floor
+        guarded = guard is None or self.state.guard_floor is None or guard == self.state.guard_floor or (
+            (guard > self.state.guard_floor) == higher_is_better(guard_metric))
         better = guarded and (self.state.best_metric is None or (
             value > self.state.best_metric if higher_is_better(self.metric) else value < self.state.best_metric))
-        guard_note = "" if guard is None else f", {GUARD_METRIC} {guard:.6f}" + ("" if guarded else " (below PTQ: not kept)")
+        guard_note = "" if guard is None else f", {guard_metric} {guard:.6f}" + ("" if guarded else " (below PTQ: not kept)")
         log.info("step %d: dev %s = %.6f%s%s", self.state.step, self.metric, value, guard_note, " (best)" if better else "")
         self.state.evaluations_without_gain = 0 if better else self.state.evaluations_without_gain + 1
         self.state.last_metric = value if guarded else None
@@ -283,9 +287,9 @@ class Trainer:
         while self.state.step < end and not self.state.stopped:
             self.loader.set_epoch(self.state.epoch)
             loader = acc.skip_first_batches(self.loader, self.state.batch_in_epoch) if self.state.batch_in_epoch else self.loader
-            for input_ids, attention_mask in loader:
+            for batch in loader:
                 with acc.accumulate(self.student):
-                    loss = self.loss(input_ids, attention_mask)
+                    loss = self.loss(batch)
                     if not torch.isfinite(loss.total):
                         raise QatError(f"loss became {loss.total.item()} at step {self.state.step + 1}; stopped without "
                                        f"saving. Last good checkpoint: {last_checkpoint or 'none'}")

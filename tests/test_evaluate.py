@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from qat.data import RerankSet, RetrievalSet
-from qat.evaluate import (EvalData, all_pair_scores, average_precision, cosine_fidelity, emd, evaluate, rerank_map,
-                          retrieval_metrics, sts_spearman)
+from qat.evaluate import (COSINE, LOGIT, SOFTMAX, EvalData, all_pair_scores, average_precision, cosine_fidelity, emd,
+                          evaluate, rerank_metrics, retrieval_metrics, sts_spearman)
 
 
 def test_average_precision_hand_computed():
@@ -14,12 +14,30 @@ def test_average_precision_hand_computed():
     assert average_precision(np.array([0.1, 0.9]), np.array([True, False])) == pytest.approx(0.5)
 
 
-def test_rerank_map_over_queries():
+def test_rerank_metrics_over_queries():
     table = {"q": torch.tensor([1.0, 0.0]), "a": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0, 1.0]),
              "c": torch.tensor([0.6, 0.8])}
     data = RerankSet(["q", "q"], [["a"], ["b"]], [["b"], ["a", "c"]])
-    # query 1: a ranks first -> AP 1; query 2: order a(0 rel), c, b(rel) -> AP 1/3
-    assert rerank_map(table, data) == pytest.approx(100 * (1 + 1 / 3) / 2)
+    # query 1: a ranks first -> AP 1, RR 1, NDCG 1; query 2: order a, c, b(rel) -> AP 1/3, RR 1/3, NDCG 1/log2(4)
+    metrics = rerank_metrics(table, data, COSINE)
+    assert metrics["map"] == pytest.approx(100 * (1 + 1 / 3) / 2)
+    assert metrics["mrr@10"] == pytest.approx(100 * (1 + 1 / 3) / 2)
+    assert metrics["ndcg@10"] == pytest.approx(100 * (1 + 1 / np.log2(4)) / 2)
+
+
+def test_score_model_pairs_are_scored_by_the_head():
+    """A score model's table holds each (query, candidate) pair's outputs: one logit, or class logits (the last
+    class's probability ranks)."""
+    logits = {("q", "a"): torch.tensor([2.0]), ("q", "b"): torch.tensor([-1.0]), ("q", "c"): torch.tensor([0.5])}
+    rerank = RerankSet(["q"], [["b"]], [["a", "c"]])
+    assert rerank_metrics(logits, rerank, LOGIT)["mrr@10"] == pytest.approx(100 / 3)
+    classes = {pair: torch.cat([-value, value]) for pair, value in logits.items()}
+    assert rerank_metrics(classes, rerank, SOFTMAX)["map"] == pytest.approx(100 / 3)
+    shifted = {pair: value + 0.5 for pair, value in logits.items()}
+    data = EvalData(list(logits), scoring=LOGIT)
+    metrics = evaluate(shifted, logits, data)
+    assert metrics["score_diff_mean"] == pytest.approx(0.5) and metrics["score_diff_max"] == pytest.approx(0.5)
+    assert metrics["emd_heldout_pairs"] == pytest.approx(0.5) and "cosine_mean" not in metrics
 
 
 def test_spearman_emd_and_cosine():

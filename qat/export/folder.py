@@ -21,7 +21,7 @@ class ExportInfo:
     """What qat_model.json says about an export."""
 
     format: int
-    kind: str                       # 'embedding' (pooled sentence vectors)
+    kind: str                       # 'embedding' (pooled sentence vectors) or 'scores' (a head's outputs for pairs)
     pooling: str                    # 'mean' or 'cls'
     max_length: int
     input_names: list[str]
@@ -32,8 +32,8 @@ class ExportInfo:
 def write_export_folder(out_dir: Path, encoder: Encoder, qconf: Qconf) -> None:
     """Make an export folder self-contained: the tokenizer beside the TorchScript, and qat_model.json."""
     encoder.tokenizer.save_pretrained(out_dir)
-    info = ExportInfo(EXPORT_FORMAT, "embedding", encoder.pooling, encoder.max_length,
-                      ["input_ids", "attention_mask"], qconf.int8_counts(), library_versions())
+    info = ExportInfo(EXPORT_FORMAT, encoder.kind, encoder.pooling, encoder.max_length, encoder.input_names,
+                      qconf.int8_counts(), library_versions())
     write_json(out_dir / INFO_FILE, asdict(info))
 
 

@@ -9,6 +9,10 @@ residual adds, whose inputs carry MiniLM's outlier channels) one step moves a to
 and later layers amplify it. That is rounding, not another model: the simulation spreads as far from itself
 when its Linear outputs get 1-ulp noise (`rounding_floor`). So the fused model passes when it is close to the
 simulation, or when it is as faithful to fp32 as the simulation is.
+
+Embeddings are compared text by text (cosine); a score model's outputs are compared output by output over the
+held-out pairs (the cosine of the two score columns, both centred on the reference's mean), since a cosine of
+one score with another says nothing.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import torch
 from torch import nn
 
 from qat.config import ExportConfig
+from qat.data import Text
 from qat.evaluate import Forward, Table, cosine_fidelity, embed, stack_texts
 from qat.export.ipex import load_exported
 from qat.load import Encoder, batches
@@ -70,9 +75,9 @@ class ParityRecord:
 def unfused(exported: torch.jit.ScriptModule) -> Forward:
     """The exported graph run as converted, without IPEX's and oneDNN Graph's fusions. Needs a freshly loaded
     module: once a module has run optimized, its executor keeps the fused plan."""
-    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(*inputs: torch.Tensor) -> torch.Tensor:
         with torch.jit.optimized_execution(False):
-            return exported(input_ids, attention_mask)
+            return exported(*inputs)
     return forward
 
 
@@ -94,15 +99,19 @@ def rounding_noise(model: nn.Module, seed: int = 0) -> Iterator[None]:
             hook.remove()
 
 
-def _fidelity(reference: Table, candidate: Table, texts: list[str]) -> Fidelity:
-    return Fidelity(**cosine_fidelity(stack_texts(reference, texts), stack_texts(candidate, texts)))
+def _fidelity(reference: Table, candidate: Table, texts: list[Text]) -> Fidelity:
+    reference_rows, candidate_rows = stack_texts(reference, texts), stack_texts(candidate, texts)
+    if isinstance(texts[0], str):
+        return Fidelity(**cosine_fidelity(reference_rows, candidate_rows))
+    centre = reference_rows.mean(0)
+    return Fidelity(**cosine_fidelity((reference_rows - centre).T, (candidate_rows - centre).T))
 
 
-def _max_abs_diff(a: Table, b: Table, texts: list[str]) -> float:
+def _max_abs_diff(a: Table, b: Table, texts: list[Text]) -> float:
     return max((a[t] - b[t]).abs().max().item() for t in texts)
 
 
-def judge_parity(fp32: Table, simulated: Table, fused: Table, unfused_export: Table, noisy: Table, texts: list[str],
+def judge_parity(fp32: Table, simulated: Table, fused: Table, unfused_export: Table, noisy: Table, texts: list[Text],
                  cfg: ExportConfig) -> ParityRecord:
     """The parity record from pooled embeddings of the held-out texts (every table from the same batches, so
     exactness can be asked): fp32, the simulation, the fused export, the unfused export, and the simulation
@@ -121,7 +130,7 @@ def judge_parity(fp32: Table, simulated: Table, fused: Table, unfused_export: Ta
         exact, close, as_faithful, exact and (close or as_faithful))
 
 
-def check_parity(sim: FakeQuantModel, export_path: Path, encoder: Encoder, texts: list[str], fp32: Table,
+def check_parity(sim: FakeQuantModel, export_path: Path, encoder: Encoder, texts: list[Text], fp32: Table,
                  cfg: ExportConfig, batch_size: int, seed: int) -> ParityRecord:
     """Measure the export against its simulation on the held-out texts and judge it. `fp32` holds the fp32
     embeddings of (at least) these texts."""

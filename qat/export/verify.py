@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qat.config import ExportConfig
+from qat.data import Text
 from qat.evaluate import Table
 from qat.export.folder import write_export_folder
 from qat.export.ipex import export_ipex
@@ -21,7 +22,7 @@ class ExportRecord:
     parity: ParityRecord
 
 
-def export_verified(sim: FakeQuantModel, encoder: Encoder, heldout: list[str], fp32: Table, cfg: ExportConfig,
+def export_verified(sim: FakeQuantModel, encoder: Encoder, heldout: list[Text], fp32: Table, cfg: ExportConfig,
                     out_dir: Path, batch_size: int, seed: int) -> ExportRecord:
     """A self-contained export folder (IPEX int8 TorchScript of the simulation's current weights and frozen scales,
     tokenizer, qat_model.json), with its parity record."""

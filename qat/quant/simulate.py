@@ -130,13 +130,13 @@ class FakeQuantModel(nn.Module):
                 lookup[module] = (path, list(getattr(module, OPS_ATTRIBUTE, [])))
         return lookup
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         mode = _FunctionalOpQuantizer(self)
         pre = nn.modules.module.register_module_forward_pre_hook(mode.pre_hook)
         post = nn.modules.module.register_module_forward_hook(mode.post_hook)
         try:
             with mode:
-                return self.encoder(input_ids, attention_mask)
+                return self.encoder(*inputs)
         finally:
             pre.remove()
             post.remove()

@@ -7,7 +7,7 @@ import torch
 
 from qat.errors import QatError
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, ...]   # input_ids, attention_mask[, token_type_ids]: the calibrated and traced signature
 
 
 @dataclass
