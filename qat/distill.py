@@ -9,21 +9,9 @@ import torch
 from torch import nn
 
 from qat.errors import QatError
+from qat.quant.structure import transformer_blocks
 
 COSINE_LOSS, MSE_LOSS, KL_LOSS = "cosine", "mse", "kl"   # the output term for embeddings, scores, class logits
-
-
-def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The encoder's blocks: the longest ModuleList of same-class modules that hold weights (BERT: encoder.layer;
-    lists of quantizers hold only buffers)."""
-    best: list[nn.Module] = []
-    for module in model.modules():
-        if (isinstance(module, nn.ModuleList) and len(module) > len(best) and len({type(m) for m in module}) == 1
-                and all(next(m.parameters(), None) is not None for m in module)):
-            best = list(module)
-    if not best:
-        raise QatError(f"no transformer blocks found in {type(model).__name__}; expected a ModuleList of layers")
-    return best
 
 
 @contextmanager

@@ -269,6 +269,30 @@ def evaluate(table: Table, reference: Table, data: EvalData) -> Metrics:
     return metrics
 
 
+@dataclass
+class ScoreBuckets:
+    """How the held-out scores spread, by model: counts in equal-width buckets over fp32's range (a score model's
+    outputs, or an embedding model's similarity of every pair of held-out texts). A quantized scorer whose
+    offline metrics are weak evidence is judged by whether its score distribution keeps fp32's shape."""
+
+    edges: list[float]
+    counts: dict[Variant, list[int]]
+
+
+def heldout_scores(table: Table, data: EvalData) -> np.ndarray:
+    rows = stack_texts(table, data.heldout)
+    return rows.flatten().numpy() if data.pairs else all_pair_scores(rows)
+
+
+def score_buckets(tables: dict[Variant, Table], data: EvalData, buckets: int = 10) -> ScoreBuckets:
+    scores = {variant: heldout_scores(table, data) for variant, table in tables.items()}
+    edges = np.histogram_bin_edges(scores[Variant.FP32], bins=buckets)
+    # Scores beyond fp32's range count in the outer buckets.
+    counts = {variant: np.histogram(np.clip(values, edges[0], edges[-1]), edges)[0].tolist()
+              for variant, values in scores.items()}
+    return ScoreBuckets(edges.tolist(), counts)
+
+
 def evaluate_recipe(model: torch.nn.Module, qconf: Qconf, encoder: Encoder, data: EvalData,
                     reference: Table, batch_size: int) -> Metrics:
     """Metrics of `model` under the qconf's fake-quant recipe (`model` is not changed)."""

@@ -31,8 +31,8 @@ def _target(cfg: EvaluateRunConfig, encoder: Encoder) -> Int8Encoder:
     if cfg.target.folder:
         target = load_int8(cfg.target.folder)
         if target.info.kind != encoder.kind:
-            raise QatError(f"target.folder={cfg.target.folder!r} is a {target.info.kind} model but model.* "
-                           f"({encoder.source}) is a {encoder.kind} model; expected the export of model.*")
+            raise QatError(f"target.folder={cfg.target.folder!r} holds a model of kind {target.info.kind!r} but model.* "
+                           f"({encoder.source}) is of kind {encoder.kind!r}; expected the export of model.*")
         return target
     path = Path(cfg.target.torchscript)
     if not path.is_file():

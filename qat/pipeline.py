@@ -14,7 +14,7 @@ from qat.artifact import library_versions
 from qat.config import RunConfig
 from qat.data import training_texts
 from qat.errors import QatError
-from qat.evaluate import MODEL_VARIANTS, Table, Variant, evaluate
+from qat.evaluate import MODEL_VARIANTS, Table, Variant, evaluate, score_buckets
 from qat.export.ipex import load_exported
 from qat.export.verify import ExportRecord, export_verified
 from qat.load import batches
@@ -23,7 +23,7 @@ from qat.ptq import PtqModel, check_given_paths, given_artifact, prepare_ptq
 from qat.quant.config import SmoothQuantConfig
 from qat.quant.simulate import FakeQuantModel, simulate
 from qat.recovery import decide_recovery, recover
-from qat.report import CalibrationRecord, DataSummary, RecipeSummary, RunReport, write_report
+from qat.report import CalibrationRecord, DataSummary, RecipeSummary, RunReport, bucket_chart, write_report
 from qat.session import Session, open_session
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     variants = {variant: evaluate(table, tables[Variant.FP32], session.data) for variant, table in tables.items()}
     for variant, values in variants.items():
         accelerator.log({f"eval/{variant}/{key}": value for key, value in values.items()}, step=0)
+    buckets = score_buckets(tables, session.data)
+    accelerator.get_tracker("tensorboard", unwrap=True).add_figure("eval/score_buckets", bucket_chart(buckets))
     accelerator.end_training()
 
     report = RunReport(
@@ -102,6 +104,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
         data=DataSummary(len(session.data.heldout), len(session.data.guard), list(session.data.tasks),
                          len(session.calibration), training_set.counts() if training_set else {}),
         recovery=decision, training=training, final="qat" if training is not None else "ptq", variants=variants,
+        buckets=buckets,
         exports=exports, weight_range=ptq.qconf.weight_range, cpu_has_vnni=cpu_has_vnni(), seconds=seconds,
         versions=library_versions())
     path = write_report(run_dir, report)

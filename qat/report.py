@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from qat.atomic import write_json, write_text
-from qat.evaluate import Metrics, Variant, higher_is_better
+from qat.evaluate import Metrics, ScoreBuckets, Variant, higher_is_better
 from qat.export.verify import ExportRecord
 from qat.quant.config import CalibConfig, EqualizeConfig, SmoothQuantConfig
 from qat.recovery import RecoveryDecision, TrainingSummary
@@ -49,6 +49,7 @@ class RunReport:
     training: TrainingSummary | None
     final: str          # 'ptq' or 'qat': the model the run delivers
     variants: dict[Variant, Metrics]
+    buckets: ScoreBuckets
     exports: dict[str, ExportRecord]
     weight_range: tuple[int, int] | None
     cpu_has_vnni: bool
@@ -126,12 +127,43 @@ def variant_table(variants: dict[Variant, Metrics]) -> list[str]:
     return lines
 
 
+def bucket_table(buckets: ScoreBuckets) -> list[str]:
+    """The held-out score distribution of every model, bucket by bucket (share of scores, %)."""
+    header = ["score bucket", *(variant.title for variant in buckets.counts)]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    totals = {variant: max(sum(counts), 1) for variant, counts in buckets.counts.items()}
+    for i, (low, high) in enumerate(zip(buckets.edges, buckets.edges[1:])):
+        shares = [f"{100 * counts[i] / totals[variant]:.1f}" for variant, counts in buckets.counts.items()]
+        lines.append(f"| {low:.4g} .. {high:.4g} | " + " | ".join(shares) + " |")
+    return lines
+
+
+def bucket_chart(buckets: ScoreBuckets):
+    """The bucket table as grouped bars, for TensorBoard."""
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(8, 3.5))
+    width = 0.8 / len(buckets.counts)
+    for i, (variant, counts) in enumerate(buckets.counts.items()):
+        total = max(sum(counts), 1)
+        axes.bar([b + i * width for b in range(len(counts))], [100 * c / total for c in counts], width,
+                 label=variant.title)
+    axes.set_xticks(range(len(buckets.edges) - 1), [f"{e:.2f}" for e in buckets.edges[:-1]], fontsize=7)
+    axes.set_xlabel("score bucket (lower edge)")
+    axes.set_ylabel("% of held-out scores")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
 def render_markdown(report: RunReport) -> str:
     lines = [f"# qat run: {report.model}", "", _recipe_line(report), "", _recovery_line(report), "",
              *variant_table(report.variants)]
     lines += ["", "Cosine and EMD compare with fp32 (pooled embeddings of the held-out and guard texts; EMD between"
               " similarity-score distributions). Spearman, MAP, NDCG and recall are x100. Training texts (distinct, by "
               f"source): {report.data.train_texts or 'none'}.", ""]
+    lines += ["Held-out score distribution (% per bucket of fp32's range; a score model's outputs, or the similarity "
+              "of every pair of held-out texts):", "", *bucket_table(report.buckets), ""]
     lines += [_export_line(name, export) for name, export in report.exports.items()]
     lines += ["", f"Final model: {report.final.upper()} (`{report.exports[report.final].path}`).",
               "LayerNorm, GELU and softmax stay fp32: IPEX has no int8 kernel for them.",

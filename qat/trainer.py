@@ -304,7 +304,7 @@ class Trainer:
                 self.state.step += 1
                 self._after_step(loss, grad_norm, bar, (start, first_step), end)
                 self.state.seconds = resumed_seconds + time.perf_counter() - start
-                if cfg.patience is not None or cfg.max_minutes is not None:
+                if self.state.step < end and (cfg.patience is not None or cfg.max_minutes is not None):
                     # the main process decides (only it evaluates, and clocks differ): every process stops together
                     [self.state.stopped] = broadcast_object_list([self._stop_reason(self.state.seconds)])
                 if self.state.step % cfg.save_every == 0 or self.state.step == end or self.state.stopped:

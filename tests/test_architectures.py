@@ -1,20 +1,22 @@
-"""The BERT family's encoders, each a tiny random-weight config saved next to a tokenizer, through the whole
-recovery run: calibrate -> fake-quant -> a few QAT steps -> IPEX export -> parity, for the default and the
-full-operator recipe (with equalization and, where the architecture allows it, SmoothQuant)."""
+"""The BERT family's encoders, each a tiny random-weight config saved next to a tokenizer, as an embedding model
+and with a sequence-classification head, through the whole recovery run: calibrate -> fake-quant -> a few QAT
+steps -> IPEX export -> parity, for the default and the full-operator recipe (with equalization and, where the
+architecture allows it, SmoothQuant)."""
 import json
 
 import pytest
 import torch
-from transformers import (AutoModel, AutoTokenizer, BertConfig, DistilBertConfig, ElectraConfig, ErnieConfig,
+from torch import nn
+from transformers import (AutoModel, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DistilBertConfig, ElectraConfig, ErnieConfig,
                           MPNetConfig, PretrainedConfig, RobertaConfig, XLMRobertaConfig)
 
 from qat.artifact import METADATA_FILE
-from qat.config import RunConfig
+from qat.config import ModelConfig, RunConfig
 from qat.entry import job_config
 from qat.errors import QatError
 from qat.export.folder import read_export_info
 from qat.int8_model import load_int8
-from qat.load import resolve_model_path
+from qat.load import load_encoder, resolve_model_path
 from qat.pipeline import run_pipeline
 
 SIZE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -30,23 +32,26 @@ ARCHITECTURES: dict[str, PretrainedConfig] = {
     "mpnet": MPNetConfig(**SIZE, **OFFSET_POSITIONS),
 }
 # Where SmoothQuant's runtime multiply has no module input of its own to sit on: DistilBERT's attention gets Q, K
-# and V by keyword and its FFN owns both Linears; ELECTRA's embedding projection reads inside the model's forward.
-NO_SMOOTHQUANT = {"distilbert", "electra"}
-RUN = ["model.max_length=32", "calib.samples=64", "+data.heldout.limit=40", "~data.guard", "recovery.force=true",
+# and V by keyword and its FFN owns both Linears.
+NO_SMOOTHQUANT = {"distilbert"}
+RUN = ["model.max_length=32", "calib.samples=64", "+data.heldout.limit=40", "recovery.force=true",
        "train.steps=2", "train.lr=1e-4", "train.batch_size=8", "teacher=fp32"]
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory) -> dict[str, str]:
+def model_dirs(tmp_path_factory) -> dict[tuple[str, str], str]:
+    """(architecture, kind) -> a saved model: the bare encoder, or the encoder with a one-score head."""
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("bundled:all-MiniLM-L6-v2"))
     folders = {}
     for name, config in ARCHITECTURES.items():
-        torch.manual_seed(0)
-        config.vocab_size = tokenizer.vocab_size
-        folders[name] = tmp_path_factory.mktemp(name)
-        AutoModel.from_config(config).save_pretrained(folders[name])
-        tokenizer.save_pretrained(folders[name])
-    return {name: str(folder) for name, folder in folders.items()}
+        for kind, auto in (("embedding", AutoModel), ("scores", AutoModelForSequenceClassification)):
+            torch.manual_seed(0)
+            config.vocab_size, config.num_labels = tokenizer.vocab_size, 1
+            folder = tmp_path_factory.mktemp(f"{name}_{kind}")
+            auto.from_config(config).save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            folders[name, kind] = str(folder)
+    return folders
 
 
 def full_recipe(name: str) -> list[str]:
@@ -54,23 +59,33 @@ def full_recipe(name: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("kind", ["embedding", "scores"])
 @pytest.mark.parametrize("recipe", ["default", "full"])
-def test_every_architecture_trains_and_exports_what_it_simulates(model_dirs, name, recipe, tmp_path,
+def test_every_architecture_trains_and_exports_what_it_simulates(model_dirs, name, kind, recipe, tmp_path,
                                                                  fresh_accelerate_state):
+    """Every Linear of the model (a score head's too) runs in int8, the export is the simulation exactly when
+    unfused, and a score model's export takes token_type_ids where the architecture has segment embeddings."""
+    folder = model_dirs[name, kind]
     overrides = ["quant=ipex_default"] if recipe == "default" else full_recipe(name)
-    cfg = job_config("train", RunConfig, [f"model.name_or_path={model_dirs[name]}", *RUN, *overrides])
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={folder}", *RUN, *overrides])
     report = run_pipeline(cfg, tmp_path / "run")
     assert report.final == "qat" and report.training.step == 2
-    embedding_projection = 1 if name == "electra" else 0
+    encoder = load_encoder(ModelConfig(folder, max_length=32))
+    linears = sum(isinstance(m, nn.Linear) for m in encoder.model.modules())
     for export in report.exports.values():
         assert export.parity.unfused_max_abs_diff == 0.0 and export.parity.passed
-        assert export.graph_int8_ops["linear"] == 12 + embedding_projection and export.graph_int8_ops["matmul"] == 4
+        assert export.graph_int8_ops["linear"] == linears and export.graph_int8_ops["matmul"] == 4
         assert (export.graph_int8_ops["add"] > 0) == (recipe == "full")
+    info = read_export_info(tmp_path / "run" / "export" / "qat")
+    segments = kind == "scores" and getattr(ARCHITECTURES[name], "type_vocab_size", 0) > 1   # segment embeddings
+    assert info.kind == kind and ("token_type_ids" in info.input_names) == segments
+    fidelity = "score_diff_mean" if kind == "scores" else "cosine_mean"
+    assert report.recovery.metric == fidelity and f"guard/{fidelity}" in report.variants["qat_int8"]
 
 
 @pytest.mark.parametrize("name", sorted(NO_SMOOTHQUANT))
 def test_smoothquant_names_what_it_cannot_place(model_dirs, name, tmp_path, fresh_accelerate_state):
-    cfg = job_config("train", RunConfig, [f"model.name_or_path={model_dirs[name]}", *RUN, "quant=full_int8",
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={model_dirs[name, 'embedding']}", *RUN, "quant=full_int8",
                                           "smoothquant=on", "smoothquant.alpha=0.5"])
     with pytest.raises(QatError, match="SmoothQuant .*expected smoothquant.modules to leave"):
         run_pipeline(cfg, tmp_path / "run")
@@ -79,7 +94,7 @@ def test_smoothquant_names_what_it_cannot_place(model_dirs, name, tmp_path, fres
 def test_cls_pooling_is_recorded_and_read_back(model_dirs, tmp_path, fresh_accelerate_state):
     """A BGE-style model ([CLS] pooling): the PTQ artifact and the export say so, and the export's embeddings
     are the [CLS] state (they differ from mean pooling's)."""
-    cfg = job_config("train", RunConfig, [f"model.name_or_path={model_dirs['bert']}", *RUN, "model.pooling=cls",
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={model_dirs['bert', 'embedding']}", *RUN, "model.pooling=cls",
                                           "quant=full_int8"])
     run_dir = tmp_path / "run"
     report = run_pipeline(cfg, run_dir)

@@ -15,7 +15,8 @@ from conftest import REPO
 from qat.calibrate import calibrate
 from qat.config import TrainConfig
 from qat.quant.config import CalibConfig, QuantConfig
-from qat.distill import distillation_loss, record_blocks, transformer_blocks
+from qat.distill import distillation_loss, record_blocks
+from qat.quant.structure import transformer_blocks
 from qat.errors import QatError
 from qat.evaluate import EvalData, embed, evaluate
 from qat.load import batches, pool

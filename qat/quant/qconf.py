@@ -39,7 +39,7 @@ class QuantOp:
 
     @property
     def fqn(self) -> str:
-        return self.info["fqn"]
+        return self.info["fqn"] or ""   # '' (the wrapper) for a module made inside a forward
 
     @property
     def name(self) -> str:
@@ -83,7 +83,7 @@ class QuantOp:
         return any(q is not None for q in self.input_qparams())
 
 
-def _classify(op_type: str, is_module: bool, module_op_types: list[str], fqn: str) -> str:
+def _classify(op_type: str, is_module: bool, module_op_types: list[str], fqn: str | None) -> str:
     if is_module:
         return "linear" if "Linear" in op_type else "other"
     if "matmul" in op_type or "bmm" in op_type:
@@ -92,12 +92,17 @@ def _classify(op_type: str, is_module: bool, module_op_types: list[str], fqn: st
         # The add between the two attention products adds the mask (scale near 1e36): never int8.
         if any("matmul" in t or "bmm" in t for t in module_op_types):
             return "mask_add"
-        return "embedding_add" if fqn.endswith("embeddings") else "residual_add"
+        return "embedding_add" if (fqn or "").endswith("embeddings") else "residual_add"
     return "other"
 
 
-OP_INFO_FIELDS = {"op_type": str, "fqn": str, "input_tensor_infos": list, "weight_tensor_infos": list,
+# fqn is null for an op of a module made inside a forward (DistilBERT's classification head calls nn.ReLU()(x)).
+OP_INFO_FIELDS = {"op_type": str, "fqn": (str, type(None)), "input_tensor_infos": list, "weight_tensor_infos": list,
                   "output_tensor_infos": list, "activation_observer": dict, "weight_observer": dict}
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    return kind[0].__name__ if isinstance(kind, tuple) else kind.__name__
 
 
 def _shape_problem(data: Any) -> str | None:
@@ -112,8 +117,8 @@ def _shape_problem(data: Any) -> str | None:
             if not index.isdigit() or not isinstance(info, dict):
                 return f"op {index!r} of module {state_key!r} is not an op record keyed by its position"
             for name, kind in OP_INFO_FIELDS.items():
-                if not isinstance(info.get(name), kind):
-                    return f"op {index} of module {state_key!r} has no {kind.__name__} field {name!r}"
+                if name not in info or not isinstance(info[name], kind):
+                    return f"op {index} of module {state_key!r} has no {_type_name(kind)} field {name!r}"
     return None
 
 

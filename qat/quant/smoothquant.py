@@ -27,6 +27,7 @@ from qat.quant.config import QuantConfig, SmoothQuantConfig
 from qat.quant.equalize import attention_projections, check_function
 from qat.quant.qconf import Qconf, QuantOp
 from qat.quant.stats import Batch, TensorStats
+from qat.quant.structure import block_paths
 
 SMOOTH_BUFFER = "smooth_inv_scale"
 _SMOOTHED_CLASSES: dict[type, type] = {}
@@ -64,14 +65,17 @@ def restore_smoothing(model: nn.Module, buffers: dict[str, torch.Tensor]) -> Non
         smooth_input(model.get_submodule(path), inv_scale)
 
 
-def smoothing_groups(qconf: Qconf, quant: QuantConfig, cfg: SmoothQuantConfig) -> list[list[QuantOp]]:
-    """The recipe's int8 Linears (of the selected modules) grouped by the tensor they read: Q/K/V share theirs,
-    so they share one factor per input channel."""
+def smoothing_groups(qconf: Qconf, quant: QuantConfig, cfg: SmoothQuantConfig, blocks: list[str]) -> list[list[QuantOp]]:
+    """The recipe's int8 Linears inside the transformer blocks (of the selected modules) grouped by the tensor
+    they read: Q/K/V share theirs, so they share one factor per input channel. Linears outside the blocks (an
+    embedding projection, a score head's pooler and classifier) read one token's state or run once per model,
+    and have no module input of their own for the runtime multiply: they are not smoothed."""
     recipe = qconf.with_recipe(quant)
     patterns = [re.compile(p) for p in cfg.modules]
     groups: dict[int, list[QuantOp]] = {}
     for op in recipe.ops:
-        if op.kind == "linear" and op.quantized and any(p.fullmatch(_owner(op)) for p in patterns):
+        inside = any(op.name.startswith(block + ".") for block in blocks)
+        if op.kind == "linear" and op.quantized and inside and any(p.fullmatch(_owner(op)) for p in patterns):
             groups.setdefault(op.info["input_tensor_infos"][0]["id"], []).append(op)
     if not groups:
         raise QatError(f"smoothquant.modules={cfg.modules} selects no int8 Linear; expected module paths such as "
@@ -102,7 +106,7 @@ def migrate(model: nn.Module, qconf: Qconf, stats: dict[int, TensorStats], batch
     migrated = copy.deepcopy(model)
     value_of = {block.output: block.value for block in attention_projections(migrated)}
     owners: set[str] = set()
-    for ops in smoothing_groups(qconf, quant, cfg):
+    for ops in smoothing_groups(qconf, quant, cfg, block_paths(model)):
         linears = [migrated.get_submodule(op.name) for op in ops]
         act_max = stats[ops[0].info["input_tensor_infos"][0]["id"]].channel_max(batches).float()
         weight_max = torch.stack([linear.weight.abs().amax(0) for linear in linears]).amax(0)

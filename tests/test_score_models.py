@@ -1,0 +1,104 @@
+"""Score models (cross-encoders, relevance models): a tiny random-weight BertForSequenceClassification reads
+(text_a, text_b) pairs through the whole run, is scored on pair and rerank task sets, and its export predicts."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig
+
+from qat.config import EvaluateRunConfig, ModelConfig, RunConfig
+from qat.data import builtin_sentences
+from qat.entry import job_config
+from qat.errors import QatError
+from qat.evaluate_export import run_evaluation
+from qat.int8_model import load_int8
+from qat.load import load_encoder, resolve_model_path
+from qat.pipeline import run_pipeline
+
+RUN = ["model.max_length=32", "calib.samples=64", "+data.heldout.limit=40", "recovery.force=true", "train.steps=2",
+       "train.lr=1e-4", "train.batch_size=8", "teacher=fp32", "quant=full_int8"]
+
+
+@pytest.fixture(scope="module")
+def score_model(tmp_path_factory):
+    """labels -> a saved tiny cross-encoder (1: one relevance score; 3: class logits)."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("bundled:all-MiniLM-L6-v2"))
+    folders = {}
+    for labels in (1, 3):
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=64, num_labels=labels)
+        folders[labels] = tmp_path_factory.mktemp(f"cross_encoder_{labels}")
+        AutoModelForSequenceClassification.from_config(config).save_pretrained(folders[labels])
+        tokenizer.save_pretrained(folders[labels])
+    return folders
+
+
+@pytest.fixture(scope="module")
+def task_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tasks")
+    sentences = builtin_sentences()
+    rng = np.random.default_rng(0)
+    rows = [f"{rng.uniform(0, 5):.2f}\t{sentences[i]}\t{sentences[i + 100]}" for i in range(40)]
+    (folder / "sts_dev.tsv").write_text("score\tsentence1\tsentence2\n" + "\n".join(rows) + "\n")
+    queries = [{"query": sentences[200 + i], "positive": [sentences[210 + i]],
+                "negative": [sentences[220 + i], sentences[230 + i]]} for i in range(8)]
+    (folder / "rerank_dev.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    return [f"+data.tasks.sts_dev={{kind: file, path: {folder / 'sts_dev.tsv'}, format: pairs}}",
+            f"+data.tasks.rerank_dev={{kind: file, path: {folder / 'rerank_dev.jsonl'}, format: rerank}}"]
+
+
+@pytest.mark.parametrize("labels", [1, 3])
+def test_a_cross_encoder_runs_end_to_end_and_its_export_predicts(score_model, task_files, labels, tmp_path,
+                                                                 tiny_model_dir, fresh_accelerate_state):
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={score_model[labels]}", *RUN, *task_files])
+    run_dir = tmp_path / "run"
+    report = run_pipeline(cfg, run_dir)
+    assert report.final == "qat" and report.recovery.metric == "score_diff_mean"
+    for export in report.exports.values():
+        # 12 encoder Linears, the pooler's dense and the classifier
+        assert export.graph_int8_ops["linear"] == 14 and export.parity.unfused_max_abs_diff == 0.0
+        assert export.parity.passed
+    metrics = report.variants["qat_int8"]
+    for key in ("score_diff_mean", "score_diff_max", "emd_heldout_pairs", "guard/score_diff_mean", "sts_dev/spearman",
+                "sts_dev/pearson", "sts_dev/score_diff_max", "sts_dev/emd", "rerank_dev/map", "rerank_dev/mrr@10",
+                "rerank_dev/ndcg@10"):
+        assert np.isfinite(metrics[key]), key
+    assert "cosine_mean" not in metrics
+
+    model = load_int8(run_dir / "export" / "qat")
+    pairs = [("a question about the weather", "it will rain tomorrow"), ("short", "a much longer second text here")]
+    scores = model.predict(pairs, show_progress_bar=False)
+    assert scores.shape == ((2,) if labels == 1 else (2, labels))
+    # One pair alone gets the score it gets in a batch (per-batch padding does not change it).
+    alone = model.predict(pairs[:1], show_progress_bar=False)
+    assert np.allclose(alone[0], scores[0], atol=1e-3)
+    with pytest.raises(QatError, match="score model; expected predict"):
+        model.encode(["a text"])
+    # Scoring this export against an embedding model's fp32 is refused before anything is evaluated.
+    evaluation = job_config("evaluate", EvaluateRunConfig, [f"model.name_or_path={tiny_model_dir}", "model.max_length=32",
+                                                            f"target.folder={run_dir / 'export' / 'qat'}"])
+    with pytest.raises(QatError, match=r"holds a model of kind 'scores' but model\.\* .* is of kind 'embedding'"):
+        run_evaluation(evaluation, tmp_path / "evaluation")
+
+
+def test_the_checkpoint_decides_the_kind(score_model, tiny_model_dir):
+    assert load_encoder(ModelConfig(str(score_model[1]), max_length=32)).kind == "scores"
+    assert load_encoder(ModelConfig(str(tiny_model_dir), max_length=32)).kind == "embedding"
+    with pytest.raises(QatError, match="is a sequence-classification checkpoint .*expected model.kind=scores or auto"):
+        load_encoder(ModelConfig(str(score_model[1]), max_length=32, kind="embedding"))
+    with pytest.raises(QatError, match="is not a sequence-classification checkpoint"):
+        load_encoder(ModelConfig(str(tiny_model_dir), max_length=32, kind="scores"))
+
+
+def test_a_retrieval_set_is_refused_for_a_score_model(score_model, tmp_path, fresh_accelerate_state):
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text('{"_id": "d1", "text": "a document"}\n')
+    (beir / "queries.jsonl").write_text('{"_id": "q1", "text": "a query"}\n')
+    (beir / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={score_model[1]}", *RUN,
+                                          f"+data.tasks.ret_dev={{kind: file, path: {beir}, format: beir, split: dev}}"])
+    with pytest.raises(QatError, match="'ret_dev' is a BEIR retrieval set, which needs single texts"):
+        run_pipeline(cfg, tmp_path / "run")
