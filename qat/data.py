@@ -192,7 +192,9 @@ def load_retrieval(source: SourceConfig) -> RetrievalSet:
 def load_texts(source: SourceConfig, pairs: bool = False) -> list[Text]:
     """Unlabelled inputs of any format: single texts (pairs give both sentences, reranking gives queries and
     candidates, BEIR gives queries and documents), or with `pairs` what a score model reads: the sentence pairs,
-    (query, candidate), (query, judged document), or each text paired with the next."""
+    (query, candidate), (query, judged document), or each text paired with the next (the last with the first).
+    Single texts are deduplicated; pairs are not, so that a source of n rows gives n pairs (a calibration limit
+    counts the same for both kinds of model)."""
     if source.format == "beir":
         retrieval = load_retrieval(source)
         if pairs:
@@ -203,7 +205,7 @@ def load_texts(source: SourceConfig, pairs: bool = False) -> list[Text]:
     if source.format == "text":
         texts = [str(r["text"]) for r in rows]
         if pairs:
-            texts = list(zip(texts[0::2], texts[1::2]))
+            texts = list(zip(texts, texts[1:] + texts[:1]))
     elif source.format == "pairs":
         texts = ([(str(r["sentence1"]), str(r["sentence2"])) for r in rows] if pairs
                  else [str(r[c]) for r in rows for c in ("sentence1", "sentence2")])
@@ -211,9 +213,7 @@ def load_texts(source: SourceConfig, pairs: bool = False) -> list[Text]:
         candidates = [(str(r["query"]), [str(c) for c in [*r["positive"], *r["negative"]]]) for r in rows]
         texts = ([(q, c) for q, cs in candidates for c in cs] if pairs
                  else [t for q, cs in candidates for t in [q, *cs]])
-    if not texts:
-        raise QatError(f"data source {source.path!r} yields no pair; expected at least two texts")
-    return list(dict.fromkeys(texts))
+    return texts if pairs else list(dict.fromkeys(texts))
 
 
 def _score(value: Any, row: int, where: str) -> float:
