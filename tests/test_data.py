@@ -23,6 +23,9 @@ def test_sts_tsv_with_bare_quotes(tmp_path):
     assert pairs.sentence1 == ['He said "hi".', "A cat."] and pairs.sentence2[1] == 'A "dog' and pairs.scores == [5.0, 0.5]
     texts = load_texts(SourceConfig(kind="file", path=str(path), format="pairs"))
     assert texts == ['He said "hi".', "He said hi.", "A cat.", 'A "dog']
+    # A score model reads the rows as pairs, one input per row.
+    assert load_texts(SourceConfig(kind="file", path=str(path), format="pairs"), pairs=True) == [
+        ('He said "hi".', "He said hi."), ("A cat.", 'A "dog')]
 
 
 def test_rerank_jsonl(tmp_path):
@@ -32,6 +35,15 @@ def test_rerank_jsonl(tmp_path):
     rerank = load_task(SourceConfig(kind="file", path=str(path), format="rerank"))
     assert isinstance(rerank, RerankSet) and rerank.negatives == [["n1", "n2"]]
     assert load_texts(SourceConfig(kind="file", path=str(path), format="rerank")) == ["q1", "p1", "n1", "n2"]
+    assert load_texts(SourceConfig(kind="file", path=str(path), format="rerank"), pairs=True) == [
+        ("q1", "p1"), ("q1", "n1"), ("q1", "n2")]
+
+
+def test_plain_texts_pair_with_the_next_so_n_texts_give_n_pairs():
+    sentences = builtin_sentences()
+    pairs = load_texts(SourceConfig(limit=3), pairs=True)
+    assert pairs == [(sentences[0], sentences[1]), (sentences[1], sentences[2]), (sentences[2], sentences[0])]
+    assert len(load_texts(SourceConfig(limit=256), pairs=True)) == 256
 
 
 def test_hub_loader_on_a_local_dataset_folder(tmp_path):
