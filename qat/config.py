@@ -180,14 +180,14 @@ class RecoveryConfig:
 @dataclass
 class TeacherConfig:
     """Distillation teacher: the fp32 model, or the int8 PTQ model under its own (partial-operator) recipe,
-    simulated with the same calibration as the student."""
+    simulated with the same calibration as the student; auto: int8 unless the student runs the teacher's recipe."""
 
-    kind: str = "int8"
+    kind: str = "auto"
     ops: list[str] = field(default_factory=lambda: ["linear", "matmul"])
     skip: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        check_choice("teacher.kind", self.kind, ("int8", "fp32"))
+        check_choice("teacher.kind", self.kind, ("auto", "int8", "fp32"))
         QuantConfig(ops=self.ops, skip=self.skip)  # same validation as the student's recipe
 
 

@@ -82,15 +82,17 @@ def student_settings(cfg: RunConfig, ptq_model: PreTrainedModel, qconf: Qconf) -
     return {**settings, "ptq.content": content.hexdigest()}
 
 
-def build_teacher(cfg: RunConfig, ptq_model: PreTrainedModel, qconf: Qconf, fp32: nn.Module) -> nn.Module:
-    """fp32, or the PTQ model under the teacher's recipe (frozen, same scales as the student)."""
-    if cfg.teacher.kind == "fp32":
-        return fp32
+def build_teacher(cfg: RunConfig, ptq_model: PreTrainedModel, qconf: Qconf, fp32: nn.Module) -> tuple[nn.Module, str]:
+    """The teacher and its kind: fp32, or the PTQ model under the teacher's recipe (frozen, same scales as the
+    student); teacher=auto takes fp32 where the student's recipe is the teacher's."""
     recipe = qconf.with_recipe(QuantConfig(ops=cfg.teacher.ops, skip=cfg.teacher.skip))
-    if recipe.data == qconf.data:
+    is_student = recipe.data == qconf.data
+    if cfg.teacher.kind == "fp32" or (cfg.teacher.kind == AUTO and is_student):
+        return fp32, "fp32"
+    if is_student:
         raise QatError(f"teacher=int8 with ops {cfg.teacher.ops} and skip {cfg.teacher.skip} is the student itself "
                        "(the distillation loss would be zero); expected a partial-operator teacher recipe or teacher=fp32")
-    return simulate(ptq_model, recipe).eval()
+    return simulate(ptq_model, recipe).eval(), "int8"
 
 
 @dataclass
@@ -159,7 +161,8 @@ def recover(cfg: RunConfig, accelerator: Accelerator, session: Session, ptq_mode
             texts: list[Text], run_dir: Path) -> tuple[FakeQuantModel, TrainingSummary]:
     """Recovery training on `texts`; returns the student with its best dev weights and what the training did.
     With train.lr=auto the candidates' trials run first and the best one continues from its last checkpoint."""
-    teacher = build_teacher(cfg, ptq_model, qconf, session.fp32())
+    teacher, teacher_kind = build_teacher(cfg, ptq_model, qconf, session.fp32())
+    log.info("teacher: %s", teacher_kind)
     settings = student_settings(cfg, ptq_model, qconf)
     checkpoints = run_dir / CHECKPOINT_DIR
 
@@ -186,6 +189,6 @@ def recover(cfg: RunConfig, accelerator: Accelerator, session: Session, ptq_mode
     if result.best_weights is not None:
         student.load_state_dict(load_file(str(result.best_weights)))
     state = dataclasses.replace(result.state, seconds=result.state.seconds + other_seconds)
-    summary = TrainingSummary(**asdict(state), seconds_per_step=result.seconds_per_step, teacher=cfg.teacher.kind,
+    summary = TrainingSummary(**asdict(state), seconds_per_step=result.seconds_per_step, teacher=teacher_kind,
                               processes=accelerator.num_processes, lr=trainer.cfg.lr, lr_choice=choice)
     return student, summary

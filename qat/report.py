@@ -63,10 +63,14 @@ def _fmt(value: Any) -> str:
 
 def _recovery_line(report: RunReport) -> str:
     decision, training = report.recovery, report.training
-    head = (f"PTQ loss on dev {decision.metric}: {decision.ptq_loss:.4%} relative "
-            f"(fp32 {decision.fp32:.4f}, PTQ {decision.ptq:.4f}; threshold {decision.threshold:.2%}).")
+    loss = (f"{decision.ptq_loss:.4%} relative" if higher_is_better(decision.metric)
+            else f"{decision.ptq_loss:.4f} (a distance: absolute)")
+    head = (f"PTQ loss on dev {decision.metric}: {loss} (fp32 {decision.fp32:.4f}, PTQ {decision.ptq:.4f}; "
+            f"threshold {decision.threshold:.4g}).")
     if training is None:
-        return head + (" No training needed: the PTQ model is the result." if not decision.force else "")
+        wanted = decision.force or decision.ptq_loss > decision.threshold
+        return head + (" Training is off (train=none): the PTQ model is the result." if wanted
+                       else " No training needed: the PTQ model is the result.")
     stop = {"patience": " (stopped early: no better dev metric in train.patience evaluations)",
             "max_minutes": " (stopped at train.max_minutes)"}.get(training.stopped, "")
     lr = f"lr {training.lr:g}"

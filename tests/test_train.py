@@ -111,10 +111,22 @@ def test_nan_loss_stops_with_step_and_keeps_a_finite_best(tiny_encoder, qconf, t
 def test_int8_teacher_must_differ_from_the_student(tiny_model_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "qat.train", f"hydra.run.dir={tmp_path / 'run'}", f"model.name_or_path={tiny_model_dir}",
-         "model.max_length=32", "calib.samples=64", "recovery.force=true"],
+         "model.max_length=32", "calib.samples=64", "recovery.force=true", "teacher=int8"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2
     assert "is the student itself" in result.stderr.splitlines()[-1]
+
+
+def test_the_automatic_teacher_is_fp32_where_the_student_runs_the_teacher_recipe(tiny_encoder, qconf):
+    from qat.config import RunConfig, TeacherConfig
+    from qat.recovery import build_teacher
+
+    fp32 = torch.nn.Identity()
+    default = RunConfig(teacher=TeacherConfig(kind="auto"))
+    assert build_teacher(default, tiny_encoder.model, qconf.with_recipe(QuantConfig()), fp32) == (fp32, "fp32")
+    full = qconf.with_recipe(QuantConfig(ops=["linear", "matmul", "add"]))
+    teacher, kind = build_teacher(default, tiny_encoder.model, full, fp32)
+    assert kind == "int8" and teacher is not fp32
 
 
 def test_resume_from_another_config_is_refused(tiny_encoder, qconf, texts, tmp_path):
