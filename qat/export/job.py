@@ -43,7 +43,7 @@ def run_export(cfg: ExportRunConfig, run_dir: Path) -> ExportRecord:
     sim = simulate(artifact.encoder.model, artifact.qconf).eval()
     if cfg.source.weights:
         load_student_weights(sim, Path(cfg.source.weights))
-    heldout = load_texts(cfg.data.heldout)
+    heldout = load_texts(cfg.data.heldout, artifact.encoder.pairs)
     fp32 = embed(EncoderModule(artifact.encoder.model).eval(), artifact.encoder, heldout, cfg.eval.batch_size)
     name = "qat" if cfg.source.weights else "ptq"
     record = export_verified(sim, artifact.encoder, heldout, fp32, cfg.export, run_dir / "export" / name,
