@@ -21,7 +21,7 @@ from qat.data import Text
 from qat.errors import QatError
 from qat.export.folder import ExportInfo, read_export_info
 from qat.export.ipex import MODEL_FILE, load_exported
-from qat.load import pool, text_length, tokenize_inputs
+from qat.load import model_outputs, text_length, tokenize_inputs
 from qat.progress import progress
 from qat.quant.stats import Batch
 
@@ -54,8 +54,7 @@ class Int8Encoder:
         for start in progress(starts, desc="encoding") if show_progress_bar is not False else starts:
             chosen = order[start:start + batch_size]
             batch = self._tokenize([texts[i] for i in chosen])
-            output = self.module(*batch)
-            vectors = output.float() if self.pairs else pool(output, batch[1], self.info.pooling, normalize_embeddings)
+            vectors = model_outputs(self.module(*batch), batch[1], self.pairs, self.info.pooling, normalize_embeddings)
             for i, vector in zip(chosen, vectors):
                 rows[i] = vector
         return torch.stack(rows) if rows else torch.empty(0)

@@ -152,9 +152,15 @@ def batches(encoder: Encoder, texts: list[Text], batch_size: int) -> Iterator[Ba
         yield tokenize(encoder, texts[start:start + batch_size])
 
 
+def model_outputs(output: torch.Tensor, attention_mask: torch.Tensor, pairs: bool, pooling: str,
+                  normalize: bool = True) -> torch.Tensor:
+    """What a model's outputs are compared and scored by: pooled embeddings (normalised unless asked not to),
+    or a score model's head outputs."""
+    return output.float() if pairs else pool(output, attention_mask, pooling, normalize)
+
+
 def outputs(encoder: Encoder, output: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """What a model's outputs are compared and scored by: pooled, normalised embeddings, or the head's scores."""
-    return output.float() if encoder.pairs else pool(output, attention_mask, encoder.pooling)
+    return model_outputs(output, attention_mask, encoder.pairs, encoder.pooling)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str, normalize: bool = True) -> torch.Tensor:
