@@ -22,9 +22,9 @@ MODEL_DIR, QCONF_FILE, METADATA_FILE = "model", "qconf.json", "metadata.json"
 VERSIONED = ("torch", "intel_extension_for_pytorch", "neural_compressor_pt", "transformers", "accelerate", "qat")
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(more: tuple[str, ...] = ()) -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for name in VERSIONED:
+    for name in VERSIONED + more:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -1,9 +1,10 @@
-"""Wall-clock medians for the benchmark scripts."""
+"""Wall-clock medians for the benchmark scripts, and variants timed side by side in interleaved rounds."""
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 
 def median_seconds(run: Callable[[], object], warmup: int, repeats: int) -> float:
@@ -16,3 +17,36 @@ def median_seconds(run: Callable[[], object], warmup: int, repeats: int) -> floa
         run()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+@dataclass
+class Timed:
+    """One variant's medians, one per round, or the error that stopped it (a kernel this CPU cannot run is
+    reported, never hidden)."""
+
+    rounds: list[float]
+    error: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(self.rounds)
+
+
+def first_error_line(error: Exception) -> str:
+    lines = str(error).splitlines() or [type(error).__name__]
+    return next((line for line in lines if line.startswith("RuntimeError")), lines[0])
+
+
+def interleaved_rounds(calls: dict[str, Callable[[], object]], rounds: int, warmup: int, repeats: int) -> dict[str, Timed]:
+    """Every variant timed once per round, round after round, so that a shared machine's slow drift hits all
+    variants alike; the median of the rounds is the figure."""
+    timed = {name: Timed([]) for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            if timed[name].error:
+                continue
+            try:
+                timed[name].rounds.append(median_seconds(call, warmup, repeats))
+            except RuntimeError as error:
+                timed[name].error = first_error_line(error)
+    return timed

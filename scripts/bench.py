@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,9 +21,9 @@ warnings.filterwarnings("ignore")
 from qat.artifact import library_versions, read_ptq_artifact  # noqa: E402
 from qat.export.ipex import load_exported  # noqa: E402  (imports IPEX: registers the int8 kernels)
 from qat.ipex_backend import ipex  # noqa: E402
-from qat.quant.wrapper import EncoderModule  # noqa: E402
 from qat.numerics import cpu_has_vnni  # noqa: E402
-from qat.timing import median_seconds  # noqa: E402
+from qat.quant.wrapper import EncoderModule  # noqa: E402
+from qat.timing import interleaved_rounds  # noqa: E402
 
 SHAPES = [("latency", 1, 32), ("latency", 1, 128), ("throughput", 32, 128), ("throughput", 128, 128)]
 
@@ -99,28 +99,19 @@ def main() -> None:
     rows = []
     for kind, batch, seq in SHAPES:
         shape = inputs(batch, seq, vocab)
-        rounds: dict[str, list[float]] = {name: [] for name in models}
-        seconds: dict[str, float | str] = {}
-        for _ in range(args.rounds):
-            for name, model in models.items():
-                if name in seconds:   # failed in an earlier round
-                    continue
-                try:
-                    with torch.no_grad():
-                        rounds[name].append(median_seconds(lambda: model(*shape), args.warmup, args.repeats))
-                except RuntimeError as error:  # a kernel this CPU cannot run: report it, do not hide the variant
-                    seconds[name] = next(line for line in str(error).splitlines() if line.startswith("RuntimeError")) \
-                        if "RuntimeError" in str(error) else str(error).splitlines()[0]
-        seconds.update({name: statistics.median(values) for name, values in rounds.items() if name not in seconds})
-        baseline = seconds.get("fp32 TorchScript")
-        for name, value in seconds.items():
+        with torch.no_grad():
+            timed = interleaved_rounds({name: partial(model, *shape) for name, model in models.items()},
+                                       args.rounds, args.warmup, args.repeats)
+        baseline = timed.get("fp32 TorchScript")
+        for name, result in timed.items():
             row = {"variant": name, "kind": kind, "batch": batch, "seq": seq}
-            if isinstance(value, str):
-                row["error"] = value
+            if result.error:
+                row["error"] = result.error
             else:
-                row.update(median_ms=1000 * value, sequences_per_s=batch / value,
-                           rounds_sequences_per_s=[batch / v for v in rounds[name]],
-                           speedup_vs_fp32_torchscript=baseline / value if isinstance(baseline, float) else None)
+                row.update(median_ms=1000 * result.seconds, sequences_per_s=batch / result.seconds,
+                           rounds_sequences_per_s=[batch / v for v in result.rounds],
+                           speedup_vs_fp32_torchscript=baseline.seconds / result.seconds
+                           if baseline and not baseline.error else None)
             rows.append(row)
     print(f"{'variant':<22}{'shape':<14}{'median ms':>11}{'seq/s':>9}{'x fp32 TS':>11}{'seq/s over rounds':>20}")
     for r in rows:

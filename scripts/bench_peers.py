@@ -1,0 +1,350 @@
+"""qat's int8 exports against every int8 runtime a user could pick instead, on this CPU.
+
+Every peer is built here from the run's own fp32 model and calibration texts: ONNX Runtime fp32, dynamic int8
+(per-channel weights) and static QDQ int8 (MinMax); OpenVINO fp32 and int8 through NNCF (transformer preset:
+SmoothQuant and fast bias correction); torch PT2E + Inductor int8 (X86InductorQuantizer). Weights are 7-bit where
+the CPU has no VNNI (the int16 saturation of u8 x s8 products), as in qat's own recipe. Each int8 peer is checked
+to run int8 (operators counted in the graph its runtime executes); one that does not is an error, not a row.
+Then all are scored on the same texts (batches of 32 padded to 128 tokens: cosine to fp32 embeddings and, with
+STS-B at hand, test Spearman) and timed side by side in one process (interleaved rounds, median).
+
+    pip install -e '.[peers]'       # onnxruntime, onnx, openvino, nncf
+    .venv/bin/python scripts/bench_peers.py --run outputs/runs/<run> [--run-qat outputs/runs/<recovery run>]
+
+Prints a table and writes --out (default <run>/bench_peers.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore")
+from bench import inputs, trace  # noqa: E402  (scripts/bench.py)
+
+from qat.artifact import library_versions  # noqa: E402
+from qat.config import ModelConfig, SourceConfig  # noqa: E402
+from qat.data import PairSet, load_task, load_texts  # noqa: E402
+from qat.evaluate import EvalData, Table, evaluate  # noqa: E402
+from qat.export.folder import read_export_info  # noqa: E402
+from qat.export.ipex import MODEL_FILE, load_exported  # noqa: E402
+from qat.load import Encoder, load_encoder, pool  # noqa: E402
+from qat.numerics import cpu_has_vnni  # noqa: E402
+from qat.timing import interleaved_rounds  # noqa: E402
+
+SHAPES = [(1, 128), (32, 128)]
+Run = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]   # (input_ids, attention_mask) -> last hidden state
+# Operators that compute in int8 in the graph ONNX Runtime runs (after its own graph optimisations).
+ORT_INT8_OPS = frozenset({"MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul",
+                          "QGemm", "QAttention", "QLinearAdd", "QLinearMul", "QLinearSoftmax"})
+
+
+@dataclass
+class Peer:
+    """A runtime ready to call, and the int8 operators counted in what it really executes (empty for fp32)."""
+
+    name: str
+    run: Run
+    int8_ops: dict[str, int]
+    build_seconds: float
+
+
+class HiddenStates(torch.nn.Module):
+    """The plain Hugging Face call (0/1 mask): what a user exports to another runtime."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def numpy_feed(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, np.ndarray]:
+    return {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+
+
+def export_onnx(module: torch.nn.Module, path: Path) -> Path:
+    example = inputs(2, 16, 2000)
+    torch.onnx.export(module, example, str(path), input_names=["input_ids", "attention_mask"],
+                      output_names=["last_hidden_state"], opset_version=17, dynamo=False,
+                      dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                                    "last_hidden_state": {0: "batch", 1: "seq"}})
+    return path
+
+
+def ort_session(path: Path, threads: int, workdir: Path) -> tuple[Run, dict[str, int]]:
+    """An ONNX Runtime session, and the int8 operators of the graph it optimised and runs."""
+    import onnx
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    optimized = workdir / f"{path.stem}.optimized.onnx"
+    options.optimized_model_filepath = str(optimized)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
+    return (lambda ids, mask: torch.from_numpy(session.run(None, numpy_feed(ids, mask))[0])), \
+        {op: n for op, n in ops.items() if op in ORT_INT8_OPS}
+
+
+def calibration_feeds(encoder: Encoder, texts: list[str], batch_size: int = 16) -> list[dict[str, np.ndarray]]:
+    feeds = []
+    for start in range(0, len(texts), batch_size):
+        batch = encoder.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
+                                  max_length=encoder.max_length, return_tensors="np")
+        feeds.append({"input_ids": batch["input_ids"].astype(np.int64),
+                      "attention_mask": batch["attention_mask"].astype(np.int64)})
+    return feeds
+
+
+def ort_dynamic(onnx_path: Path, threads: int, workdir: Path, reduce_range: bool) -> tuple[Run, dict[str, int]]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    out = workdir / "ort_dynamic.onnx"
+    quantize_dynamic(str(onnx_path), str(out), per_channel=True, reduce_range=reduce_range, weight_type=QuantType.QInt8)
+    return ort_session(out, threads, workdir)
+
+
+def ort_static(onnx_path: Path, threads: int, workdir: Path, reduce_range: bool,
+               feeds: list[dict[str, np.ndarray]]) -> tuple[Run, dict[str, int]]:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    prepared, out = workdir / "ort_prepared.onnx", workdir / "ort_static.onnx"
+    # Symbolic shape inference cannot follow the exported attention mask; ONNX's own shape inference suffices.
+    quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+    # MatMuls only (the Linears and both attention products, qat's default recipe): with ORT's default operator
+    # list the adds are quantized too, and MinMax ranges over the attention mask's -3.4e38 collapse the model.
+    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    op_types_to_quantize=["MatMul"],
+                    reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return ort_session(out, threads, workdir)
+
+
+def openvino_compiled(model, threads: int) -> tuple[Run, dict[str, int]]:
+    """A compiled OpenVINO model (fp32 inference precision: a bf16-capable CPU would otherwise run the fp32 parts
+    in bf16), and the int8 layers of its runtime graph."""
+    import openvino as ov
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
+                                                      "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    runtime = compiled.get_runtime_model()
+    int8 = Counter(op.get_rt_info()["layerType"].astype(str) for op in runtime.get_ops()
+                   if op.get_rt_info()["runtimePrecision"].astype(str) in ("u8", "i8")
+                   and op.get_rt_info()["layerType"].astype(str) in ("FullyConnected", "MatMul"))
+
+    def run(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(request.infer(numpy_feed(ids, mask))[0].copy())
+    return run, dict(int8)
+
+
+def openvino_nncf(onnx_path: Path, threads: int, feeds: list[dict[str, np.ndarray]], int8: bool) -> tuple[Run, dict[str, int]]:
+    import openvino as ov
+    model = ov.Core().read_model(str(onnx_path))
+    if int8:
+        import nncf
+        model = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds) * 16)
+    return openvino_compiled(model, threads)
+
+
+def pt2e_inductor(module: torch.nn.Module, feeds: list[dict[str, np.ndarray]]) -> tuple[Run, dict[str, int]]:
+    """torch's own int8 path: export, X86InductorQuantizer, calibrate, convert, compile with freezing."""
+    import torch._inductor.config as inductor_config
+    import torch.ao.quantization.quantizer.x86_inductor_quantizer as xiq
+    from torch.ao.quantization.quantize_pt2e import convert_pt2e, prepare_pt2e
+    batch, seq = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("seq", min=2, max=512)
+    # strict: torch 2.8's X86InductorQuantizer finds Linears by their source partitions, which only strict export
+    # records (non-strict export leaves every op unannotated: nothing would be quantized).
+    exported = torch.export.export(module, inputs(2, 16, 2000), dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}),
+                                   strict=True)
+    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(exported.module(), quantizer)
+    with torch.no_grad():
+        for feed in feeds:
+            prepared(*(torch.from_numpy(v) for v in feed.values()))
+    converted = convert_pt2e(prepared)
+    torch.ao.quantization.move_exported_model_to_eval(converted)
+    ops = Counter(str(node.target).split(".")[1] for node in converted.graph.nodes
+                  if node.op == "call_function" and "quantized_decomposed" in str(node.target)
+                  and "dequantize" not in str(node.target))
+    inductor_config.freezing = True
+    # Static shapes (one compilation per shape): with dynamic shapes Inductor's batch-1 call measured 30x slower.
+    compiled = torch.compile(converted, dynamic=False)
+    return (lambda ids, mask: compiled(ids, mask)), dict(ops)
+
+
+def build(name: str, make: Callable[[], tuple[Run, dict[str, int]]], int8: bool) -> Peer:
+    start = time.perf_counter()
+    run, ops = make()
+    if int8 and not ops:
+        raise SystemExit(f"error: peer {name!r} runs no int8 operator; expected a quantized graph")
+    peer = Peer(name, run, ops, time.perf_counter() - start)
+    print(f"built {name} in {peer.build_seconds:.0f} s; int8 operators: {ops or 'none'}", flush=True)
+    return peer
+
+
+def peers(encoder: Encoder, calibration: list[str], threads: int, workdir: Path, reduce_range: bool,
+          only: list[str] | None) -> list[Peer]:
+    fp32 = HiddenStates(encoder.model).eval()
+    onnx_path = export_onnx(fp32, workdir / "fp32.onnx")
+    feeds = calibration_feeds(encoder, calibration)
+    makers = {
+        "ONNX Runtime fp32": (partial(ort_session, onnx_path, threads, workdir), False),
+        "ONNX Runtime int8 dynamic": (partial(ort_dynamic, onnx_path, threads, workdir, reduce_range), True),
+        "ONNX Runtime int8 static QDQ": (partial(ort_static, onnx_path, threads, workdir, reduce_range, feeds), True),
+        "OpenVINO fp32": (partial(openvino_nncf, onnx_path, threads, feeds, False), False),
+        "OpenVINO int8 (NNCF)": (partial(openvino_nncf, onnx_path, threads, feeds, True), True),
+        "PT2E + Inductor int8": (partial(pt2e_inductor, fp32, feeds), True),
+    }
+    return [build(name, make, int8) for name, (make, int8) in makers.items() if only is None or name in only]
+
+
+def qat_peers(encoder: Encoder, exports: list[str]) -> list[Peer]:
+    """fp32 TorchScript (the reference of every ratio) and qat's IPEX int8 exports (LABEL=EXPORT_FOLDER)."""
+    module = HiddenStates(encoder.model).eval()
+    found = [Peer("fp32 TorchScript", trace(module, inputs(2, 32, 2000), bf16=False), {}, 0.0)]
+    for spec in exports:
+        label, _, folder = spec.partition("=")
+        path = Path(folder) / MODEL_FILE
+        if not label or not path.is_file():
+            raise SystemExit(f"error: --export {spec!r} names no export ({path} is missing); expected LABEL=EXPORT_FOLDER")
+        module = load_exported(path)
+        int8_ops = read_export_info(Path(folder)).int8_ops
+        found.append(Peer(f"qat {label}", lambda ids, mask, m=module: m(ids, mask), int8_ops, 0.0))
+    return found
+
+
+@torch.no_grad()
+def embed_fixed(run: Run, encoder: Encoder, texts: list[str], batch_size: int = 32, length: int = 128) -> Table:
+    """Pooled embeddings from batches of one shape (the last one filled up with repeats): a runtime that compiles
+    per shape (Inductor) compiles once, and every peer sees the same inputs."""
+    rows = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+        batch = encoder.tokenizer(chunk + chunk[:1] * (batch_size - len(chunk)), padding="max_length",
+                                  truncation=True, max_length=length, return_tensors="pt")
+        hidden = run(batch["input_ids"], batch["attention_mask"])
+        rows.append(pool(hidden, batch["attention_mask"], encoder.pooling)[:len(chunk)])
+    return dict(zip(texts, torch.cat(rows)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="a run folder of python -m qat.train (its model, "
+                        "calibration texts and exports)")
+    parser.add_argument("--export", nargs="*", default=None, metavar="LABEL=EXPORT_FOLDER",
+                        help="qat exports to measure (default: the run's export/ptq and export/qat)")
+    parser.add_argument("--stsb", type=Path,
+                        default=Path(os.environ.get("QAT_DATA_ROOT", "../shared/data")) / "stsb" / "test.tsv",
+                        help="STS-B pairs for the accuracy column; without it, fidelity on the package's texts")
+    parser.add_argument("--peers", nargs="*", help="only these peers (names as in the table)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    metadata_path = args.run / "ptq" / "metadata.json"
+    if not metadata_path.is_file():
+        sys.exit(f"error: run folder {args.run} has no ptq/metadata.json; expected a finished qat.train run")
+    metadata = json.loads(metadata_path.read_text())
+    if metadata.get("kind", "embedding") != "embedding":
+        sys.exit(f"error: run {args.run} quantized a score model; expected an embedding model (peers pool hidden states)")
+    torch.set_num_threads(args.threads)
+    encoder = load_encoder(ModelConfig(metadata["model"], metadata["pooling"], metadata["max_length"]))
+    calibration = load_texts(SourceConfig(**metadata["calibration_data"]["source"]))
+    exports = args.export if args.export is not None else [
+        f"{name}=" + str(args.run / "export" / name) for name in ("ptq", "qat")
+        if (args.run / "export" / name / MODEL_FILE).is_file()]
+    reduce_range = not cpu_has_vnni()
+    try:
+        import nncf  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError as error:
+        sys.exit(f"error: {error.name} is not installed; expected the peers' packages: pip install -e '.[peers]'")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        everyone = qat_peers(encoder, exports) + peers(encoder, calibration, args.threads, Path(tmp), reduce_range, args.peers)
+        if args.stsb.is_file():
+            task = load_task(SourceConfig(kind="file", path=str(args.stsb), format="pairs"))
+            assert isinstance(task, PairSet)
+            data = EvalData(list(dict.fromkeys(task.sentence1 + task.sentence2)), {"stsb_test": task})
+        else:
+            data = EvalData(load_texts(SourceConfig(kind="builtin", path="guard")))
+        texts = data.texts()
+        reference = embed_fixed(HiddenStates(encoder.model), encoder, texts)
+        scores = {peer.name: evaluate(embed_fixed(peer.run, encoder, texts), reference, data) for peer in everyone}
+        rows = []
+        for batch, seq in SHAPES:
+            shape = inputs(batch, seq, encoder.tokenizer.vocab_size)
+            with torch.no_grad():
+                timed = interleaved_rounds({p.name: partial(p.run, *shape) for p in everyone},
+                                           args.rounds, args.warmup, args.repeats)
+            baseline = timed["fp32 TorchScript"].seconds
+            rows += [{"peer": name, "batch": batch, "seq": seq, "error": t.error} if t.error else
+                     {"peer": name, "batch": batch, "seq": seq, "median_ms": 1000 * t.seconds,
+                      "sequences_per_s": batch / t.seconds, "x_fp32_torchscript": baseline / t.seconds,
+                      "rounds_sequences_per_s": [batch / s for s in t.rounds]} for name, t in timed.items()]
+
+    print_table(everyone, rows, scores)
+    out = args.out or args.run / "bench_peers.json"
+    out.write_text(json.dumps({
+        "run": str(args.run), "exports": exports, "threads": args.threads, "cpu_has_vnni": cpu_has_vnni(),
+        "weights_7bit": reduce_range, "rounds": args.rounds, "warmup": args.warmup, "repeats": args.repeats,
+        "quality_texts": str(args.stsb) if args.stsb.is_file() else "builtin guard",
+        "peers": {p.name: {"int8_ops": p.int8_ops, "build_seconds": p.build_seconds, **scores[p.name]} for p in everyone},
+        "rows": rows, "versions": library_versions(("onnxruntime", "openvino", "nncf", "onnx")),
+    }, indent=2))
+    print(f"wrote {out}")
+
+
+def print_table(everyone: list[Peer], rows: list[dict], scores: dict[str, dict[str, float]]) -> None:
+    by = {(r["peer"], r["batch"]): r for r in rows}
+    print("| peer | b32x128 seq/s (range) | x fp32 TS | b1x128 ms | x fp32 TS | STS-B test | cosine to fp32 | int8 ops |")
+    print("|---|---|---|---|---|---|---|---|")
+    for peer in everyone:
+        cells = []
+        for batch in (32, 1):
+            row = by[(peer.name, batch)]
+            if row.get("error"):
+                cells += [f"failed: {row['error'][:60]}", "-"]
+            elif batch == 32:
+                spread = row["rounds_sequences_per_s"]
+                cells += [f"{row['sequences_per_s']:.1f} ({min(spread):.1f}-{max(spread):.1f})", f"{row['x_fp32_torchscript']:.2f}"]
+            else:
+                cells += [f"{row['median_ms']:.1f}", f"{row['x_fp32_torchscript']:.2f}"]
+        score = scores[peer.name]
+        spearman = f"{score['stsb_test/spearman']:.2f}" if "stsb_test/spearman" in score else "-"
+        ops = ", ".join(f"{op} {n}" for op, n in peer.int8_ops.items()) or "-"
+        print(f"| {peer.name} | {' | '.join(cells)} | {spearman} | {score['cosine_mean']:.4f} | {ops} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""The benchmark scripts' interleaved rounds: every variant once per round, a failing kernel reported, not hidden."""
+from qat.timing import interleaved_rounds
+
+
+def test_interleaved_rounds_time_every_variant_per_round_and_report_failures() -> None:
+    order: list[str] = []
+
+    def fails() -> None:
+        raise RuntimeError("RuntimeError: no kernel for this CPU\nmore detail")
+
+    timed = interleaved_rounds({"a": lambda: order.append("a"), "b": lambda: order.append("b"), "bad": fails},
+                               rounds=3, warmup=1, repeats=2)
+    assert order == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3   # interleaved per round
+    assert len(timed["a"].rounds) == 3 and timed["a"].seconds >= 0 and not timed["a"].error
+    assert timed["bad"].error == "RuntimeError: no kernel for this CPU" and timed["bad"].rounds == []
