@@ -6,7 +6,7 @@ import copy
 import logging
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -45,6 +45,7 @@ class Statistics:
     skeleton: Qconf
     stats: dict[int, TensorStats]
     equalization: Equalization | None = None
+    unsmoothed: list[str] = field(default_factory=list)   # int8 Linears SmoothQuant could not reach
 
 
 @dataclass
@@ -118,11 +119,16 @@ def smooth(observed: Statistics, calib_batches: list[Batch], calib: CalibConfig,
         return observed
     if smoothquant.alpha == AUTO:
         raise QatError("smoothquant.alpha=auto reached calibration unresolved; expected the job to choose an alpha first")
-    model = migrate(observed.model, observed.skeleton, observed.stats, calib.batches, quant, smoothquant, calib_batches[0])
+    migration = migrate(observed.model, observed.skeleton, observed.stats, calib.batches, quant, smoothquant,
+                        calib_batches[0])
+    model = migration.model
     skeleton = ipex_skeleton(model, calib_batches[0])
     stats = collect_statistics(model, skeleton, calib_batches, calib.bins, _track)
     log.info("SmoothQuant alpha %.2f: %d modules smoothed", smoothquant.alpha, len(smoothed_buffers(model)))
-    return Statistics(model, skeleton, stats, observed.equalization)
+    if migration.unsmoothed:
+        log.warning("SmoothQuant left %d Linears unsmoothed (no module input of their own for the multiply): %s",
+                    len(migration.unsmoothed), migration.unsmoothed)
+    return Statistics(model, skeleton, stats, observed.equalization, migration.unsmoothed)
 
 
 def apply_calibration(observed: Statistics, calib: CalibConfig, quant: QuantConfig) -> Calibration:

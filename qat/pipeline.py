@@ -99,7 +99,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
         model=session.encoder.source, run_dir=str(run_dir), ptq_source=ptq.source,
         recipe=RecipeSummary(sorted(k for k, n in ptq.qconf.int8_counts().items() if n), ptq.skip),
         calibration=CalibrationRecord(**vars(cfg.calib), texts=cfg.calib.samples), smoothquant=ptq_smoothquant(cfg, ptq),
-        smoothquant_choice=ptq.alpha_choice,
+        smoothquant_choice=ptq.alpha_choice, smoothquant_unsmoothed=ptq.unsmoothed,
         equalize=cfg.equalize,
         data=DataSummary(len(session.data.heldout), len(session.data.guard), list(session.data.tasks),
                          len(session.calibration), training_set.counts() if training_set else {}),

@@ -41,6 +41,12 @@ class PtqModel:
         choice = smoothquant.get("choice") if isinstance(smoothquant, dict) else None
         return AlphaChoice(**choice) if choice else None
 
+    @property
+    def unsmoothed(self) -> list[str]:
+        """The int8 Linears SmoothQuant could not reach (recorded in the artifact)."""
+        smoothquant = self.metadata.get("smoothquant")
+        return list(smoothquant.get("unsmoothed", [])) if isinstance(smoothquant, dict) else []
+
 
 def calibration_data(cfg: RunConfig, origins: list[str] | None) -> dict[str, Any]:
     """What the calibration texts were: one source, or a mix with the texts each source gave."""
@@ -64,7 +70,8 @@ def _calibrated(cfg: RunConfig, session: Session, run_dir: Path) -> PtqModel:
         log.info("sensitivity: %d more op(s) stay fp32: %s", len(result.skip), result.skip)
         quant = dataclasses.replace(quant, skip=list(dict.fromkeys(quant.skip + result.skip)))
     calibration = apply_calibration(observed, cfg.calib, quant)
-    metadata = {"recipe": asdict(quant), "calibration": asdict(cfg.calib), "smoothquant": {**asdict(smoothquant), "choice": asdict(choice) if choice else None},
+    metadata = {"recipe": asdict(quant), "calibration": asdict(cfg.calib), "smoothquant": {**asdict(smoothquant), "choice": asdict(choice) if choice else None,
+                                "unsmoothed": observed.unsmoothed},
                 "equalize": {**asdict(cfg.equalize), "factors": asdict(observed.equalization)
                              if observed.equalization else None},
                 "calibration_data": calibration_data(cfg, session.origins)}

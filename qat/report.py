@@ -43,6 +43,7 @@ class RunReport:
     calibration: CalibrationRecord
     smoothquant: SmoothQuantConfig
     smoothquant_choice: AlphaChoice | None   # how smoothquant.alpha=auto chose, if it did
+    smoothquant_unsmoothed: list[str]        # int8 Linears SmoothQuant could not reach
     equalize: EqualizeConfig
     data: DataSummary
     recovery: RecoveryDecision
@@ -97,6 +98,8 @@ def _recipe_line(report: RunReport) -> str:
     source = (f"calibration {calibration.algorithm} on {calibration.texts} texts"
               + (", bias correction" if calibration.bias_correction else "")
               + (f", SmoothQuant alpha {_alpha(report)}" if report.smoothquant.enabled else "")
+              + (f" (not smoothed, no module input of their own: {', '.join(report.smoothquant_unsmoothed)})"
+                 if report.smoothquant_unsmoothed else "")
               + (f", attention equalized ({'/'.join(report.equalize.pairs)}, alpha {report.equalize.alpha})"
                  if report.equalize.enabled else "")
               + "." if report.ptq_source == "calibration" else f"scales restored from {report.ptq_source}.")

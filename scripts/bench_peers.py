@@ -16,6 +16,7 @@ Prints a table and writes --out (default <run>/bench_peers.json).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -211,6 +212,12 @@ def build(name: str, make: Callable[[], tuple[Run, dict[str, int]]], int8: bool)
 
 def peers(encoder: Encoder, calibration: list[str], threads: int, workdir: Path, reduce_range: bool,
           only: list[str] | None) -> list[Peer]:
+    with contextlib.chdir(workdir):   # ONNX Runtime's pre-processing leaves temporary files in the working folder
+        return _peers(encoder, calibration, threads, workdir, reduce_range, only)
+
+
+def _peers(encoder: Encoder, calibration: list[str], threads: int, workdir: Path, reduce_range: bool,
+           only: list[str] | None) -> list[Peer]:
     fp32 = HiddenStates(encoder.model).eval()
     onnx_path = export_onnx(fp32, workdir / "fp32.onnx")
     feeds = calibration_feeds(encoder, calibration)

@@ -10,13 +10,17 @@ a post-LayerNorm encoder such as BERT every LayerNorm output also feeds a residu
 LayerNorm (before Q/K/V and FFN in) would rescale the residual stream too and change the function, and the FFN
 out's input is GELU's output, which no weight before GELU can scale (GELU is not homogeneous). There the
 multiply happens inside the module that owns the Linear(s), on that module's first input, right before the
-Linear; this is where IPEX's own SmoothQuant puts its `mul` too. It stays fp32 (IPEX has no int8 mul), its
+Linear; this is where IPEX's own SmoothQuant puts its `mul` too. A group whose owner's first input is not the
+tensor its Linears read (an input passed by keyword, a module owning Linears that read different tensors) is left
+unsmoothed and named in the artifact and the report. It stays fp32 (IPEX has no int8 mul), its
 output gets its own int8 scale, and the residual add keeps the unscaled tensor.
 """
 from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +32,7 @@ from qat.quant.equalize import attention_projections, check_function
 from qat.quant.qconf import Qconf, QuantOp
 from qat.quant.stats import Batch, TensorStats
 from qat.quant.structure import block_paths
+from qat.quant.wrapper import EncoderModule
 
 SMOOTH_BUFFER = "smooth_inv_scale"
 _SMOOTHED_CLASSES: dict[type, type] = {}
@@ -87,40 +92,71 @@ def _owner(op: QuantOp) -> str:
     return op.name.rpartition(".")[0]
 
 
-def _runtime_owner(ops: list[QuantOp], taken: set[str]) -> str:
-    """The module whose first input gets the runtime 1/s: the one parent of the group's Linears, if no other
-    group needs it."""
-    owners = {_owner(op) for op in ops}
-    if len(owners) > 1 or owners & taken:
-        raise QatError(f"the Linears {[op.name for op in ops]} need a SmoothQuant multiply on an input that their "
-                       "module does not receive alone; expected smoothquant.modules to leave them out")
-    return owners.pop()
+def _placeable_owners(model: nn.Module, groups: list[list[QuantOp]], batch: Batch) -> set[str]:
+    """The owner modules whose first positional input is exactly the tensor their Linears read, seen on one
+    forward: only there does a runtime 1/s on the owner's input reach those Linears and nothing else. (DistilBERT's
+    attention gets its input by keyword; its FFN owns two Linears that read different tensors.)"""
+    seen: dict[str, set[tuple]] = {}
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                seen.setdefault(name, set()).add((args[0].data_ptr(), tuple(args[0].shape)))
+            else:
+                seen.setdefault(name, set()).add(None)
+        return hook
+
+    names = {_owner(op) for ops in groups for op in ops} | {op.name for ops in groups for op in ops}
+    hooks = [model.get_submodule(name).register_forward_pre_hook(record(name)) for name in names]
+    try:
+        EncoderModule(model).eval()(*batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {_owner(ops[0]) for ops in groups
+            if len({_owner(op) for op in ops}) == 1 and None not in seen.get(_owner(ops[0]), {None})
+            and all(seen.get(op.name) == seen[_owner(op)] for op in ops)}
+
+
+@dataclass
+class Migration:
+    """The migrated model, and the Linears left as they were (no module input of their own for the multiply)."""
+
+    model: nn.Module
+    unsmoothed: list[str]
 
 
 @torch.no_grad()
 def migrate(model: nn.Module, qconf: Qconf, stats: dict[int, TensorStats], batches: int, quant: QuantConfig,
-            cfg: SmoothQuantConfig, check: Batch) -> nn.Module:
+            cfg: SmoothQuantConfig, check: Batch) -> Migration:
     """A migrated copy of `model`; fails unless its fp32 outputs on `check` equal the original's. The attention
     output projection's 1/s folds into the value projection (its input is P·V, linear in V); every other group
-    gets a runtime multiply on its owner's input."""
+    gets a runtime multiply on its owner's input, where one can be placed, and is left unsmoothed otherwise."""
     migrated = copy.deepcopy(model)
     value_of = {block.output: block.value for block in attention_projections(migrated)}
+    groups = smoothing_groups(qconf, quant, cfg, block_paths(model))
+    placeable = _placeable_owners(model, groups, check)
     owners: set[str] = set()
-    for ops in smoothing_groups(qconf, quant, cfg, block_paths(model)):
+    unsmoothed: list[str] = []
+    for ops in groups:
+        folded = len(ops) == 1 and ops[0].name in value_of
+        owner = _owner(ops[0])
+        if not folded and (owner not in placeable or owner in owners):
+            unsmoothed += [op.name for op in ops]
+            continue
         linears = [migrated.get_submodule(op.name) for op in ops]
         act_max = stats[ops[0].info["input_tensor_infos"][0]["id"]].channel_max(batches).float()
         weight_max = torch.stack([linear.weight.abs().amax(0) for linear in linears]).amax(0)
         factors = (act_max.clamp(min=1e-5).pow(cfg.alpha) / weight_max.clamp(min=1e-5).pow(1 - cfg.alpha)).clamp(min=1e-5)
         for linear in linears:
             linear.weight.mul_(factors)
-        if len(ops) == 1 and ops[0].name in value_of:
+        if folded:
             value = migrated.get_submodule(value_of[ops[0].name])
             value.weight.div_(factors[:, None])
             if value.bias is not None:
                 value.bias.div_(factors)
         else:
-            owner = _runtime_owner(ops, owners)
             owners.add(owner)
             smooth_input(migrated.get_submodule(owner), 1.0 / factors)
     check_function(model, migrated, check, "SmoothQuant migration")
-    return migrated
+    return Migration(migrated, unsmoothed)
