@@ -229,6 +229,9 @@ def _peers(encoder: Encoder, calibration: list[str], threads: int, workdir: Path
         "OpenVINO int8 (NNCF)": (partial(openvino_nncf, onnx_path, threads, feeds, True), True),
         "PT2E + Inductor int8": (partial(pt2e_inductor, fp32, feeds), True),
     }
+    unknown = sorted(set(only or []) - set(makers))
+    if unknown:
+        raise SystemExit(f"error: --peers {unknown} names no peer; expected some of {list(makers)}")
     return [build(name, make, int8) for name, (make, int8) in makers.items() if only is None or name in only]
 
 
