@@ -9,13 +9,13 @@ Prints a table and writes --out (outputs/bench_encode.json). Sentences/s is the 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 warnings.filterwarnings("ignore")
 from qat import load_int8  # noqa: E402
@@ -25,17 +25,20 @@ from qat.config import SourceConfig  # noqa: E402
 from qat.data import load_texts  # noqa: E402
 from qat.load import pool  # noqa: E402
 from qat.numerics import cpu_has_vnni  # noqa: E402
+from qat.timing import interleaved_rounds  # noqa: E402
 
 
-def fixed_padding(model, texts: list[str], batch_size: int, length: int) -> torch.Tensor:
-    """The naive path: batches in the given order, every one padded to `length` tokens."""
+@torch.no_grad()
+def fixed_padding(run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tokenizer: PreTrainedTokenizerBase,
+                  pooling: str, texts: list[str], batch_size: int, length: int, fill: bool = False) -> torch.Tensor:
+    """The naive path: batches in the given order, every one padded to `length` tokens; with `fill` the last
+    batch is filled up with repeats too, so that a runtime compiling per shape (Inductor) sees one shape."""
     rows = []
     for start in range(0, len(texts), batch_size):
-        batch = model.tokenizer(texts[start:start + batch_size], padding="max_length", truncation=True,
-                                max_length=length, return_tensors="pt")
-        with torch.no_grad():
-            rows.append(pool(model.module(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"],
-                             model.info.pooling))
+        chunk = texts[start:start + batch_size]
+        padded = chunk + chunk[:1] * (batch_size - len(chunk)) if fill else chunk
+        batch = tokenizer(padded, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
+        rows.append(pool(run(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"], pooling)[:len(chunk)])
     return torch.cat(rows)
 
 
@@ -58,16 +61,12 @@ def main() -> None:
         f"encode (length-sorted, padded per batch of {args.batch_size})":
             lambda: model.encode(texts, batch_size=args.batch_size, convert_to_tensor=True, show_progress_bar=False),
         f"fixed padding to {args.fixed_length}, batch {args.batch_size}":
-            lambda: fixed_padding(model, texts, args.batch_size, args.fixed_length),
+            lambda: fixed_padding(model.module, model.tokenizer, model.info.pooling, texts, args.batch_size,
+                                  args.fixed_length),
     }
     for run in ways.values():   # warm-up: the first calls of a TorchScript module profile, then it fuses
         run()
-    seconds: dict[str, list[float]] = {name: [] for name in ways}
-    for _ in range(args.rounds):
-        for name, run in ways.items():
-            start = time.perf_counter()
-            run()
-            seconds[name].append(time.perf_counter() - start)
+    seconds = {name: timed.rounds for name, timed in interleaved_rounds(ways, args.rounds, warmup=0, repeats=1).items()}
     sorted_rows = ways[next(iter(ways))]()
     naive_rows = ways[list(ways)[1]]()
     cosine = torch.nn.functional.cosine_similarity(sorted_rows, naive_rows).min().item()

@@ -34,6 +34,7 @@ import torch
 
 warnings.filterwarnings("ignore")
 from bench import inputs, trace  # noqa: E402  (scripts/bench.py)
+from bench_encode import fixed_padding  # noqa: E402
 
 from qat.artifact import library_versions  # noqa: E402
 from qat.config import ModelConfig, SourceConfig  # noqa: E402
@@ -41,7 +42,7 @@ from qat.data import PairSet, load_task, load_texts  # noqa: E402
 from qat.evaluate import EvalData, Table, evaluate  # noqa: E402
 from qat.export.folder import read_export_info  # noqa: E402
 from qat.export.ipex import MODEL_FILE, load_exported  # noqa: E402
-from qat.load import Encoder, load_encoder, pool  # noqa: E402
+from qat.load import Encoder, batches, load_encoder  # noqa: E402
 from qat.numerics import cpu_has_vnni  # noqa: E402
 from qat.timing import interleaved_rounds  # noqa: E402
 
@@ -102,13 +103,14 @@ def ort_session(path: Path, threads: int, workdir: Path) -> tuple[Run, dict[str,
 
 
 def calibration_feeds(encoder: Encoder, texts: list[str], batch_size: int = 16) -> list[dict[str, np.ndarray]]:
-    feeds = []
-    for start in range(0, len(texts), batch_size):
-        batch = encoder.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                                  max_length=encoder.max_length, return_tensors="np")
-        feeds.append({"input_ids": batch["input_ids"].astype(np.int64),
-                      "attention_mask": batch["attention_mask"].astype(np.int64)})
-    return feeds
+    """The calibration texts in qat's own batches (padded to each batch's longest text), as runtime feeds."""
+    return [numpy_feed(*batch[:2]) for batch in batches(encoder, texts, batch_size)]
+
+
+def embed_fixed(run: Run, encoder: Encoder, texts: list[str]) -> Table:
+    """Pooled embeddings from batches of 32 x 128 tokens, the last filled up: every peer sees the same inputs,
+    and Inductor compiles once."""
+    return dict(zip(texts, fixed_padding(run, encoder.tokenizer, encoder.pooling, texts, 32, 128, fill=True)))
 
 
 def ort_dynamic(onnx_path: Path, threads: int, workdir: Path, reduce_range: bool) -> tuple[Run, dict[str, int]]:
@@ -248,20 +250,6 @@ def qat_peers(encoder: Encoder, exports: list[str]) -> list[Peer]:
         int8_ops = read_export_info(Path(folder)).int8_ops
         found.append(Peer(f"qat {label}", lambda ids, mask, m=module: m(ids, mask), int8_ops, 0.0))
     return found
-
-
-@torch.no_grad()
-def embed_fixed(run: Run, encoder: Encoder, texts: list[str], batch_size: int = 32, length: int = 128) -> Table:
-    """Pooled embeddings from batches of one shape (the last one filled up with repeats): a runtime that compiles
-    per shape (Inductor) compiles once, and every peer sees the same inputs."""
-    rows = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start:start + batch_size]
-        batch = encoder.tokenizer(chunk + chunk[:1] * (batch_size - len(chunk)), padding="max_length",
-                                  truncation=True, max_length=length, return_tensors="pt")
-        hidden = run(batch["input_ids"], batch["attention_mask"])
-        rows.append(pool(hidden, batch["attention_mask"], encoder.pooling)[:len(chunk)])
-    return dict(zip(texts, torch.cat(rows)))
 
 
 def main() -> None:

@@ -95,15 +95,13 @@ def _owner(op: QuantOp) -> str:
 def _placeable_owners(model: nn.Module, groups: list[list[QuantOp]], batch: Batch) -> set[str]:
     """The owner modules whose first positional input is exactly the tensor their Linears read, seen on one
     forward: only there does a runtime 1/s on the owner's input reach those Linears and nothing else. (DistilBERT's
-    attention gets its input by keyword; its FFN owns two Linears that read different tensors.)"""
-    seen: dict[str, set[tuple]] = {}
+    FFN owns two Linears, and the second reads GELU's output, not the FFN's input.)"""
+    seen: dict[str, set[tuple | None]] = {}
 
     def record(name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, args: tuple) -> None:
-            if args and isinstance(args[0], torch.Tensor):
-                seen.setdefault(name, set()).add((args[0].data_ptr(), tuple(args[0].shape)))
-            else:
-                seen.setdefault(name, set()).add(None)
+            first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            seen.setdefault(name, set()).add(None if first is None else (first.data_ptr(), tuple(first.shape)))
         return hook
 
     names = {_owner(op) for ops in groups for op in ops} | {op.name for ops in groups for op in ops}
@@ -113,9 +111,13 @@ def _placeable_owners(model: nn.Module, groups: list[list[QuantOp]], batch: Batc
     finally:
         for hook in hooks:
             hook.remove()
-    return {_owner(ops[0]) for ops in groups
-            if len({_owner(op) for op in ops}) == 1 and None not in seen.get(_owner(ops[0]), {None})
-            and all(seen.get(op.name) == seen[_owner(op)] for op in ops)}
+
+    def placeable(ops: list[QuantOp]) -> bool:
+        owner = _owner(ops[0])
+        inputs = seen.get(owner, {None})
+        return None not in inputs and all(_owner(op) == owner and seen.get(op.name) == inputs for op in ops)
+
+    return {_owner(ops[0]) for ops in groups if placeable(ops)}
 
 
 @dataclass
