@@ -166,7 +166,7 @@ class TrainConfig:
 class RecoveryConfig:
     """When to train: only if PTQ loses more than `threshold` on the dev metric (relative), unless forced."""
 
-    metric: str = "auto"   # auto: cosine_mean for embedding models, score_diff_mean for score models
+    metric: str = "auto"   # auto: the first dev task set's measure, else cosine_mean / score_diff_mean (qat.session)
     threshold: float = 0.01
     force: bool = False
 

@@ -25,6 +25,7 @@ Forward = Callable[..., torch.Tensor]   # a model called on one batch (input_ids
 Table = dict[Text, torch.Tensor]     # input -> pooled, normalised embedding, or a score model's outputs
 Metrics = dict[str, float]           # metric name ('cosine_mean', 'guard/emd', '<task>/spearman', ...) -> value
 Task = PairSet | RerankSet | RetrievalSet
+TASK_METRIC = {PairSet: "spearman", RerankSet: "map", RetrievalSet: "ndcg@10"}   # each kind of task set's own measure
 K = TypeVar("K")
 GUARD = "guard"                      # the prefix of the guard set's metrics
 # How a pair is scored: the cosine of two embeddings, a score model's first output (one relevance logit or
@@ -73,6 +74,14 @@ class EvalData:
     @property
     def fidelity_metric(self) -> str:
         return fidelity_metric(self.pairs)
+
+    @property
+    def auto_metric(self) -> str:
+        """What a metric set to 'auto' chooses by: the first task set's own measure (Spearman, MAP, NDCG@10), the
+        quality the user deploys for, or where there is no task set, the fidelity metric of the model's kind."""
+        for name, task in self.tasks.items():
+            return f"{name}/{TASK_METRIC[type(task)]}"
+        return self.fidelity_metric
 
     def for_metrics(self, metrics: list[str]) -> EvalData:
         """Only the task sets (and guard) these metrics read ('<set>/<metric>'): a search or sensitivity trial

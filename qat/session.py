@@ -45,8 +45,9 @@ class Session:
 
 
 def resolve_metric(metric: str, data: EvalData) -> str:
-    """'auto' is the fidelity metric of the model's kind: cosine_mean for embeddings, score_diff_mean for scores."""
-    return data.fidelity_metric if metric == AUTO else metric
+    """'auto' is the first dev task set's measure (e.g. stsb_dev/spearman) or, with no dev task set, the fidelity
+    metric of the model's kind: cosine_mean for embeddings, score_diff_mean for scores."""
+    return data.auto_metric if metric == AUTO else metric
 
 
 def use_threads(threads: int | None) -> None:

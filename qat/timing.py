@@ -1,10 +1,21 @@
 """Wall-clock medians for the benchmark scripts, and variants timed side by side in interleaved rounds."""
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+# What decides where torch's OpenMP threads run. They are read once, when the OpenMP library loads, so a
+# benchmark can only record them; IPEX's launcher (`ipexrun`) sets OMP_PROC_BIND and OMP_SCHEDULE.
+OPENMP_SETTINGS = ("OMP_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES", "OMP_SCHEDULE", "OMP_WAIT_POLICY",
+                   "GOMP_CPU_AFFINITY", "KMP_AFFINITY", "KMP_BLOCKTIME", "LD_PRELOAD")
+
+
+def openmp_settings() -> dict[str, str]:
+    """The OpenMP placement settings this process started with (unset ones left out), for a benchmark's record."""
+    return {name: os.environ[name] for name in OPENMP_SETTINGS if name in os.environ}
 
 
 def median_seconds(run: Callable[[], object], warmup: int, repeats: int) -> float:

@@ -23,7 +23,7 @@ from qat.export.ipex import load_exported  # noqa: E402  (imports IPEX: register
 from qat.ipex_backend import ipex  # noqa: E402
 from qat.numerics import cpu_has_vnni  # noqa: E402
 from qat.quant.wrapper import EncoderModule  # noqa: E402
-from qat.timing import interleaved_rounds  # noqa: E402
+from qat.timing import interleaved_rounds, openmp_settings  # noqa: E402
 
 SHAPES = [("latency", 1, 32), ("latency", 1, 128), ("throughput", 32, 128), ("throughput", 128, 128)]
 
@@ -124,7 +124,7 @@ def main() -> None:
             print(where + f"{r['median_ms']:>11.2f}{r['sequences_per_s']:>9.1f}" + (f"{ratio:>11.2f}" if ratio else f"{'-':>11}")
                   + f"{spread:>20}")
     out = args.out or args.run / "bench.json"
-    out.write_text(json.dumps({"run": str(args.run), "export": args.export, "more_int8": args.int8, "onednn_fusion": args.onednn_fusion, "threads": args.threads, "cpu_has_vnni": cpu_has_vnni(),
+    out.write_text(json.dumps({"run": str(args.run), "export": args.export, "more_int8": args.int8, "onednn_fusion": args.onednn_fusion, "threads": args.threads, "cpu_has_vnni": cpu_has_vnni(), "openmp": openmp_settings(),
                                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "warmup": args.warmup,
                                "repeats": args.repeats, "rounds": args.rounds, "rows": rows, "versions": library_versions()}, indent=2))
     print(f"wrote {out}")

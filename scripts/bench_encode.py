@@ -25,7 +25,7 @@ from qat.config import SourceConfig  # noqa: E402
 from qat.data import load_texts  # noqa: E402
 from qat.load import pool  # noqa: E402
 from qat.numerics import cpu_has_vnni  # noqa: E402
-from qat.timing import interleaved_rounds  # noqa: E402
+from qat.timing import interleaved_rounds, openmp_settings  # noqa: E402
 
 
 @torch.no_grad()
@@ -83,7 +83,7 @@ def main() -> None:
     print(f"min cosine between the two ways' embeddings: {cosine:.6f} (other batch shapes round differently in int8)")
     write_json(args.out, {"texts": len(texts), "source": str(args.texts), "rows": rows,
                                                    "min_cosine_between_ways": cosine, "threads": torch.get_num_threads(),
-                                                   "cpu_has_vnni": cpu_has_vnni(), "versions": library_versions()})
+                                                   "cpu_has_vnni": cpu_has_vnni(), "openmp": openmp_settings(), "versions": library_versions()})
 
 
 if __name__ == "__main__":

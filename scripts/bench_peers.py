@@ -9,7 +9,11 @@ Then all are scored on the same texts (batches of 32 padded to 128 tokens: cosin
 STS-B at hand, test Spearman) and timed side by side in one process (interleaved rounds, median).
 
     pip install -e '.[peers]'       # onnxruntime, onnx, openvino, nncf
-    .venv/bin/python scripts/bench_peers.py --run outputs/runs/<run> [--run-qat outputs/runs/<recovery run>]
+    .venv/bin/python scripts/bench_peers.py --run outputs/runs/<run> [--export ptq=<folder> qat=<folder>]
+
+Run it without OpenMP binding (OMP_PROC_BIND, GOMP_CPU_AFFINITY, `ipexrun`): it binds the main thread to one core,
+and the threads ONNX Runtime and OpenVINO start from it inherit that one core (measured: 2.8x and 1.9x slower).
+Thread placement for the IPEX export alone is compared by scripts/bench_threads.py, one process per setting.
 
 Prints a table and writes --out (default <run>/bench_peers.json).
 """
@@ -44,7 +48,7 @@ from qat.export.folder import read_export_info  # noqa: E402
 from qat.export.ipex import MODEL_FILE, load_exported  # noqa: E402
 from qat.load import Encoder, batches, load_encoder  # noqa: E402
 from qat.numerics import cpu_has_vnni  # noqa: E402
-from qat.timing import interleaved_rounds  # noqa: E402
+from qat.timing import interleaved_rounds, openmp_settings  # noqa: E402
 
 SHAPES = [(1, 128), (32, 128)]
 Run = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]   # (input_ids, attention_mask) -> last hidden state
@@ -274,6 +278,10 @@ def main() -> None:
     metadata = json.loads(metadata_path.read_text())
     if metadata.get("kind", "embedding") != "embedding":
         sys.exit(f"error: run {args.run} quantized a score model; expected an embedding model (peers pool hidden states)")
+    bound = sorted(set(openmp_settings()) & {"OMP_PROC_BIND", "GOMP_CPU_AFFINITY", "KMP_AFFINITY"})
+    if bound:
+        print(f"warning: {', '.join(bound)} set: the peers' threads inherit the main thread's binding and run slower "
+              "than they would alone; compare without it (see the docstring)", file=sys.stderr)
     torch.set_num_threads(args.threads)
     encoder = load_encoder(ModelConfig(metadata["model"], metadata["pooling"], metadata["max_length"]))
     calibration = load_texts(SourceConfig(**metadata["calibration_data"]["source"]))
@@ -312,9 +320,10 @@ def main() -> None:
                       "rounds_sequences_per_s": [batch / s for s in t.rounds]} for name, t in timed.items()]
 
     print_table(everyone, rows, scores)
+    print(f"OpenMP settings: {openmp_settings() or 'none (torch threads not pinned)'}")
     out = args.out or args.run / "bench_peers.json"
     out.write_text(json.dumps({
-        "run": str(args.run), "exports": exports, "threads": args.threads, "cpu_has_vnni": cpu_has_vnni(),
+        "run": str(args.run), "exports": exports, "threads": args.threads, "cpu_has_vnni": cpu_has_vnni(), "openmp": openmp_settings(),
         "weights_7bit": reduce_range, "rounds": args.rounds, "warmup": args.warmup, "repeats": args.repeats,
         "quality_texts": str(args.stsb) if args.stsb.is_file() else "builtin guard",
         "peers": {p.name: {"int8_ops": p.int8_ops, "build_seconds": p.build_seconds, **scores[p.name]} for p in everyone},

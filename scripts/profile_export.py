@@ -26,6 +26,7 @@ warnings.filterwarnings("ignore")
 from qat.export.ipex import MODEL_FILE, load_exported  # noqa: E402
 from qat.ipex_backend import ipex  # noqa: E402
 from qat.numerics import cpu_has_vnni  # noqa: E402
+from qat.timing import openmp_settings  # noqa: E402
 
 # (kind, test on the event name), first match wins; fused partitions are named by their ops joined with '+'.
 KINDS = [
@@ -93,7 +94,7 @@ def main() -> None:
         for kind, cell in result["kinds"].items():
             print(f"| {kind} | {cell['ms']:.2f} | {100 * cell['share']:.1f}% |")
     out = args.out or args.export / "profile.json"
-    out.write_text(json.dumps({"export": str(args.export), "threads": args.threads, "cpu_has_vnni": cpu_has_vnni(),
+    out.write_text(json.dumps({"export": str(args.export), "threads": args.threads, "cpu_has_vnni": cpu_has_vnni(), "openmp": openmp_settings(),
                                "onednn_fusion": args.onednn_fusion, "shapes": results}, indent=2))
     print(f"wrote {out}")
 

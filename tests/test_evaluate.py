@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from qat.data import RerankSet, RetrievalSet
+from qat.data import PairSet, RerankSet, RetrievalSet
 from qat.evaluate import (COSINE, LOGIT, SOFTMAX, EvalData, all_pair_scores, average_precision, cosine_fidelity, emd,
                           evaluate, rerank_metrics, retrieval_metrics, sts_spearman)
 
@@ -73,3 +73,13 @@ def test_guard_and_retrieval_sets_are_evaluated_and_guard_is_read_by_choices():
     assert metrics["guard/cosine_mean"] == pytest.approx(1.0) and metrics["guard/emd"] == 0.0
     assert metrics["ret_dev/ndcg@10"] == pytest.approx(100.0) and set(data.texts()) == set(texts)
     assert data.for_metrics(["guard/emd"]).guard == data.guard and not data.for_metrics(["cosine_mean"]).guard
+
+
+def test_auto_metric_is_the_first_dev_task_sets_measure_else_fidelity() -> None:
+    pairs, rerank = PairSet(["a"], ["b"], [1.0]), RerankSet(["q"], [["p"]], [["n"]])
+    assert EvalData(["x"]).auto_metric == "cosine_mean"
+    assert EvalData(["x"], scoring=LOGIT).auto_metric == "score_diff_mean"
+    assert EvalData(["x"], {"wikiqa_dev": rerank, "stsb_dev": pairs}).auto_metric == "wikiqa_dev/map"
+    assert EvalData(["x"], {"stsb_dev": pairs}, scoring=LOGIT).auto_metric == "stsb_dev/spearman"
+    retrieval = RetrievalSet({"q": "query"}, {"d": "doc"}, {"q": {"d": 1}})
+    assert EvalData(["x"], {"beir_dev": retrieval}).auto_metric == "beir_dev/ndcg@10"

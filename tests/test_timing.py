@@ -1,5 +1,5 @@
 """The benchmark scripts' interleaved rounds: every variant once per round, a failing kernel reported, not hidden."""
-from qat.timing import interleaved_rounds
+from qat.timing import OPENMP_SETTINGS, interleaved_rounds, openmp_settings
 
 
 def test_interleaved_rounds_time_every_variant_per_round_and_report_failures() -> None:
@@ -13,3 +13,11 @@ def test_interleaved_rounds_time_every_variant_per_round_and_report_failures() -
     assert order == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3   # interleaved per round
     assert len(timed["a"].rounds) == 3 and timed["a"].seconds >= 0 and not timed["a"].error
     assert timed["bad"].error == "RuntimeError: no kernel for this CPU" and timed["bad"].rounds == []
+
+
+def test_openmp_settings_record_what_the_process_started_with(monkeypatch) -> None:
+    for name in OPENMP_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_PROC_BIND", "close")
+    monkeypatch.setenv("UNRELATED", "x")
+    assert openmp_settings() == {"OMP_PROC_BIND": "close"}
