@@ -75,11 +75,12 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     ptq = prepare_ptq(cfg, session, run_dir, accelerator)
     seconds["calibrate"] = time.perf_counter() - start
     models = {"ptq": simulate(ptq.model, ptq.qconf).eval()}
-    decision = decide_recovery(cfg.recovery, cfg.train.enabled, session.fp32_dev_metrics,
-                               session.evaluate_dev(models["ptq"]))
+    ptq_dev = session.evaluate_dev(models["ptq"])
+    decision = decide_recovery(cfg.recovery, cfg.train.enabled, session.fp32_dev_metrics, ptq_dev)
     training = None
     if decision.train:
-        models["qat"], training = recover(cfg, accelerator, session, ptq.model, ptq.qconf, training_set.texts, run_dir)
+        models["qat"], training = recover(cfg, accelerator, session, ptq.model, ptq.qconf, training_set.texts, run_dir,
+                                          ptq_dev)
         seconds["train"] = training.seconds
     if not accelerator.is_main_process:
         accelerator.end_training()

@@ -158,9 +158,10 @@ def _best_lr(cfg: RunConfig, trials: dict[str, LrTrial]) -> LrChoice:
 
 
 def recover(cfg: RunConfig, accelerator: Accelerator, session: Session, ptq_model: PreTrainedModel, qconf: Qconf,
-            texts: list[Text], run_dir: Path) -> tuple[FakeQuantModel, TrainingSummary]:
+            texts: list[Text], run_dir: Path, ptq_dev: Metrics) -> tuple[FakeQuantModel, TrainingSummary]:
     """Recovery training on `texts`; returns the student with its best dev weights and what the training did.
-    With train.lr=auto the candidates' trials run first and the best one continues from its last checkpoint."""
+    With train.lr=auto the candidates' trials run first and the best one continues from its last checkpoint.
+    `ptq_dev` (the PTQ model's dev metrics) is every trainer's step 0, measured once instead of once per trial."""
     teacher, teacher_kind = build_teacher(cfg, ptq_model, qconf, session.fp32())
     log.info("teacher: %s", teacher_kind)
     settings = student_settings(cfg, ptq_model, qconf)
@@ -169,7 +170,7 @@ def recover(cfg: RunConfig, accelerator: Accelerator, session: Session, ptq_mode
     def make_trainer(lr: float, folder: Path, log_prefix: str = "", train: TrainConfig = cfg.train) -> Trainer:
         return Trainer(accelerator, simulate(ptq_model, qconf), teacher, session.encoder, texts,
                        dataclasses.replace(train, lr=lr), folder, {**settings, "train.lr": lr}, cfg.seed,
-                       session.evaluate_dev, cfg.recovery.metric, log_prefix)
+                       session.evaluate_dev, cfg.recovery.metric, log_prefix, ptq_dev)
 
     start, choice, other_seconds = resolve_resume(cfg.train.resume, checkpoints), None, 0.0
     train = cfg.train

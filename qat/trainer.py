@@ -158,9 +158,11 @@ class Trainer:
 
     def __init__(self, accelerator: Accelerator, student: FakeQuantModel, teacher: nn.Module, encoder: Encoder,
                  texts: list[Text], cfg: TrainConfig, checkpoints: Path, settings: dict[str, Any], seed: int,
-                 evaluate_dev: Callable[[FakeQuantModel], Metrics], metric: str, log_prefix: str = "") -> None:
+                 evaluate_dev: Callable[[FakeQuantModel], Metrics], metric: str, log_prefix: str = "",
+                 start_metrics: Metrics | None = None) -> None:
         self.accelerator, self.encoder, self.cfg, self.log_prefix = accelerator, encoder, cfg, log_prefix
         self.teacher, self.evaluate_dev, self.metric = teacher.eval(), evaluate_dev, metric
+        self.start_metrics = start_metrics   # the untrained student's dev metrics, when already measured (PTQ's)
         self.checkpoints = checkpoints
         self.best_path = checkpoints / BEST_FILE
         self.settings = settings
@@ -215,7 +217,8 @@ class Trainer:
         # keeps bf16 through the explicit autocast in loss()).
         student = self.accelerator.unwrap_model(self.student, keep_fp32_wrapper=False)
         student.eval()
-        metrics = self.evaluate_dev(student) if self.accelerator.is_main_process else {}
+        known = self.start_metrics if self.state.step == 0 else None
+        metrics = (known or self.evaluate_dev(student)) if self.accelerator.is_main_process else {}
         student.train(self.cfg.dropout)
         if not self.accelerator.is_main_process:
             return

@@ -30,7 +30,7 @@ def qconf(tiny_encoder, texts):
     return calibrate(tiny_encoder, texts, CalibConfig(samples=32, batch_size=16), QuantConfig(ops=["linear", "matmul", "add"])).qconf
 
 
-def make_trainer(tiny_encoder, qconf, texts, run_dir, settings=None, evaluate_hook=None, **train):
+def make_trainer(tiny_encoder, qconf, texts, run_dir, settings=None, evaluate_hook=None, start_metrics=None, **train):
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True))
@@ -49,7 +49,7 @@ def make_trainer(tiny_encoder, qconf, texts, run_dir, settings=None, evaluate_ho
 
     cfg = TrainConfig(**{"steps": 6, "batch_size": 8, "lr": 1e-3, "eval_every": 100, "save_every": 3, **train})
     return Trainer(accelerator, student, teacher, tiny_encoder, texts[:64], cfg, run_dir / "checkpoints", settings or {"calib.algorithm": "histogram"}, 0,
-                   evaluate_dev, "cosine_mean")
+                   evaluate_dev, "cosine_mean", start_metrics=start_metrics)
 
 
 def test_blocks_are_found_and_loss_is_zero_when_student_equals_teacher(tiny_encoder, qconf, texts):
@@ -237,3 +237,17 @@ def test_patience_and_max_minutes_stop_early_and_say_why(tiny_encoder, qconf, te
     assert (tmp_path / "patience" / "checkpoints" / "step_000002").is_dir()
     timed = make_trainer(tiny_encoder, qconf, texts, tmp_path / "timed", max_minutes=1e-6).train(None).state
     assert (timed.step, timed.stopped) == (1, "max_minutes")
+
+
+def test_step_0_reuses_the_ptq_metrics_measured_before_training(tiny_encoder, qconf, texts, tmp_path):
+    measured = []
+    fresh = make_trainer(tiny_encoder, qconf, texts, tmp_path / "fresh", evaluate_hook=measured.append, steps=2)
+    expected = fresh.train(None).state
+    assert len(measured) == 2   # step 0 and the end
+    again = []
+    reused = make_trainer(tiny_encoder, qconf, texts, tmp_path / "reused", evaluate_hook=again.append, steps=2,
+                          start_metrics=measured[0])
+    state = reused.train(None).state
+    assert again == measured[1:]   # only the end is measured; step 0 is the metrics given
+    assert (state.best_step, state.best_metric, state.guard_floor) == (expected.best_step, expected.best_metric,
+                                                                       expected.guard_floor)
