@@ -39,18 +39,19 @@ def child(export: Path, warmup: int, repeats: int) -> None:
     """Time the export at every shape in this process and print one JSON line: shape -> median seconds."""
     warnings.filterwarnings("ignore")
     import torch
+    from bench import inputs  # scripts/bench.py
+    from transformers import AutoTokenizer
 
     from qat.export.ipex import MODEL_FILE, load_exported
     from qat.timing import median_seconds
 
     module = load_exported(export / MODEL_FILE)
-    generator = torch.Generator().manual_seed(0)
+    vocab = AutoTokenizer.from_pretrained(export).vocab_size   # an export folder carries its tokenizer
     medians = {}
     with torch.no_grad():
         for batch, seq in SHAPES:
-            ids = torch.randint(1000, 30000, (batch, seq), generator=generator)
-            mask = torch.ones(batch, seq, dtype=torch.long)
-            medians[f"{batch}x{seq}"] = median_seconds(lambda: module(ids, mask), warmup, repeats * (4 if batch == 1 else 1))
+            shape = inputs(batch, seq, vocab)
+            medians[f"{batch}x{seq}"] = median_seconds(lambda: module(*shape), warmup, repeats * (4 if batch == 1 else 1))
     print(json.dumps(medians))
 
 
