@@ -2,6 +2,7 @@
 schemas (recipe, calibration, SmoothQuant) live in qat/quant/config.py and are composed here."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +134,7 @@ class TrainConfig:
     train_layernorm: bool = False
     block_weight: float = 1.0
     output_weight: float = 1.0
+    task_weight: float = 0.0   # > 0: add a ranking loss on the training sources' labelled pairs (qat.distill)
     eval_every: int = 100
     save_every: int = 100
     patience: int | None = None        # stop after this many evaluations without a better (guarded) dev metric
@@ -160,6 +162,8 @@ class TrainConfig:
         if self.block_weight < 0 or self.output_weight < 0 or self.block_weight + self.output_weight == 0:
             raise QatError(f"train.block_weight={self.block_weight}, train.output_weight={self.output_weight} are not "
                            "valid; expected non-negative weights, not both zero")
+        if not (isinstance(self.task_weight, (int, float)) and 0.0 <= self.task_weight < math.inf):
+            raise QatError(f"train.task_weight={self.task_weight!r} is not valid; expected a non-negative number (0: off)")
 
 
 @dataclass

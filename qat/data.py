@@ -282,22 +282,40 @@ def training_parts(data: DataConfig) -> dict[str, MixPart]:
 
 @dataclass
 class TrainingSet:
-    """The training stream (the mix, cycled, evaluated texts removed) and each text's source name."""
+    """The training stream (the mix, cycled, evaluated texts removed), each text's source name, and the labelled
+    pairs of the training sources when a task loss asks for them."""
 
     texts: list[Text]
     origins: list[str]
+    task: PairSet | None = None
 
     def counts(self) -> dict[str, int]:
         """Distinct texts per source."""
         return dict(Counter(origin for _, origin in dict.fromkeys(zip(self.texts, self.origins))))
 
 
-def training_texts(data: DataConfig, evaluated: set[Text], pairs: bool = False) -> TrainingSet:
-    """The training inputs: nothing that is evaluated (held-out, guard, task sets) is trained on."""
+def task_pairs(parts: dict[str, MixPart], evaluated: set[Text], pairs: bool) -> PairSet:
+    """The labelled pairs (format 'pairs') of the training sources, for train.task_weight; a pair with an
+    evaluated input (a sentence, or the pair itself for a score model) is left out."""
+    labelled = [load_task(part.source) for part in parts.values() if part.source.format == "pairs"]
+    rows = [(a, b, score) for task in labelled for a, b, score in zip(task.sentence1, task.sentence2, task.scores)
+            if ((a, b) not in evaluated if pairs else a not in evaluated and b not in evaluated)]
+    if not rows:
+        raise QatError(f"train.task_weight needs labelled pairs, but the training sources {sorted(parts)} have "
+                       f"{'none that are not evaluated' if labelled else 'no source of format pairs'}; expected a "
+                       "data.train source with format pairs (sentence1, sentence2, score)")
+    sentence1, sentence2, scores = map(list, zip(*rows))
+    return PairSet(sentence1, sentence2, scores)
+
+
+def training_texts(data: DataConfig, evaluated: set[Text], pairs: bool = False, task: bool = False) -> TrainingSet:
+    """The training inputs, and with `task` the labelled pairs: nothing that is evaluated (held-out, guard, task
+    sets) is trained on."""
     parts = training_parts(data)
     texts, origins = mix_texts(parts, cycle=True, pairs=pairs)
     kept = [(text, origin) for text, origin in zip(texts, origins) if text not in evaluated]
     if not kept:
         raise QatError(f"data.train sources {sorted(parts)} yield no text that is not also evaluated; "
                        "expected training texts apart from the held-out, guard and task sets")
-    return TrainingSet([text for text, _ in kept], [origin for _, origin in kept])
+    return TrainingSet([text for text, _ in kept], [origin for _, origin in kept],
+                       task_pairs(parts, evaluated, pairs) if task else None)

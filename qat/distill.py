@@ -30,11 +30,24 @@ def record_blocks(model: nn.Module) -> Iterator[list[torch.Tensor]]:
             handle.remove()
 
 
+COSENT_SCALE = 20.0   # sentence-transformers' CoSENTLoss default, for similarities in [-1, 1]
+
+
 @dataclass
 class DistillLoss:
     total: torch.Tensor
     blocks: list[torch.Tensor]
     output: torch.Tensor
+    task: torch.Tensor | None = None   # the ranking loss on labelled pairs, before train.task_weight
+
+
+def ranking_loss(similarity: torch.Tensor, labels: torch.Tensor, scale: float = COSENT_SCALE) -> torch.Tensor:
+    """CoSENT (Su 2022; sentence-transformers' CoSENTLoss): log(1 + sum over pairs i, j with label_i < label_j of
+    exp(scale * (sim_i - sim_j))). It asks only that similarities be ordered as the labels are, so the labels' scale
+    does not matter (STS 0-5, relevance 0/1) and it serves a rank measure such as Spearman."""
+    difference = scale * (similarity.float()[:, None] - similarity.float()[None, :])
+    ordered = labels[:, None] < labels[None, :]
+    return torch.logsumexp(torch.cat([difference.new_zeros(1), difference[ordered]]), dim=0)
 
 
 def normalized_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from qat.quant.simulate import FakeQuantModel, simulate
 from qat.recovery import decide_recovery, recover
 from qat.report import CalibrationRecord, DataSummary, RecipeSummary, RunReport, bucket_chart, write_report
 from qat.session import Session, open_session
+from qat.trainer import check_task_model
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,11 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads, metrics=metrics,
                            recipe=cfg.quant if calibrates else None)
     cfg = dataclasses.replace(cfg, recovery=dataclasses.replace(cfg.recovery, metric=session.metrics["recovery.metric"]))
-    training_set = (training_texts(cfg.data, set(session.data.texts()), session.encoder.pairs) if cfg.train.enabled
-                    else None)
+    task_loss = cfg.train.enabled and cfg.train.task_weight > 0
+    if task_loss:
+        check_task_model(session.encoder)
+    training_set = (training_texts(cfg.data, set(session.data.texts()), session.encoder.pairs, task_loss)
+                    if cfg.train.enabled else None)
     accelerator = Accelerator(
         cpu=True, log_with="tensorboard", project_dir=str(run_dir), gradient_accumulation_steps=cfg.train.grad_accum,
         mixed_precision="bf16" if cfg.train.bf16 else "no",
@@ -79,7 +83,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     decision = decide_recovery(cfg.recovery, cfg.train.enabled, session.fp32_dev_metrics, ptq_dev)
     training = None
     if decision.train:
-        models["qat"], training = recover(cfg, accelerator, session, ptq.model, ptq.qconf, training_set.texts, run_dir,
+        models["qat"], training = recover(cfg, accelerator, session, ptq.model, ptq.qconf, training_set, run_dir,
                                           ptq_dev)
         seconds["train"] = training.seconds
     if not accelerator.is_main_process:

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 
 from qat.atomic import write_json
 from qat.config import RecoveryConfig, RunConfig, TrainConfig
-from qat.data import Text
+from qat.data import TrainingSet
 from qat.errors import QatError
 from qat.evaluate import Metrics, best_of, relative_loss
 from qat.quant.config import AUTO, QuantConfig
@@ -57,6 +57,8 @@ class TrainingSummary(TrainState):
     processes: int = 1
     lr: float = 0.0
     lr_choice: LrChoice | None = None   # how train.lr=auto chose, if it did
+    task_weight: float = 0.0            # the task loss's weight (0: distillation only)
+    task_pairs: int = 0                 # labelled pairs the task loss drew from
 
 
 def decide_recovery(recovery: RecoveryConfig, train_enabled: bool, fp32: Metrics, ptq: Metrics) -> RecoveryDecision:
@@ -158,8 +160,8 @@ def _best_lr(cfg: RunConfig, trials: dict[str, LrTrial]) -> LrChoice:
 
 
 def recover(cfg: RunConfig, accelerator: Accelerator, session: Session, ptq_model: PreTrainedModel, qconf: Qconf,
-            texts: list[Text], run_dir: Path, ptq_dev: Metrics) -> tuple[FakeQuantModel, TrainingSummary]:
-    """Recovery training on `texts`; returns the student with its best dev weights and what the training did.
+            training: TrainingSet, run_dir: Path, ptq_dev: Metrics) -> tuple[FakeQuantModel, TrainingSummary]:
+    """Recovery training on the training set (its texts, and its labelled pairs under train.task_weight); returns the student with its best dev weights and what the training did.
     With train.lr=auto the candidates' trials run first and the best one continues from its last checkpoint.
     `ptq_dev` (the PTQ model's dev metrics) is every trainer's step 0, measured once instead of once per trial."""
     teacher, teacher_kind = build_teacher(cfg, ptq_model, qconf, session.fp32())
@@ -168,9 +170,9 @@ def recover(cfg: RunConfig, accelerator: Accelerator, session: Session, ptq_mode
     checkpoints = run_dir / CHECKPOINT_DIR
 
     def make_trainer(lr: float, folder: Path, log_prefix: str = "", train: TrainConfig = cfg.train) -> Trainer:
-        return Trainer(accelerator, simulate(ptq_model, qconf), teacher, session.encoder, texts,
+        return Trainer(accelerator, simulate(ptq_model, qconf), teacher, session.encoder, training.texts,
                        dataclasses.replace(train, lr=lr), folder, {**settings, "train.lr": lr}, cfg.seed,
-                       session.evaluate_dev, cfg.recovery.metric, log_prefix, ptq_dev)
+                       session.evaluate_dev, cfg.recovery.metric, log_prefix, ptq_dev, training.task)
 
     start, choice, other_seconds = resolve_resume(cfg.train.resume, checkpoints), None, 0.0
     train = cfg.train
@@ -191,5 +193,7 @@ def recover(cfg: RunConfig, accelerator: Accelerator, session: Session, ptq_mode
         student.load_state_dict(load_file(str(result.best_weights)))
     state = dataclasses.replace(result.state, seconds=result.state.seconds + other_seconds)
     summary = TrainingSummary(**asdict(state), seconds_per_step=result.seconds_per_step, teacher=teacher_kind,
-                              processes=accelerator.num_processes, lr=trainer.cfg.lr, lr_choice=choice)
+                              processes=accelerator.num_processes, lr=trainer.cfg.lr, lr_choice=choice,
+                              task_weight=cfg.train.task_weight if training.task else 0.0,
+                              task_pairs=len(training.task.scores) if training.task else 0)
     return student, summary

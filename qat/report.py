@@ -80,7 +80,9 @@ def _recovery_line(report: RunReport) -> str:
         trials = ", ".join(f"{value} {'guard fell' if t.metric is None else f'{t.metric:.4f}'}"
                            for value, t in choice.trials.items())
         lr += f" (auto: dev {choice.metric} after {choice.trial_steps} steps by lr: {trials})"
-    return (head + f" Trained {training.step} steps{stop}, {lr}, with the {training.teacher} teacher on "
+    task = (f" plus a task loss (weight {training.task_weight:g}, ranking {training.task_pairs} labelled pairs)"
+            if training.task_pairs else "")
+    return (head + f" Trained {training.step} steps{stop}, {lr}, with the {training.teacher} teacher{task} on "
             f"{training.processes} process(es) in {training.seconds:.0f} s ({training.seconds_per_step:.2f} s/step); "
             f"best dev {decision.metric} {training.best_metric:.4f} at step {training.best_step}.")
 

@@ -10,7 +10,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from qat.atomic import TMP_SUFFIX, atomic_path
 from qat.config import TrainConfig
-from qat.data import Text
-from qat.distill import COSINE_LOSS, KL_LOSS, MSE_LOSS, DistillLoss, distillation_loss, record_blocks
+from qat.data import PairSet, Text
+from qat.distill import COSINE_LOSS, KL_LOSS, MSE_LOSS, DistillLoss, distillation_loss, ranking_loss, record_blocks
 from qat.errors import QatError
 from qat.evaluate import GUARD, Metrics, fidelity_metric, higher_is_better
 from qat.load import Batch, Encoder, outputs, text_length, tokenize
@@ -115,6 +115,16 @@ def output_kind(encoder: Encoder) -> str:
     return KL_LOSS if encoder.classes else MSE_LOSS if encoder.pairs else COSINE_LOSS
 
 
+def check_task_model(encoder: Encoder) -> None:
+    """train.task_weight ranks one similarity per labelled pair: an embedding model's cosine, or a score model's
+    single output. Class logits or several heads have no one value that a label orders."""
+    outputs_per_pair = encoder.model.config.num_labels if encoder.pairs else 1
+    if outputs_per_pair != 1:
+        raise QatError(f"train.task_weight needs one similarity per pair, but model {encoder.source!r} has "
+                       f"{outputs_per_pair} outputs; expected an embedding model or a one-score model, or "
+                       "train.task_weight=0")
+
+
 def select_trainable(student: FakeQuantModel, train_layernorm: bool) -> list[nn.Parameter]:
     """Linear weights and biases train; LayerNorm only if asked; embeddings and all scales stay frozen."""
     for parameter in student.parameters():
@@ -159,8 +169,9 @@ class Trainer:
     def __init__(self, accelerator: Accelerator, student: FakeQuantModel, teacher: nn.Module, encoder: Encoder,
                  texts: list[Text], cfg: TrainConfig, checkpoints: Path, settings: dict[str, Any], seed: int,
                  evaluate_dev: Callable[[FakeQuantModel], Metrics], metric: str, log_prefix: str = "",
-                 start_metrics: Metrics | None = None) -> None:
+                 start_metrics: Metrics | None = None, task: PairSet | None = None) -> None:
         self.accelerator, self.encoder, self.cfg, self.log_prefix = accelerator, encoder, cfg, log_prefix
+        self.task, self.seed = task if cfg.task_weight > 0 else None, seed
         self.teacher, self.evaluate_dev, self.metric = teacher.eval(), evaluate_dev, metric
         self.start_metrics = start_metrics   # the untrained student's dev metrics, when already measured (PTQ's)
         self.checkpoints = checkpoints
@@ -192,8 +203,30 @@ class Trainer:
         with record_blocks(self.accelerator.unwrap_model(self.student)) as student_blocks, \
                 self.accelerator.autocast():
             student_outputs = outputs(self.encoder, self.student(*batch), mask)
-        return distillation_loss(student_blocks, teacher_blocks, student_outputs, teacher_outputs, mask,
+        loss = distillation_loss(student_blocks, teacher_blocks, student_outputs, teacher_outputs, mask,
                                  self.cfg.block_weight, self.cfg.output_weight, output_kind(self.encoder))
+        if self.task is None:
+            return loss
+        task = self.task_loss()
+        return replace(loss, total=loss.total + self.cfg.task_weight * task, task=task)
+
+    def task_loss(self) -> torch.Tensor:
+        """The ranking loss of the student's similarities on train.batch_size labelled pairs drawn for this batch
+        (by seed, epoch and batch number, so a resumed run draws the same); each process ranks its share."""
+        generator = torch.Generator().manual_seed(hash((self.seed, self.state.epoch, self.state.batch_in_epoch)))
+        drawn = torch.randperm(len(self.task.scores), generator=generator)[:self.cfg.batch_size]
+        chosen = drawn[self.accelerator.process_index::self.accelerator.num_processes].tolist()
+        first, second = [self.task.sentence1[i] for i in chosen], [self.task.sentence2[i] for i in chosen]
+        labels = torch.tensor([self.task.scores[i] for i in chosen])
+        with self.accelerator.autocast():
+            if self.encoder.pairs:
+                batch = tokenize(self.encoder, list(zip(first, second)))
+                similarity = outputs(self.encoder, self.student(*batch), batch[1])[:, 0]
+            else:
+                embedded = [outputs(self.encoder, self.student(*batch), batch[1])
+                            for batch in (tokenize(self.encoder, first), tokenize(self.encoder, second))]
+                similarity = (embedded[0] * embedded[1]).sum(-1)   # cosine: the embeddings are normalised
+        return ranking_loss(similarity, labels)
 
     def save_checkpoint(self) -> Path:
         """accelerate's full state plus ours, written under a temporary name and renamed when complete."""
@@ -251,7 +284,8 @@ class Trainer:
                     end: int) -> None:
         """Log, watch, evaluate and save as the schedule says, after an optimizer step."""
         cfg, step, lr = self.cfg, self.state.step, self.scheduler.get_last_lr()[0]
-        self.log({"train/loss": loss.total.item(), "train/output_loss": loss.output.item(), "train/lr": lr,
+        task = {} if loss.task is None else {"train/task_loss": loss.task.item()}
+        self.log({"train/loss": loss.total.item(), "train/output_loss": loss.output.item(), "train/lr": lr, **task,
                   "train/grad_norm": float(grad_norm), **{f"train/block_{i}": b.item() for i, b in enumerate(loss.blocks)}})
         bar.update(1)
         bar.set_postfix(loss=f"{loss.total.item():.4g}", lr=f"{lr:.2g}", best_dev=f"{self.state.best_metric or 0:.5f}")

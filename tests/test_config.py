@@ -45,6 +45,7 @@ def test_defaults_are_ipex_default_recipe():
     ("calib.percentile=0", "calib.percentile=0.0 is not valid; expected a number in (0, 100]"),
     ("calib.percentile=100.5", "calib.percentile=100.5 is not valid"),
     ("sensitivity.metric=stsb_test/spearman", "reads a test split"),
+    ("train.task_weight=-1", "train.task_weight=-1.0 is not valid; expected a non-negative number (0: off)"),
 ])
 def test_bad_values(override, message):
     with pytest.raises(QatError, match=re.escape(message)):

@@ -113,6 +113,20 @@ def test_default_training_text_is_the_calibration_source_unlimited_with_the_pack
     assert set(training_parts(DataConfig())) == {"calibration", "package_passages"}
 
 
+def test_the_task_loss_reads_the_labelled_training_pairs_without_evaluated_text(tmp_path):
+    path = tmp_path / "sts.tsv"
+    path.write_text("score\tsentence1\tsentence2\n" + "".join(f"{i % 6}\tfirst {i}\tsecond {i}\n" for i in range(300)))
+    data = DataConfig(calibration=SourceConfig(kind="file", path=str(path), format="pairs", limit=10))
+    task = training_texts(data, {"first 0", "second 1"}, task=True).task
+    assert len(task.scores) == 298 and task.pairs()[0] == ("first 2", "second 2") and task.scores[:2] == [2.0, 3.0]
+    # a score model's evaluated inputs are pairs: only the pair itself is left out
+    assert len(training_texts(data, {("first 2", "second 2")}, pairs=True, task=True).task.scores) == 299
+    assert training_texts(data, set()).task is None
+    with pytest.raises(QatError, match=r"train.task_weight needs labelled pairs, but the training sources "
+                                       r"\['calibration', 'package_passages'\] have no source of format pairs"):
+        training_texts(DataConfig(), set(), task=True)
+
+
 def test_a_training_source_with_nothing_but_evaluated_text_is_refused():
     data = DataConfig(train={"only": MixPart(1.0, SourceConfig(limit=3))})
     with pytest.raises(QatError, match=r"data.train sources \['only'\] yield no text that is not also evaluated"):

@@ -83,6 +83,24 @@ def test_a_cross_encoder_runs_end_to_end_and_its_export_predicts(score_model, ta
         run_evaluation(evaluation, tmp_path / "evaluation")
 
 
+def test_a_task_loss_ranks_the_labelled_training_pairs_of_a_one_score_model(score_model, task_files, tmp_path,
+                                                                            fresh_accelerate_state):
+    sentences = builtin_sentences()
+    train = tmp_path / "sts_train.tsv"
+    train.write_text("score\tsentence1\tsentence2\n" + "".join(f"{i % 6}\t{sentences[i]}\t{sentences[i + 40]}\n"
+                                                               for i in range(240, 280)))
+    task = ["train.task_weight=0.5", f"+data.train={{sts: {{proportion: 1, source: {{kind: file, path: {train}, format: pairs}}}}}}"]
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={score_model[1]}", *RUN, *task_files, *task])
+    report = run_pipeline(cfg, tmp_path / "run")
+    assert report.training.task_pairs == 40 and report.training.task_weight == 0.5
+    assert report.exports["qat"].parity.passed
+    # class logits have no one similarity that a label orders: refused before anything is calibrated
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={score_model[3]}", *RUN, *task_files, *task])
+    with pytest.raises(QatError, match=r"train.task_weight needs one similarity per pair, but model .* has 3 outputs"):
+        run_pipeline(cfg, tmp_path / "refused")
+    assert not (tmp_path / "refused" / "ptq").exists()
+
+
 def test_the_checkpoint_decides_the_kind(score_model, tiny_model_dir):
     assert load_encoder(ModelConfig(str(score_model[1]), max_length=32)).kind == "scores"
     assert load_encoder(ModelConfig(str(tiny_model_dir), max_length=32)).kind == "embedding"

@@ -15,7 +15,8 @@ from conftest import REPO
 from qat.calibrate import calibrate
 from qat.config import TrainConfig
 from qat.quant.config import CalibConfig, QuantConfig
-from qat.distill import distillation_loss, record_blocks
+from qat.data import PairSet
+from qat.distill import distillation_loss, ranking_loss, record_blocks
 from qat.quant.structure import transformer_blocks
 from qat.errors import QatError
 from qat.evaluate import EvalData, embed, evaluate
@@ -30,7 +31,8 @@ def qconf(tiny_encoder, texts):
     return calibrate(tiny_encoder, texts, CalibConfig(samples=32, batch_size=16), QuantConfig(ops=["linear", "matmul", "add"])).qconf
 
 
-def make_trainer(tiny_encoder, qconf, texts, run_dir, settings=None, evaluate_hook=None, start_metrics=None, **train):
+def make_trainer(tiny_encoder, qconf, texts, run_dir, settings=None, evaluate_hook=None, start_metrics=None, task=None,
+                 **train):
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True))
@@ -49,7 +51,7 @@ def make_trainer(tiny_encoder, qconf, texts, run_dir, settings=None, evaluate_ho
 
     cfg = TrainConfig(**{"steps": 6, "batch_size": 8, "lr": 1e-3, "eval_every": 100, "save_every": 3, **train})
     return Trainer(accelerator, student, teacher, tiny_encoder, texts[:64], cfg, run_dir / "checkpoints", settings or {"calib.algorithm": "histogram"}, 0,
-                   evaluate_dev, "cosine_mean", start_metrics=start_metrics)
+                   evaluate_dev, "cosine_mean", start_metrics=start_metrics, task=task)
 
 
 def test_blocks_are_found_and_loss_is_zero_when_student_equals_teacher(tiny_encoder, qconf, texts):
@@ -251,3 +253,40 @@ def test_step_0_reuses_the_ptq_metrics_measured_before_training(tiny_encoder, qc
     assert again == measured[1:]   # only the end is measured; step 0 is the metrics given
     assert (state.best_step, state.best_metric, state.guard_floor) == (expected.best_step, expected.best_metric,
                                                                        expected.guard_floor)
+
+
+def test_the_ranking_loss_asks_only_for_the_order_of_the_labels():
+    labels = torch.tensor([0.0, 2.5, 5.0])
+    ordered, reversed_ = torch.tensor([0.1, 0.5, 0.9]), torch.tensor([0.9, 0.5, 0.1])
+    assert ranking_loss(ordered, labels).item() < 0.01 and ranking_loss(reversed_, labels).item() > 10
+    assert ranking_loss(ordered, labels).item() == pytest.approx(ranking_loss(ordered, labels / 5).item())
+    assert ranking_loss(reversed_, torch.zeros(3)).item() == pytest.approx(0.0)   # tied labels ask nothing
+
+
+def test_the_task_loss_is_added_drawn_the_same_for_a_batch_and_learnt(tiny_encoder, qconf, texts, tmp_path):
+    task = PairSet(texts[:48], texts[48:96], [float(i % 6) for i in range(48)])
+    trainer = make_trainer(tiny_encoder, qconf, texts, tmp_path, task=task, task_weight=0.5, steps=12)
+    loss = trainer.loss(next(iter(trainer.loader)))
+    assert loss.total.item() == pytest.approx(torch.stack(loss.blocks).sum().item() + loss.output.item()
+                                              + 0.5 * loss.task.item(), rel=1e-5)
+    with torch.no_grad():
+        drawn = [trainer.task_loss().item() for _ in range(2)]
+        trainer.state.batch_in_epoch = 1
+        other = trainer.task_loss().item()
+    assert drawn[0] == drawn[1] != other   # a resumed run draws the same pairs for the same batch
+
+    def mean_task_loss():
+        with torch.no_grad():
+            values = []
+            for batch in range(6):
+                trainer.state.batch_in_epoch = batch
+                values.append(trainer.task_loss().item())
+        trainer.state.batch_in_epoch = 0
+        return sum(values) / len(values)
+
+    before = mean_task_loss()
+    trainer.train(None)
+    assert mean_task_loss() < before
+    # off by default: no task term
+    plain = make_trainer(tiny_encoder, qconf, texts, tmp_path / "plain", task=task)
+    assert plain.loss(next(iter(plain.loader))).task is None
