@@ -30,7 +30,8 @@ def record_blocks(model: nn.Module) -> Iterator[list[torch.Tensor]]:
             handle.remove()
 
 
-COSENT_SCALE = 20.0   # sentence-transformers' CoSENTLoss default, for similarities in [-1, 1]
+COSINE_SCALE = 20.0   # sentence-transformers' CoSENTLoss default, for cosine similarities in [-1, 1]
+LOGIT_SCALE = 1.0     # a score head's logits are log-odds already: RankNet's pairwise logistic loss
 
 
 @dataclass
@@ -41,10 +42,12 @@ class DistillLoss:
     task: torch.Tensor | None = None   # the ranking loss on labelled pairs, before train.task_weight
 
 
-def ranking_loss(similarity: torch.Tensor, labels: torch.Tensor, scale: float = COSENT_SCALE) -> torch.Tensor:
+def ranking_loss(similarity: torch.Tensor, labels: torch.Tensor, kind: str = COSINE_LOSS) -> torch.Tensor:
     """CoSENT (Su 2022; sentence-transformers' CoSENTLoss): log(1 + sum over pairs i, j with label_i < label_j of
     exp(scale * (sim_i - sim_j))). It asks only that similarities be ordered as the labels are, so the labels' scale
-    does not matter (STS 0-5, relevance 0/1) and it serves a rank measure such as Spearman."""
+    does not matter (STS 0-5, relevance 0/1) and it serves a rank measure such as Spearman. The scale is set by
+    the similarity's units (`kind`, as in output_loss): 20 for the cosines of embeddings, 1 for a head's logits."""
+    scale = COSINE_SCALE if kind == COSINE_LOSS else LOGIT_SCALE
     difference = scale * (similarity.float()[:, None] - similarity.float()[None, :])
     ordered = labels[:, None] < labels[None, :]
     return torch.logsumexp(torch.cat([difference.new_zeros(1), difference[ordered]]), dim=0)

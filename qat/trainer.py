@@ -226,7 +226,7 @@ class Trainer:
                 embedded = [outputs(self.encoder, self.student(*batch), batch[1])
                             for batch in (tokenize(self.encoder, first), tokenize(self.encoder, second))]
                 similarity = (embedded[0] * embedded[1]).sum(-1)   # cosine: the embeddings are normalised
-        return ranking_loss(similarity, labels)
+        return ranking_loss(similarity, labels, output_kind(self.encoder))
 
     def save_checkpoint(self) -> Path:
         """accelerate's full state plus ours, written under a temporary name and renamed when complete."""

@@ -16,7 +16,7 @@ from qat.calibrate import calibrate
 from qat.config import TrainConfig
 from qat.quant.config import CalibConfig, QuantConfig
 from qat.data import PairSet
-from qat.distill import distillation_loss, ranking_loss, record_blocks
+from qat.distill import MSE_LOSS, distillation_loss, ranking_loss, record_blocks
 from qat.quant.structure import transformer_blocks
 from qat.errors import QatError
 from qat.evaluate import EvalData, embed, evaluate
@@ -261,6 +261,8 @@ def test_the_ranking_loss_asks_only_for_the_order_of_the_labels():
     assert ranking_loss(ordered, labels).item() < 0.01 and ranking_loss(reversed_, labels).item() > 10
     assert ranking_loss(ordered, labels).item() == pytest.approx(ranking_loss(ordered, labels / 5).item())
     assert ranking_loss(reversed_, torch.zeros(3)).item() == pytest.approx(0.0)   # tied labels ask nothing
+    # a score head's logits are ranked on their own scale (1), cosines on CoSENT's (20)
+    assert ranking_loss(ordered, labels, MSE_LOSS).item() > ranking_loss(ordered, labels).item()
 
 
 def test_the_task_loss_is_added_drawn_the_same_for_a_batch_and_learnt(tiny_encoder, qconf, texts, tmp_path):
