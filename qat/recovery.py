@@ -161,8 +161,9 @@ def _best_lr(cfg: RunConfig, trials: dict[str, LrTrial]) -> LrChoice:
 
 def recover(cfg: RunConfig, accelerator: Accelerator, session: Session, ptq_model: PreTrainedModel, qconf: Qconf,
             training: TrainingSet, run_dir: Path, ptq_dev: Metrics) -> tuple[FakeQuantModel, TrainingSummary]:
-    """Recovery training on the training set (its texts, and its labelled pairs under train.task_weight); returns the student with its best dev weights and what the training did.
-    With train.lr=auto the candidates' trials run first and the best one continues from its last checkpoint.
+    """Recovery training on the training set (its texts, and its labelled pairs under train.task_weight); returns
+    the student with its best dev weights and what the training did. With train.lr=auto the candidates' trials
+    run first and the best one continues from its last checkpoint.
     `ptq_dev` (the PTQ model's dev metrics) is every trainer's step 0, measured once instead of once per trial."""
     teacher, teacher_kind = build_teacher(cfg, ptq_model, qconf, session.fp32())
     log.info("teacher: %s", teacher_kind)
