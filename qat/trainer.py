@@ -28,7 +28,7 @@ from qat.config import TrainConfig
 from qat.data import PairSet, Text
 from qat.distill import COSINE_LOSS, KL_LOSS, MSE_LOSS, DistillLoss, distillation_loss, ranking_loss, record_blocks
 from qat.errors import QatError
-from qat.evaluate import GUARD, Metrics, fidelity_metric, higher_is_better
+from qat.evaluate import GUARD, LOGIT, Metrics, fidelity_metric, head_scores, higher_is_better
 from qat.load import Batch, Encoder, outputs, text_length, tokenize
 from qat.progress import progress
 from qat.quant.modules import QuantLinear
@@ -221,7 +221,7 @@ class Trainer:
         with self.accelerator.autocast():
             if self.encoder.pairs:
                 batch = tokenize(self.encoder, list(zip(first, second)))
-                similarity = outputs(self.encoder, self.student(*batch), batch[1])[:, 0]
+                similarity = head_scores(outputs(self.encoder, self.student(*batch), batch[1]), LOGIT)   # as evaluated
             else:
                 embedded = [outputs(self.encoder, self.student(*batch), batch[1])
                             for batch in (tokenize(self.encoder, first), tokenize(self.encoder, second))]
