@@ -19,13 +19,13 @@ from qat.export.ipex import load_exported
 from qat.export.verify import ExportRecord, export_verified
 from qat.load import batches
 from qat.numerics import cpu_has_vnni
-from qat.ptq import PtqModel, check_given_paths, given_artifact, prepare_ptq
-from qat.quant.config import SmoothQuantConfig
+from qat.ptq import check_given_paths, given_artifact, prepare_ptq
 from qat.quant.simulate import FakeQuantModel, simulate
 from qat.recovery import decide_recovery, recover
 from qat.report import CalibrationRecord, DataSummary, RecipeSummary, RunReport, bucket_chart, write_report
 from qat.session import Session, open_session
 from qat.trainer import check_task_model
+from qat.trials import as_made
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,6 @@ def export_and_evaluate(cfg: RunConfig, session: Session, models: dict[str, Fake
         tables[fakequant] = session.embed(sim.eval(), texts)
         tables[int8] = session.embed(load_exported(exports[name].path, warmup), texts)
     return exports, tables
-
-
-def ptq_smoothquant(cfg: RunConfig, ptq: PtqModel) -> SmoothQuantConfig:
-    """SmoothQuant as the PTQ model was made: with the alpha that 'auto' chose."""
-    choice = ptq.alpha_choice
-    return dataclasses.replace(cfg.smoothquant, alpha=choice.alpha) if choice else cfg.smoothquant
 
 
 def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
@@ -103,9 +97,10 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     report = RunReport(
         model=session.encoder.source, run_dir=str(run_dir), ptq_source=ptq.source,
         recipe=RecipeSummary(sorted(k for k, n in ptq.qconf.int8_counts().items() if n), ptq.skip),
-        calibration=CalibrationRecord(**vars(cfg.calib), texts=cfg.calib.samples), smoothquant=ptq_smoothquant(cfg, ptq),
-        smoothquant_choice=ptq.alpha_choice, smoothquant_unsmoothed=ptq.unsmoothed,
-        equalize=cfg.equalize,
+        calibration=CalibrationRecord(**vars(cfg.calib), texts=cfg.calib.samples),
+        smoothquant=as_made(cfg.smoothquant, ptq.choice("smoothquant")), smoothquant_choice=ptq.choice("smoothquant"),
+        smoothquant_unsmoothed=ptq.unsmoothed,
+        equalize=as_made(cfg.equalize, ptq.choice("equalize")), equalize_choice=ptq.choice("equalize"),
         data=DataSummary(len(session.data.heldout), len(session.data.guard), list(session.data.tasks),
                          len(session.calibration), training_set.counts() if training_set else {}),
         recovery=decision, training=training, final="qat" if training is not None else "ptq", variants=variants,

@@ -34,11 +34,11 @@ class PtqModel:
     skip: list[str]             # what the recipe leaves fp32
     metadata: dict[str, Any]    # what the artifact's metadata.json records
 
-    @property
-    def alpha_choice(self) -> AlphaChoice | None:
-        """How smoothquant.alpha=auto chose (recorded in the artifact, so a resumed run reports it, not redoes it)."""
-        smoothquant = self.metadata.get("smoothquant")
-        choice = smoothquant.get("choice") if isinstance(smoothquant, dict) else None
+    def choice(self, group: str) -> AlphaChoice | None:
+        """How `<group>.alpha=auto` chose ('smoothquant' or 'equalize'; recorded in the artifact, so a resumed run
+        reports it, not redoes it)."""
+        section = self.metadata.get(group)
+        choice = section.get("choice") if isinstance(section, dict) else None
         return AlphaChoice(**choice) if choice else None
 
     @property
@@ -61,21 +61,25 @@ def _calibrated(cfg: RunConfig, session: Session, run_dir: Path) -> PtqModel:
     calib_batches = calibration_batches(session.encoder, session.calibration, cfg.calib)
     log.info("calibrating %s on %d texts in %d batches (%s)", session.encoder.source, cfg.calib.samples,
              len(calib_batches), cfg.calib.algorithm)
-    observed, smoothquant, choice = observe_for_run(session, calib_batches, cfg.calib, cfg.quant, cfg.smoothquant,
-                                                    cfg.equalize)
+    observed = observe_for_run(session, calib_batches, cfg.calib, cfg.quant, cfg.smoothquant, cfg.equalize)
     quant = cfg.quant
     if cfg.sensitivity.enabled:
-        result = analyse_sensitivity(session, observed, cfg.calib, quant, cfg.sensitivity, cfg.recovery)
+        result = analyse_sensitivity(session, observed.statistics, cfg.calib, quant, cfg.sensitivity, cfg.recovery)
         write_outputs(result, quant, run_dir / "sensitivity")
         log.info("sensitivity: %d more op(s) stay fp32: %s", len(result.skip), result.skip)
         quant = dataclasses.replace(quant, skip=list(dict.fromkeys(quant.skip + result.skip)))
-    calibration = apply_calibration(observed, cfg.calib, quant)
-    metadata = {"recipe": asdict(quant), "calibration": asdict(cfg.calib), "smoothquant": {**asdict(smoothquant), "choice": asdict(choice) if choice else None,
-                                "unsmoothed": observed.unsmoothed},
-                "equalize": {**asdict(cfg.equalize), "factors": asdict(observed.equalization)
-                             if observed.equalization else None},
+    calibration = apply_calibration(observed.statistics, cfg.calib, quant)
+    metadata = {"recipe": asdict(quant), "calibration": asdict(cfg.calib),
+                "smoothquant": {**asdict(cfg.smoothquant), "choice": _asdict(observed.smoothquant_choice),
+                                "unsmoothed": observed.statistics.unsmoothed},
+                "equalize": {**asdict(cfg.equalize), "choice": _asdict(observed.equalize_choice),
+                             "factors": _asdict(observed.statistics.equalization)},
                 "calibration_data": calibration_data(cfg, session.origins)}
     return PtqModel(calibration.model, calibration.qconf, "calibration", quant.skip, metadata)
+
+
+def _asdict(record: Any) -> dict[str, Any] | None:
+    return asdict(record) if record is not None else None
 
 
 def _restored(cfg: RunConfig, session: Session, qconf_path: str) -> PtqModel:

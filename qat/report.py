@@ -45,6 +45,7 @@ class RunReport:
     smoothquant_choice: AlphaChoice | None   # how smoothquant.alpha=auto chose, if it did
     smoothquant_unsmoothed: list[str]        # int8 Linears SmoothQuant could not reach
     equalize: EqualizeConfig
+    equalize_choice: AlphaChoice | None      # how equalize.alpha=auto chose, if it did ('off': left as it was)
     data: DataSummary
     recovery: RecoveryDecision
     training: TrainingSummary | None
@@ -87,23 +88,29 @@ def _recovery_line(report: RunReport) -> str:
             f"best dev {decision.metric} {training.best_metric:.4f} at step {training.best_step}.")
 
 
-def _alpha(report: RunReport) -> str:
-    choice = report.smoothquant_choice
+def _alpha(alpha: float, choice: AlphaChoice | None) -> str:
     if choice is None:
-        return str(report.smoothquant.alpha)
-    scores = ", ".join(f"{alpha} {value:.5f}" for alpha, value in choice.scores.items())
-    return f"{choice.alpha} (auto: held-out {choice.objective} by alpha: {scores})"
+        return str(alpha)
+    scores = ", ".join(f"{candidate} {value:.5f}" for candidate, value in choice.scores.items())
+    return f"{'off' if choice.alpha is None else choice.alpha} (auto: held-out {choice.objective} by alpha: {scores})"
+
+
+def _equalize(report: RunReport) -> str:
+    if not (report.equalize.enabled or report.equalize_choice):
+        return ""
+    return (f", attention equalization ({'/'.join(report.equalize.pairs)}) alpha "
+            + _alpha(report.equalize.alpha, report.equalize_choice))
 
 
 def _recipe_line(report: RunReport) -> str:
     calibration = report.calibration
     source = (f"calibration {calibration.algorithm} on {calibration.texts} texts"
               + (", bias correction" if calibration.bias_correction else "")
-              + (f", SmoothQuant alpha {_alpha(report)}" if report.smoothquant.enabled else "")
+              + (f", SmoothQuant alpha {_alpha(report.smoothquant.alpha, report.smoothquant_choice)}"
+                 if report.smoothquant.enabled else "")
               + (f" (not smoothed, no module input of their own: {', '.join(report.smoothquant_unsmoothed)})"
                  if report.smoothquant_unsmoothed else "")
-              + (f", attention equalized ({'/'.join(report.equalize.pairs)}, alpha {report.equalize.alpha})"
-                 if report.equalize.enabled else "")
+              + _equalize(report)
               + "." if report.ptq_source == "calibration" else f"scales restored from {report.ptq_source}.")
     return (f"Recipe: int8 ops {report.recipe.ops}, skip {report.recipe.skip or 'none'}, weights per channel in "
             f"{report.weight_range}; " + source)

@@ -152,10 +152,10 @@ def run_sensitivity(cfg: SensitivityRunConfig, run_dir: Path) -> SensitivityResu
     session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads,
                            metrics={"recovery.metric": cfg.recovery.metric, "sensitivity.metric": cfg.sensitivity.metric},
                            only_tasks_of_metrics=True, recipe=cfg.quant)
-    observed, _, _ = observe_for_run(session, calibration_batches(session.encoder, session.calibration, cfg.calib),
-                                     cfg.calib, cfg.quant, cfg.smoothquant, cfg.equalize)
+    observed = observe_for_run(session, calibration_batches(session.encoder, session.calibration, cfg.calib),
+                               cfg.calib, cfg.quant, cfg.smoothquant, cfg.equalize)
     recovery = dataclasses.replace(cfg.recovery, metric=session.metrics["recovery.metric"])
-    result = analyse_sensitivity(session, observed, cfg.calib, cfg.quant, cfg.sensitivity, recovery)
+    result = analyse_sensitivity(session, observed.statistics, cfg.calib, cfg.quant, cfg.sensitivity, recovery)
     write_outputs(result, cfg.quant, run_dir)
     return result
 

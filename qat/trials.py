@@ -1,11 +1,12 @@
-"""Calibration trials on statistics collected once: the machinery the calibration search and
-`smoothquant.alpha=auto` share. Statistics before SmoothQuant are collected once per equalization alpha, and once
+"""Calibration trials on statistics collected once: the machinery the calibration search, `smoothquant.alpha=auto`
+and `equalize.alpha=auto` share. Statistics before SmoothQuant are collected once per equalization alpha, and once
 more per SmoothQuant alpha after migration; a trial only recomputes ranges from them, simulates the recipe and
 scores it against fp32 on dev data."""
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from qat.calibrate import Statistics, apply_calibration, observe_unsmoothed, smooth
@@ -44,6 +45,11 @@ class CalibrationTrials:
         calibration = apply_calibration(self.statistics(alpha, equalize_alpha), calib, self.quant)
         return self.session.evaluate_dev(simulate(calibration.model, calibration.qconf).eval(), self.dev)
 
+    def keep_only(self, equalize_alpha: float | None) -> None:
+        """Let go of the statistics of every other equalization alpha (each holds a copy of the model)."""
+        self.unsmoothed = {a: stats for a, stats in self.unsmoothed.items() if a == equalize_alpha}
+        self.smoothed = {key: stats for key, stats in self.smoothed.items() if key[1] == equalize_alpha}
+
     @property
     def collections(self) -> int:
         """How many times statistics were collected (each a pass over the calibration batches)."""
@@ -52,28 +58,63 @@ class CalibrationTrials:
 
 @dataclass
 class AlphaChoice:
-    """smoothquant.alpha=auto: every candidate's held-out distance to fp32 and the alpha chosen."""
+    """An alpha=auto choice: every candidate's held-out distance to fp32 and the alpha chosen (None: equalization
+    left off)."""
 
     objective: str
-    scores: dict[str, float]    # alpha (as written) -> objective
-    alpha: float
+    scores: dict[str, float]    # alpha (as written; 'off' for None) -> objective
+    alpha: float | None
+
+
+@dataclass
+class Observed:
+    """The statistics a job calibrates from, and the SmoothQuant and equalization they were made with ('auto'
+    resolved to the chosen alpha; equalization disabled where 'auto' chose to leave it off)."""
+
+    statistics: Statistics
+    smoothquant: SmoothQuantConfig
+    equalize: EqualizeConfig
+    smoothquant_choice: AlphaChoice | None
+    equalize_choice: AlphaChoice | None
+
+
+def _choose(what: str, candidates: list[float | None], score: Callable[[float | None], float]) -> AlphaChoice:
+    scores = {alpha: score(alpha) for alpha in candidates}
+    best = best_of(scores, AUTO_ALPHA_OBJECTIVE)
+    written = {("off" if alpha is None else str(alpha)): value for alpha, value in scores.items()}
+    log.info("%s.alpha=auto: %s on held-out texts %s -> alpha %s", what, AUTO_ALPHA_OBJECTIVE,
+             {a: round(v, 6) for a, v in written.items()}, "off" if best is None else best)
+    return AlphaChoice(AUTO_ALPHA_OBJECTIVE, written, best)
+
+
+def as_made(config: SmoothQuantConfig | EqualizeConfig, choice: AlphaChoice | None
+            ) -> SmoothQuantConfig | EqualizeConfig:
+    """The configuration an 'auto' choice resolved to (equalization chosen 'off' is disabled)."""
+    if choice is None:
+        return config
+    if choice.alpha is None:
+        return dataclasses.replace(config, enabled=False, alpha=0.5)
+    return dataclasses.replace(config, alpha=choice.alpha)
 
 
 def observe_for_run(session: Session, calib_batches: list[Batch], calib: CalibConfig, quant: QuantConfig,
-                    smoothquant: SmoothQuantConfig, equalize: EqualizeConfig
-                    ) -> tuple[Statistics, SmoothQuantConfig, AlphaChoice | None]:
-    """The statistics a job calibrates from, with SmoothQuant's alpha as configured or, for 'auto', the candidate
-    whose PTQ model is closest to fp32 on the held-out texts (never a task set); the chosen statistics are the
-    ones already collected for the trial."""
-    equalize_alpha = equalize.alpha if equalize.enabled else None
+                    smoothquant: SmoothQuantConfig, equalize: EqualizeConfig) -> Observed:
+    """The statistics a job calibrates from, with the alphas as configured or, for 'auto', the candidate whose PTQ
+    model is closest to fp32 on the held-out texts (never a task set): equalization first, judged on its own, then
+    SmoothQuant's alpha on the equalized model. The chosen statistics are the ones already collected for the
+    trial; the others are let go."""
     trials = CalibrationTrials(session, calib_batches, calib, quant, smoothquant, equalize,
                                session.dev.for_metrics([AUTO_ALPHA_OBJECTIVE]))
-    if not (smoothquant.enabled and smoothquant.alpha == AUTO):
-        alpha = smoothquant.alpha if smoothquant.enabled else None
-        return trials.statistics(alpha, equalize_alpha), smoothquant, None
-    scores = {alpha: trials.metrics(calib, alpha, equalize_alpha)[AUTO_ALPHA_OBJECTIVE] for alpha in smoothquant.candidates}
-    best = best_of(scores, AUTO_ALPHA_OBJECTIVE)
-    log.info("smoothquant.alpha=auto: %s on held-out texts %s -> alpha %s", AUTO_ALPHA_OBJECTIVE,
-             {a: round(v, 6) for a, v in scores.items()}, best)
-    choice = AlphaChoice(AUTO_ALPHA_OBJECTIVE, {str(a): v for a, v in scores.items()}, best)
-    return trials.statistics(best, equalize_alpha), dataclasses.replace(smoothquant, alpha=best), choice
+    equalize_choice = smoothquant_choice = None
+    if equalize.enabled and equalize.alpha == AUTO:
+        equalize_choice = _choose("equalize", equalize.candidates,
+                                  lambda alpha: trials.metrics(calib, None, alpha)[AUTO_ALPHA_OBJECTIVE])
+    equalize = as_made(equalize, equalize_choice)
+    equalize_alpha = equalize.alpha if equalize.enabled else None
+    trials.keep_only(equalize_alpha)
+    if smoothquant.enabled and smoothquant.alpha == AUTO:
+        smoothquant_choice = _choose("smoothquant", smoothquant.candidates,
+                                     lambda alpha: trials.metrics(calib, alpha, equalize_alpha)[AUTO_ALPHA_OBJECTIVE])
+    smoothquant = as_made(smoothquant, smoothquant_choice)
+    statistics = trials.statistics(smoothquant.alpha if smoothquant.enabled else None, equalize_alpha)
+    return Observed(statistics, smoothquant, equalize, smoothquant_choice, equalize_choice)

@@ -66,7 +66,7 @@ def model_dirs(tmp_path_factory) -> dict[tuple[str, str], str]:
 
 
 def full_recipe(name: str) -> list[str]:
-    return ["quant=full_int8", "equalize=on", "smoothquant=on", "smoothquant.alpha=0.5"]
+    return ["quant=full_int8", "equalize=on", "equalize.alpha=0.5", "smoothquant=on", "smoothquant.alpha=0.5"]
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)

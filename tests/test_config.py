@@ -46,10 +46,16 @@ def test_defaults_are_ipex_default_recipe():
     ("calib.percentile=100.5", "calib.percentile=100.5 is not valid"),
     ("sensitivity.metric=stsb_test/spearman", "reads a test split"),
     ("train.task_weight=-1", "train.task_weight=-1.0 is not valid; expected a non-negative number (0: off)"),
+    ("equalize.alpha=auto", "equalize.alpha=auto with equalize off; expected equalize=on"),
 ])
 def test_bad_values(override, message):
     with pytest.raises(QatError, match=re.escape(message)):
         compose_run(override)
+
+
+def test_bad_equalize_candidates():
+    with pytest.raises(QatError, match=re.escape("equalize.candidates=[None, 1.5] is not valid; expected alphas")):
+        compose_run("equalize=on", "equalize.candidates=[null,1.5]")
 
 
 @pytest.mark.parametrize("config_name, schema", [("search", SearchRunConfig), ("sensitivity", RunConfig)])

@@ -1,14 +1,20 @@
 """Weight-folded equalization inside attention: exact in fp32, undoes an outlier stress, refuses what it cannot do;
 SmoothQuant's attention-output factors fold into the value projection."""
 import copy
+import dataclasses
+import json
 
 import pytest
 import torch
 from torch import nn
+from transformers import AutoModel, AutoTokenizer
 
 from qat.calibrate import calibrate, calibration_batches
+from qat.config import RunConfig
+from qat.entry import job_config
 from qat.errors import QatError
 from qat.load import batches
+from qat.pipeline import run_pipeline
 from qat.quant.config import CalibConfig, EqualizeConfig, QuantConfig, SmoothQuantConfig
 from qat.quant.equalize import attention_projections, equalize, rescale
 from qat.quant.simulate import simulate
@@ -98,13 +104,28 @@ def test_smoothquant_folds_the_attention_output_factors_into_the_value_projectio
     assert not torch.equal(original.attention.self.value.weight, folded.attention.self.value.weight)
 
 
-def test_a_recovery_run_on_an_equalized_model_exports_what_it_trained(tiny_model_dir, tmp_path, fresh_accelerate_state):
-    from qat.config import RunConfig
-    from qat.entry import job_config
-    from qat.pipeline import run_pipeline
+def test_equalize_alpha_auto_equalizes_a_stressed_model_and_records_the_choice(tiny_model_dir, tmp_path,
+                                                                              fresh_accelerate_state):
+    """On the stressed model leaving attention as it is scores worst on the held-out texts, so 'auto' equalizes;
+    the choice is in the artifact (a resumed run reads it) and in the report."""
+    model_dir = tmp_path / "stressed"
+    stressed(AutoModel.from_pretrained(tiny_model_dir)).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(model_dir)
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={model_dir}", "model.max_length=32", "calib.samples=64",
+                                          "+data.heldout.limit=40", "equalize=on", "equalize.candidates=[null,0.5]",
+                                          "train=none"])
+    report = run_pipeline(cfg, tmp_path / "run")
+    choice = report.equalize_choice
+    assert set(choice.scores) == {"off", "0.5"} and choice.scores["0.5"] < choice.scores["off"], choice
+    assert choice.alpha == 0.5 and report.equalize.enabled and report.equalize.alpha == 0.5
+    metadata = json.loads((tmp_path / "run" / "ptq" / "metadata.json").read_text())["equalize"]
+    assert metadata["choice"] == dataclasses.asdict(choice) and metadata["factors"]["qk"]
+    assert "attention equalization (qk/vo) alpha 0.5 (auto" in (tmp_path / "run" / "report.md").read_text()
 
+
+def test_a_recovery_run_on_an_equalized_model_exports_what_it_trained(tiny_model_dir, tmp_path, fresh_accelerate_state):
     cfg = job_config("train", RunConfig, [f"model.name_or_path={tiny_model_dir}", "model.max_length=32", "calib.samples=64",
-                                          "+data.heldout.limit=40", "equalize=on", "smoothquant=on", "quant=full_int8",
+                                          "+data.heldout.limit=40", "equalize=on", "equalize.alpha=0.5", "smoothquant=on", "quant=full_int8",
                                           "recovery.force=true", "train.steps=3", "train.lr=1e-5", "train.batch_size=16", "teacher=fp32"])
     report = run_pipeline(cfg, tmp_path / "run")
     assert report.final == "qat" and report.equalize.enabled

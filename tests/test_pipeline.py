@@ -76,16 +76,22 @@ def test_smoothquant_alpha_auto_picks_the_closest_candidate_on_held_out_texts_an
     collect = qat.calibrate.collect_statistics
     monkeypatch.setattr(qat.calibrate, "collect_statistics", lambda *a, **k: collections.append(1) or collect(*a, **k))
     cfg = job_config("train", RunConfig, tiny_overrides(tiny_model_dir) + [
-        "train=none", "quant=full_int8", "smoothquant=on", "smoothquant.candidates=[0.2,0.5,0.8]"])
-    assert cfg.smoothquant.alpha == "auto"
+        "train=none", "quant=full_int8", "smoothquant=on", "smoothquant.candidates=[0.2,0.5,0.8]",
+        "equalize=on", "equalize.candidates=[null]"])
+    assert cfg.smoothquant.alpha == cfg.equalize.alpha == "auto"
     report = run_pipeline(cfg, tmp_path / "run")
     choice = report.smoothquant_choice
     assert choice.objective == "emd_heldout_pairs" and set(choice.scores) == {"0.2", "0.5", "0.8"}
     assert choice.scores[str(choice.alpha)] == min(choice.scores.values()) and report.smoothquant.alpha == choice.alpha
     assert len(collections) == 1 + 3   # before SmoothQuant once, after it once per candidate; the PTQ reuses its own
     assert report.variants[Variant.PTQ_FAKEQUANT]["emd_heldout_pairs"] == pytest.approx(choice.scores[str(choice.alpha)])
-    assert qat.ptq._read(tmp_path / "run" / "ptq", cfg).alpha_choice == choice   # a resumed run reads, not rechooses
-    assert f"SmoothQuant alpha {choice.alpha} (auto" in (tmp_path / "run" / "report.md").read_text()
+    ptq = qat.ptq._read(tmp_path / "run" / "ptq", cfg)
+    assert ptq.choice("smoothquant") == choice   # a resumed run reads, not rechooses
+    # equalization's only candidate here is 'off': the model is left as it was, and the run says so
+    assert report.equalize_choice.alpha is None and not report.equalize.enabled
+    assert ptq.choice("equalize") == report.equalize_choice and ptq.metadata["equalize"]["factors"] is None
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert f"SmoothQuant alpha {choice.alpha} (auto" in text and "attention equalization (qk/vo) alpha off (auto" in text
 
 
 def test_smoothquant_alpha_auto_needs_smoothquant_on():

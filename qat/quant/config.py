@@ -74,6 +74,15 @@ class CalibConfig:
         return -(-self.samples // self.batch_size)
 
 
+def check_alpha(group: str, alpha: Any, enabled: bool) -> None:
+    """A migration strength: a number in [0, 1], or 'auto' (which needs the group on)."""
+    if alpha == AUTO:
+        if not enabled:
+            raise QatError(f"{group}.alpha=auto with {group} off; expected {group}=on (or enabled=true)")
+    elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise QatError(f"{group}.alpha={alpha!r} is not valid; expected a number in [0, 1] or 'auto'")
+
+
 @dataclass
 class SmoothQuantConfig:
     """SmoothQuant migration before calibration (smoothquant.py): `alpha` in [0, 1] moves that much of each input
@@ -86,11 +95,7 @@ class SmoothQuantConfig:
     modules: list[str] = field(default_factory=lambda: [".*"])
 
     def __post_init__(self) -> None:
-        if self.alpha == AUTO:
-            if not self.enabled:
-                raise QatError("smoothquant.alpha=auto with smoothquant off; expected smoothquant=on (or enabled=true)")
-        elif isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
-            raise QatError(f"smoothquant.alpha={self.alpha!r} is not valid; expected a number in [0, 1] or 'auto'")
+        check_alpha("smoothquant", self.alpha, self.enabled)
         if not self.candidates or not all(0.0 <= a <= 1.0 for a in self.candidates):
             raise QatError(f"smoothquant.candidates={self.candidates} is not valid; expected alphas in [0, 1]")
         if not self.modules:
@@ -103,15 +108,20 @@ EQUALIZE_PAIRS = ("qk", "vo")
 @dataclass
 class EqualizeConfig:
     """Weight-folded equalization inside attention before calibration (equalize.py): the Q/K channel pairs and the
-    V/O pairs, each rescaled per channel by the balance max|X|^alpha / max|W|^(1 - alpha)."""
+    V/O pairs, each rescaled per channel by the balance max|X|^alpha / max|W|^(1 - alpha). `alpha='auto'` picks
+    one of `candidates` before calibration, where None is the model left as it is (equalization is not free of
+    rounding: on a model without outliers in those pairs it may only move the int8 error around)."""
 
     enabled: bool = False
-    alpha: float = 0.5
+    alpha: Any = 0.5    # a number, or 'auto'
+    candidates: list[float | None] = field(default_factory=lambda: [None, 0.3, 0.4, 0.5, 0.6, 0.7])
     pairs: list[str] = field(default_factory=lambda: list(EQUALIZE_PAIRS))
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise QatError(f"equalize.alpha={self.alpha} is not valid; expected a number in [0, 1]")
+        check_alpha("equalize", self.alpha, self.enabled)
+        if not self.candidates or not all(a is None or 0.0 <= a <= 1.0 for a in self.candidates):
+            raise QatError(f"equalize.candidates={self.candidates} is not valid; expected alphas in [0, 1] "
+                           "(null: not equalized)")
         if not self.pairs:
             raise QatError(f"equalize.pairs is empty; expected some of {list(EQUALIZE_PAIRS)}")
         for pair in self.pairs:
