@@ -92,8 +92,8 @@ def as_made(config: SmoothQuantConfig | EqualizeConfig, choice: AlphaChoice | No
     """The configuration an 'auto' choice resolved to (equalization chosen 'off' is disabled)."""
     if choice is None:
         return config
-    if choice.alpha is None:
-        return dataclasses.replace(config, enabled=False, alpha=0.5)
+    if choice.alpha is None:   # disabled, with the schema's alpha ('auto' needs the group on)
+        return dataclasses.replace(config, enabled=False, alpha=type(config)().alpha)
     return dataclasses.replace(config, alpha=choice.alpha)
 
 
