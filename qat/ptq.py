@@ -70,9 +70,9 @@ def _calibrated(cfg: RunConfig, session: Session, run_dir: Path) -> PtqModel:
         quant = dataclasses.replace(quant, skip=list(dict.fromkeys(quant.skip + result.skip)))
     calibration = apply_calibration(observed.statistics, cfg.calib, quant)
     metadata = {"recipe": asdict(quant), "calibration": asdict(cfg.calib),
-                "smoothquant": {**asdict(cfg.smoothquant), "choice": _asdict(observed.smoothquant_choice),
+                "smoothquant": {**asdict(observed.smoothquant), "choice": _asdict(observed.smoothquant_choice),
                                 "unsmoothed": observed.statistics.unsmoothed},
-                "equalize": {**asdict(cfg.equalize), "choice": _asdict(observed.equalize_choice),
+                "equalize": {**asdict(observed.equalize), "choice": _asdict(observed.equalize_choice),
                              "factors": _asdict(observed.statistics.equalization)},
                 "calibration_data": calibration_data(cfg, session.origins)}
     return PtqModel(calibration.model, calibration.qconf, "calibration", quant.skip, metadata)

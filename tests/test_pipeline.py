@@ -90,6 +90,7 @@ def test_smoothquant_alpha_auto_picks_the_closest_candidate_on_held_out_texts_an
     # equalization's only candidate here is 'off': the model is left as it was, and the run says so
     assert report.equalize_choice.alpha is None and not report.equalize.enabled
     assert ptq.choice("equalize") == report.equalize_choice and ptq.metadata["equalize"]["factors"] is None
+    assert not ptq.metadata["equalize"]["enabled"] and ptq.metadata["smoothquant"]["alpha"] == choice.alpha
     text = (tmp_path / "run" / "report.md").read_text()
     assert f"SmoothQuant alpha {choice.alpha} (auto" in text and "attention equalization (qk/vo) alpha off (auto" in text
 
