@@ -80,18 +80,25 @@ def test_bad_search_spaces_are_refused(kwargs, message):
         SpaceConfig(**kwargs)
 
 
+def edited_model(tiny_model_dir, out_dir, edit):
+    """The tiny model after `edit(model)`, saved with its tokenizer."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        edit(model)
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out_dir)
+    return out_dir
+
+
 def test_sensitivity_puts_a_deliberately_fragile_group_first(tiny_model_dir, tmp_path):
     """A huge activation outlier in one FFN: one GELU channel of layer 1 made ~60 while the rest stay below 1,
     so the int8 step of the FFN-out input swallows every other channel."""
-    from transformers import AutoModel
-
-    fragile_dir = tmp_path / "fragile"
-    model = AutoModel.from_pretrained(tiny_model_dir)
-    with torch.no_grad():
+    def edit(model):
         model.encoder.layer[1].intermediate.dense.bias[5] = 60.0
-    model.save_pretrained(fragile_dir)
-    from transformers import AutoTokenizer
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(fragile_dir)
+
+    fragile_dir = edited_model(tiny_model_dir, tmp_path / "fragile", edit)
     cfg = SensitivityRunConfig(model=ModelConfig(str(fragile_dir), max_length=32), data=tiny_data(), calib=FAST_CALIB,
                     eval=EvalConfig(batch_size=32), quant=QuantConfig(ops=["linear"], skip=["encoder.layer.0.intermediate.dense"]),
                     sensitivity=SensitivityConfig(metric="cosine_mean", max_skip=2), recovery=RecoveryConfig(threshold=0.0))
@@ -109,6 +116,31 @@ def test_sensitivity_puts_a_deliberately_fragile_group_first(tiny_model_dir, tmp
                                                   OmegaConf.load(tmp_path / "run" / "conf" / "quant" / "sensitive.yaml")))
     assert skipped.skip == ["encoder.layer.0.intermediate.dense"] + result.skip
     assert list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_sensitivity_ranks_a_residual_add_apart_from_its_linear(tiny_model_dir, tmp_path):
+    """Massive activations in two FFN-out channels of layer 1 (+-200, while the FFN's other outputs are scaled to
+    matter; the LayerNorm after the add drops both channels, as an encoder's later layers ignore theirs): the
+    residual add that reads them is the fragile op, and the skip list leaves only that add fp32, its Linear int8."""
+    def edit(model):
+        out = model.encoder.layer[1].output
+        out.dense.weight *= 20
+        out.dense.bias[5], out.dense.bias[6] = 200.0, -200.0
+        out.LayerNorm.weight[5:7] = 0.0
+        out.LayerNorm.bias[5:7] = 0.0
+        out.LayerNorm.weight *= 10
+
+    fragile_dir = edited_model(tiny_model_dir, tmp_path / "fragile", edit)
+    cfg = SensitivityRunConfig(model=ModelConfig(str(fragile_dir), max_length=32), data=tiny_data(), calib=FAST_CALIB,
+                               eval=EvalConfig(batch_size=32), quant=QuantConfig(ops=["linear", "residual_add"]),
+                               sensitivity=SensitivityConfig(metric="cosine_mean", top_k=1),
+                               recovery=RecoveryConfig(threshold=0.0))
+    result = run_sensitivity(cfg, tmp_path / "run")
+    groups = {r.group for r in result.ranking}
+    assert {"encoder.layer.1.output.add", "encoder.layer.1.output.dense"} <= groups
+    assert result.ranking[0].group == "encoder.layer.1.output.add"
+    assert result.skip == ["encoder.layer.1.output.add"]
+    assert result.prefixes[1].loss < result.prefixes[0].loss
 
 
 def test_search_over_smoothquant_alpha_collects_statistics_once_per_alpha(tiny_model_dir, tmp_path, monkeypatch):
