@@ -187,9 +187,10 @@ def ranking_chart(result: SensitivityResult) -> pyplot.Figure:
 
 def sensitivity_table(result: SensitivityResult) -> str:
     rank_by, metric = result.rank_by, result.metric
+    measures = dict.fromkeys([rank_by, metric])   # one entry when the ranking measure is recovery.metric
+    all_int8 = ", ".join(f"{name} {result.all_int8[name]:.5g}" for name in measures)
     lines = [f"# Sensitivity ({', '.join(result.recipe)} in int8), ranked by {rank_by}", "",
-             f"All int8: {rank_by} {result.all_int8[rank_by]:.5g}, {metric} {result.all_int8[metric]:.5g} "
-             f"(fp32 {result.fp32[metric]:.5g}).", "",
+             f"All int8: {all_int8} (fp32 {metric} {result.fp32[metric]:.5g}).", "",
              f"| rank | group | loss removed if fp32 | loss alone | {metric} all-but | {metric} only |", "|---|---|---|---|---|---|"]
     for rank, r in enumerate(result.ranking, start=1):
         lines.append(f"| {rank} | {r.group} | {r.gain_if_fp32:.5g} | {r.damage_alone:.5g} | "
