@@ -5,8 +5,9 @@ own, each layer's attention matmuls, the embedding adds, and any head. A residua
 part of its module's Linear (which IPEX fuses it with), because the two fail for different reasons: the add's
 input is the Linear's output, where an encoder's massive activations sit (all-MiniLM-L6-v2's layer-0 FFN output
 reaches about 190 while most channels stay within 1, so one per-tensor int8 step swallows them), and leaving only
-the add fp32 keeps the Linear int8 (Bondarenko et al., 2021, found the same in BERT's FFN residual sums). Each group is measured both ways against fp32 on held-out texts (and dev task sets): only
-this group in int8, and everything but this group in int8. The ranking is by how much the all-int8 loss falls
+the add fp32 keeps the Linear int8 (Bondarenko et al., 2021, found the same in BERT's FFN residual sums).
+Each group is measured both ways against fp32 on held-out texts (and dev task sets): only this group in int8,
+and everything but this group in int8. The ranking is by how much the all-int8 loss falls
 when the group stays fp32; the skip list is the top k groups, or the fewest top groups that bring the loss on
 `recovery.metric` under `recovery.threshold`.
 """
