@@ -36,7 +36,8 @@ def score_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def task_files(tmp_path_factory):
+def task_folder(tmp_path_factory):
+    """sts_dev.tsv (40 labelled pairs) and rerank_dev.jsonl (8 queries, 3 candidates each)."""
     folder = tmp_path_factory.mktemp("tasks")
     sentences = builtin_sentences()
     rng = np.random.default_rng(0)
@@ -45,8 +46,13 @@ def task_files(tmp_path_factory):
     queries = [{"query": sentences[200 + i], "positive": [sentences[210 + i]],
                 "negative": [sentences[220 + i], sentences[230 + i]]} for i in range(8)]
     (folder / "rerank_dev.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
-    return [f"+data.tasks.sts_dev={{kind: file, path: {folder / 'sts_dev.tsv'}, format: pairs}}",
-            f"+data.tasks.rerank_dev={{kind: file, path: {folder / 'rerank_dev.jsonl'}, format: rerank}}"]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def task_files(task_folder):
+    return [f"+data.tasks.sts_dev={{kind: file, path: {task_folder / 'sts_dev.tsv'}, format: pairs}}",
+            f"+data.tasks.rerank_dev={{kind: file, path: {task_folder / 'rerank_dev.jsonl'}, format: rerank}}"]
 
 
 @pytest.mark.parametrize("labels", [1, 3])
@@ -99,6 +105,23 @@ def test_a_task_loss_ranks_the_labelled_training_pairs_of_a_one_score_model(scor
     with pytest.raises(QatError, match=r"train.task_weight needs one similarity per pair, but model .* has 3 outputs"):
         run_pipeline(cfg, tmp_path / "refused")
     assert not (tmp_path / "refused" / "ptq").exists()
+
+
+def test_a_score_model_calibrates_on_a_mix_of_pair_and_rerank_data(score_model, task_folder, tmp_path,
+                                                                    fresh_accelerate_state):
+    """A multi-task relevance model calibrates on the equal mix of its sub-tasks' data: STS pairs and
+    (query, candidate) pairs of a rerank file, interleaved, recorded in the PTQ artifact."""
+    mix = (f"+data.mix={{sts: {{proportion: 1, source: {{kind: file, path: {task_folder / 'sts_dev.tsv'}, "
+           f"format: pairs}}}}, rerank: {{proportion: 1, source: {{kind: file, path: {task_folder / 'rerank_dev.jsonl'}, "
+           f"format: rerank}}}}}}")
+    overrides = [f"model.name_or_path={score_model[1]}", "model.max_length=32", "calib.samples=32",
+                 "calib.batch_size=8", "+data.heldout.limit=40", "train=none", "quant=full_int8", mix]
+    run_dir = tmp_path / "run"
+    report = run_pipeline(job_config("train", RunConfig, overrides), run_dir)
+    metadata = json.loads((run_dir / "ptq" / "metadata.json").read_text())
+    recorded = metadata["calibration_data"]["mix"]
+    assert (recorded["sts"]["texts"], recorded["rerank"]["texts"]) == (16, 16)
+    assert report.final == "ptq" and report.exports["ptq"].parity.passed
 
 
 def test_the_checkpoint_decides_the_kind(score_model, tiny_model_dir):
