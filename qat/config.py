@@ -365,6 +365,7 @@ class TargetConfig:
 
     folder: str | None = None
     torchscript: str | None = None
+    baseline: str | None = None   # another export folder of model.*: the differences target - baseline, with intervals
 
 
 @dataclass

@@ -26,6 +26,8 @@ Table = dict[Text, torch.Tensor]     # input -> pooled, normalised embedding, or
 Metrics = dict[str, float]           # metric name ('cosine_mean', 'guard/emd', '<task>/spearman', ...) -> value
 Task = PairSet | RerankSet | RetrievalSet
 TASK_METRIC = {PairSet: "spearman", RerankSet: "map", RetrievalSet: "ndcg@10"}   # each kind of task set's own measure
+RERANK_METRICS = ("map", "mrr@10", "ndcg@10")
+RETRIEVAL_METRICS = ("ndcg@10", "recall@100")
 K = TypeVar("K")
 GUARD = "guard"                      # the prefix of the guard set's metrics
 # How a pair is scored: the cosine of two embeddings, a score model's first output (one relevance logit or
@@ -42,6 +44,7 @@ class Variant(StrEnum):
     QAT_FAKEQUANT = "qat_fakequant"
     QAT_INT8 = "qat_int8"
     INT8 = "int8"                     # an int8 model evaluated on its own (python -m qat.evaluate)
+    BASELINE = "baseline"             # another int8 model it is compared with (qat.evaluate target.baseline)
 
     @property
     def title(self) -> str:
@@ -51,7 +54,7 @@ class Variant(StrEnum):
 VARIANT_TITLES = {
     Variant.FP32: "fp32", Variant.PTQ_FAKEQUANT: "PTQ int8 (fake-quant)", Variant.PTQ_INT8: "PTQ int8 (exported IPEX)",
     Variant.QAT_FAKEQUANT: "QAT int8 (fake-quant)", Variant.QAT_INT8: "QAT int8 (exported IPEX)",
-    Variant.INT8: "int8 (exported IPEX)",
+    Variant.INT8: "int8 (exported IPEX)", Variant.BASELINE: "baseline int8 (exported IPEX)",
 }
 # The two forms of each int8 model: its fake-quant simulation and its IPEX export.
 MODEL_VARIANTS = {"ptq": (Variant.PTQ_FAKEQUANT, Variant.PTQ_INT8), "qat": (Variant.QAT_FAKEQUANT, Variant.QAT_INT8)}
@@ -219,32 +222,43 @@ def ranking_metrics(scores: np.ndarray, relevant: np.ndarray, cutoff: int = 10) 
             float(np.dot(top, discounts[:len(top)]) / ideal))
 
 
-def rerank_metrics(table: Table, rerank: RerankSet, scoring: str) -> Metrics:
-    """MAP, MRR@10 and NDCG@10 (x100) of ranking each query's candidates."""
+def rerank_per_query(table: Table, rerank: RerankSet, scoring: str) -> np.ndarray:
+    """Each query's AP, reciprocal rank within 10 and NDCG@10 (rows: queries; columns: RERANK_METRICS)."""
     per_query = []
     for query, positives, negatives in zip(rerank.queries, rerank.positives, rerank.negatives):
         candidates = positives + negatives
         scores = pair_scores(table, [(query, c) for c in candidates], scoring)
         per_query.append(ranking_metrics(scores, np.array([True] * len(positives) + [False] * len(negatives))))
-    means = 100.0 * np.mean(per_query, axis=0)
-    return {"map": float(means[0]), "mrr@10": float(means[1]), "ndcg@10": float(means[2])}
+    return np.array(per_query)
 
 
-def retrieval_metrics(table: Table, retrieval: RetrievalSet, cutoff: int = 10, depth: int = 100) -> tuple[float, float]:
-    """NDCG@cutoff (graded gains, as BEIR's pytrec_eval computes it) and Recall@depth over the whole corpus, x100."""
+def rerank_metrics(table: Table, rerank: RerankSet, scoring: str) -> Metrics:
+    """MAP, MRR@10 and NDCG@10 (x100) of ranking each query's candidates."""
+    return dict(zip(RERANK_METRICS, (100.0 * rerank_per_query(table, rerank, scoring).mean(axis=0)).tolist()))
+
+
+def retrieval_per_query(table: Table, retrieval: RetrievalSet, cutoff: int = 10, depth: int = 100) -> np.ndarray:
+    """Each query's NDCG@cutoff (graded gains, as BEIR's pytrec_eval computes it) and Recall@depth over the whole
+    corpus (rows: queries; columns: RETRIEVAL_METRICS)."""
     doc_ids = list(retrieval.corpus)
     documents = stack_texts(table, [retrieval.corpus[d] for d in doc_ids])
     discounts = 1.0 / np.log2(np.arange(2, cutoff + 2))
-    ndcgs, recalls = [], []
+    per_query = []
     for qid, query in retrieval.queries.items():
         top = torch.topk(documents @ table[query], min(depth, len(doc_ids))).indices.tolist()
         gains = retrieval.qrels[qid]
         ranked = [gains.get(doc_ids[i], 0) for i in top]
         ideal = sorted(gains.values(), reverse=True)[:cutoff]
-        ndcgs.append(float(np.dot(ranked[:cutoff], discounts[:len(ranked[:cutoff])]) / np.dot(ideal, discounts[:len(ideal)])))
+        ndcg = float(np.dot(ranked[:cutoff], discounts[:len(ranked[:cutoff])]) / np.dot(ideal, discounts[:len(ideal)]))
         relevant = sum(1 for g in gains.values() if g > 0)
-        recalls.append(sum(1 for g in ranked if g > 0) / relevant)
-    return 100.0 * float(np.mean(ndcgs)), 100.0 * float(np.mean(recalls))
+        per_query.append((ndcg, sum(1 for g in ranked if g > 0) / relevant))
+    return np.array(per_query)
+
+
+def retrieval_metrics(table: Table, retrieval: RetrievalSet, cutoff: int = 10, depth: int = 100) -> tuple[float, float]:
+    """NDCG@cutoff and Recall@depth over the whole corpus, x100."""
+    ndcg, recall = 100.0 * retrieval_per_query(table, retrieval, cutoff, depth).mean(axis=0)
+    return float(ndcg), float(recall)
 
 
 def fidelity(table: Table, reference: Table, texts: list[Text], scoring: str) -> Metrics:
@@ -313,12 +327,13 @@ def main() -> None:
     from qat.config import EvaluateRunConfig
     from qat.entry import run_job
     from qat.evaluate_export import RESULT_FILE, run_evaluation
-    from qat.report import variant_table
+    from qat.report import difference_table, variant_table
     from qat.run_folder import JobKind
 
     result, run_dir = run_job(JobKind("evaluate", finished_marker=RESULT_FILE, resumable=False), EvaluateRunConfig,
                               run_evaluation)
-    print("\n".join(variant_table(result.variants)) + f"\nresults: {run_dir / 'evaluation.md'}")
+    print("\n".join([*variant_table(result.variants), "", *difference_table(result.differences),
+                     f"results: {run_dir / 'evaluation.md'}"]))
 
 
 if __name__ == "__main__":

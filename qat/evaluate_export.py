@@ -1,6 +1,7 @@
 """The job behind `python -m qat.evaluate`: an int8 model (an export folder, or a TorchScript file with model.*'s
-tokenizer) against the fp32 model.* on the configured held-out texts and task sets, written as the run report's
-variant table (evaluation.json, evaluation.md)."""
+tokenizer) against the fp32 model.* on the configured held-out texts and task sets, and optionally against a
+baseline export (target.baseline), written as the run report's variant and difference tables (evaluation.json,
+evaluation.md)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -8,14 +9,16 @@ from pathlib import Path
 
 from qat.atomic import write_json, write_text
 from qat.config import EvaluateRunConfig
+from qat.data import Text
 from qat.errors import QatError
 from qat.evaluate import Metrics, Table, Variant, evaluate
 from qat.export.folder import EXPORT_FORMAT, ExportInfo
 from qat.export.ipex import load_exported
 from qat.int8_model import Int8Encoder, load_int8
 from qat.load import Encoder
-from qat.report import variant_table
+from qat.report import difference_table, variant_table
 from qat.session import open_session
+from qat.significance import Difference, task_differences
 
 RESULT_FILE = "evaluation.json"
 
@@ -24,16 +27,21 @@ RESULT_FILE = "evaluation.json"
 class Evaluation:
     target: str
     model: str                          # the fp32 reference
-    variants: dict[Variant, Metrics]    # fp32 and the int8 target
+    variants: dict[Variant, Metrics]    # fp32, the int8 target and the baseline, if given
+    differences: dict[str, dict[str, Difference]]   # 'int8 - fp32' (and 'int8 - baseline') -> task metric -> difference
+
+
+def _export(key: str, folder: str, encoder: Encoder) -> Int8Encoder:
+    target = load_int8(folder)
+    if target.info.kind != encoder.kind:
+        raise QatError(f"{key}={folder!r} holds a model of kind {target.info.kind!r} but model.* ({encoder.source}) "
+                       f"is of kind {encoder.kind!r}; expected an export of model.*")
+    return target
 
 
 def _target(cfg: EvaluateRunConfig, encoder: Encoder) -> Int8Encoder:
     if cfg.target.folder:
-        target = load_int8(cfg.target.folder)
-        if target.info.kind != encoder.kind:
-            raise QatError(f"target.folder={cfg.target.folder!r} holds a model of kind {target.info.kind!r} but model.* "
-                           f"({encoder.source}) is of kind {encoder.kind!r}; expected the export of model.*")
-        return target
+        return _export("target.folder", cfg.target.folder, encoder)
     path = Path(cfg.target.torchscript)
     if not path.is_file():
         raise QatError(f"target.torchscript={str(path)!r} does not exist; expected a TorchScript file")
@@ -46,10 +54,23 @@ def run_evaluation(cfg: EvaluateRunConfig, run_dir: Path) -> Evaluation:
     target = _target(cfg, session.encoder)
     texts = session.data.texts()
     fp32 = session.embed(session.fp32(), texts)
-    int8: Table = dict(zip(texts, target.outputs(texts, batch_size=cfg.eval.batch_size)))
-    variants = {Variant.FP32: evaluate(fp32, fp32, session.data), Variant.INT8: evaluate(int8, fp32, session.data)}
-    result = Evaluation(cfg.target.folder or cfg.target.torchscript, session.encoder.source, variants)
+    tables: dict[Variant, Table] = {Variant.FP32: fp32, Variant.INT8: _outputs(target, texts, cfg.eval.batch_size)}
+    if cfg.target.baseline:
+        baseline = _export("target.baseline", cfg.target.baseline, session.encoder)
+        tables[Variant.BASELINE] = _outputs(baseline, texts, cfg.eval.batch_size)
+    variants = {variant: evaluate(table, fp32, session.data) for variant, table in tables.items()}
+    differences = {"int8 - fp32": task_differences(fp32, tables[Variant.INT8], session.data, cfg.seed)}
+    if Variant.BASELINE in tables:
+        differences["int8 - baseline"] = task_differences(tables[Variant.BASELINE], tables[Variant.INT8], session.data,
+                                                          cfg.seed)
+    result = Evaluation(cfg.target.folder or cfg.target.torchscript, session.encoder.source, variants, differences)
     write_json(run_dir / RESULT_FILE, asdict(result))
-    write_text(run_dir / "evaluation.md", "\n".join([f"# {result.target} against fp32 {result.model}", "",
-                                                     *variant_table(variants), ""]))
+    heading = f"# {result.target} against fp32 {result.model}" + (f" and {cfg.target.baseline}" if cfg.target.baseline
+                                                                    else "")
+    write_text(run_dir / "evaluation.md", "\n".join([heading, "", *variant_table(variants), "",
+                                                     *difference_table(differences), ""]))
     return result
+
+
+def _outputs(model: Int8Encoder, texts: list[Text], batch_size: int) -> Table:
+    return dict(zip(texts, model.outputs(texts, batch_size=batch_size)))

@@ -24,6 +24,7 @@ from qat.quant.simulate import FakeQuantModel, simulate
 from qat.recovery import decide_recovery, recover
 from qat.report import CalibrationRecord, DataSummary, RecipeSummary, RunReport, bucket_chart, write_report
 from qat.session import Session, open_session
+from qat.significance import compare_variants
 from qat.trainer import check_task_model
 from qat.trials import as_made
 
@@ -90,6 +91,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     variants = {variant: evaluate(table, tables[Variant.FP32], session.data) for variant, table in tables.items()}
     for variant, values in variants.items():
         accelerator.log({f"eval/{variant}/{key}": value for key, value in values.items()}, step=0)
+    differences = compare_variants(tables, session.data)
     buckets = score_buckets(tables, session.data)
     accelerator.get_tracker("tensorboard", unwrap=True).add_figure("eval/score_buckets", bucket_chart(buckets))
     accelerator.end_training()
@@ -104,7 +106,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path) -> RunReport | None:
         data=DataSummary(len(session.data.heldout), len(session.data.guard), list(session.data.tasks),
                          len(session.calibration), training_set.counts() if training_set else {}),
         recovery=decision, training=training, final="qat" if training is not None else "ptq", variants=variants,
-        buckets=buckets,
+        differences=differences, buckets=buckets,
         exports=exports, weight_range=ptq.qconf.weight_range, cpu_has_vnni=cpu_has_vnni(), seconds=seconds,
         versions=library_versions())
     path = write_report(run_dir, report)

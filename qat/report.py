@@ -11,6 +11,7 @@ from qat.evaluate import Metrics, ScoreBuckets, Variant, higher_is_better
 from qat.export.verify import ExportRecord
 from qat.quant.config import CalibConfig, EqualizeConfig, SmoothQuantConfig
 from qat.recovery import RecoveryDecision, TrainingSummary
+from qat.significance import CONFIDENCE, RESAMPLES, Difference
 from qat.trials import AlphaChoice
 
 
@@ -51,6 +52,7 @@ class RunReport:
     training: TrainingSummary | None
     final: str          # 'ptq' or 'qat': the model the run delivers
     variants: dict[Variant, Metrics]
+    differences: dict[str, dict[str, Difference]]   # comparison label -> task metric -> difference and interval
     buckets: ScoreBuckets
     exports: dict[str, ExportRecord]
     weight_range: tuple[int, int] | None
@@ -143,6 +145,23 @@ def variant_table(variants: dict[Variant, Metrics]) -> list[str]:
     return lines
 
 
+def difference_table(differences: dict[str, dict[str, Difference]]) -> list[str]:
+    """Each task metric's differences between models (by comparison label), with their paired bootstrap
+    intervals; empty when no comparison has a task set."""
+    keys = list(dict.fromkeys(key for by_metric in differences.values() for key in by_metric))
+    if not keys:
+        return []
+    lines = [f"Differences on the task sets, with {CONFIDENCE:.0%} paired bootstrap intervals over the set's pairs or "
+             f"queries ({RESAMPLES} resamples): an interval that spans 0 is not evidence either way.", "",
+             "| set | metric | " + " | ".join(differences) + " |", "|---" * (2 + len(differences)) + "|"]
+    for key in keys:
+        set_name, _, metric = key.rpartition("/")
+        cells = [f"{d.value:+.2f} [{d.low:+.2f}, {d.high:+.2f}]" if (d := by_metric.get(key)) else ""
+                 for by_metric in differences.values()]
+        lines.append(f"| {set_name} | {metric} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def bucket_table(buckets: ScoreBuckets) -> list[str]:
     """The held-out score distribution of every model, bucket by bucket (share of scores, %)."""
     header = ["score bucket", *(variant.title for variant in buckets.counts)]
@@ -178,6 +197,8 @@ def render_markdown(report: RunReport) -> str:
     lines += ["", "Cosine and EMD compare with fp32 (pooled embeddings of the held-out and guard texts; EMD between"
               " similarity-score distributions). Spearman, MAP, NDCG and recall are x100. Training texts (distinct, by "
               f"source): {report.data.train_texts or 'none'}.", ""]
+    if differences := difference_table(report.differences):
+        lines += [*differences, ""]
     lines += ["Held-out score distribution (% per bucket of fp32's range; a score model's outputs, or the similarity "
               "of every pair of held-out texts):", "", *bucket_table(report.buckets), ""]
     lines += [_export_line(name, export) for name, export in report.exports.items()]

@@ -6,6 +6,8 @@ import torch
 from qat.data import PairSet, RerankSet, RetrievalSet
 from qat.evaluate import (COSINE, LOGIT, SOFTMAX, EvalData, all_pair_scores, average_precision, cosine_fidelity, emd,
                           evaluate, rerank_metrics, retrieval_metrics, sts_spearman)
+from qat.report import difference_table
+from qat.significance import task_differences
 
 
 def test_average_precision_hand_computed():
@@ -83,3 +85,33 @@ def test_auto_metric_is_the_first_dev_task_sets_measure_else_fidelity() -> None:
     assert EvalData(["x"], {"stsb_dev": pairs}, scoring=LOGIT).auto_metric == "stsb_dev/spearman"
     retrieval = RetrievalSet({"q": "query"}, {"d": "doc"}, {"q": {"d": 1}})
     assert EvalData(["x"], {"beir_dev": retrieval}).auto_metric == "beir_dev/ndcg@10"
+
+
+def test_paired_differences_match_the_metrics_and_their_intervals_say_how_sure():
+    """The difference is exactly the metrics' difference; a model that is better on every item has an interval
+    above 0, one that differs on one query of many has an interval that reaches 0, and a model against itself 0."""
+    rng = np.random.default_rng(0)
+    gold = rng.uniform(0, 5, 200)
+    pairs = [(f"a{i}", f"b{i}") for i in range(200)]
+    sts = PairSet([a for a, _ in pairs], [b for _, b in pairs], gold.tolist())
+    noisy = {pair: torch.tensor([g + rng.normal(0, 3)]) for pair, g in zip(pairs, gold)}
+    exact = {pair: torch.tensor([g]) for pair, g in zip(pairs, gold)}
+    queries = [f"q{i}" for i in range(40)]
+    rerank = RerankSet(queries, [[f"p{i}"] for i in range(40)], [[f"n{i}"] for i in range(40)])
+    ranked = {(f"q{i}", f"p{i}"): torch.tensor([1.0]) for i in range(40)} | {(f"q{i}", f"n{i}"): torch.tensor([0.0])
+                                                                            for i in range(40)}
+    one_wrong = ranked | {("q0", "n0"): torch.tensor([2.0])}
+    data = EvalData(pairs[:10], {"sts": sts, "rr": rerank}, scoring=LOGIT)
+    better = {**noisy, **one_wrong}, {**exact, **ranked}
+    differences = task_differences(*better, data)
+    metrics = [evaluate(table, better[0], data) for table in better]
+    for key in ("sts/spearman", "rr/map", "rr/mrr@10", "rr/ndcg@10"):
+        d = differences[key]
+        assert d.value == pytest.approx(metrics[1][key] - metrics[0][key]) and d.low <= d.value <= d.high
+    assert differences["sts/spearman"].low > 0 and differences["sts/spearman"].items == 200
+    assert differences["rr/map"].value == pytest.approx(100 / 2 / 40) and differences["rr/map"].low == 0.0
+    assert differences["rr/map"].items == 40
+    same = task_differences(better[1], better[1], data)
+    assert all((d.value, d.low, d.high) == (0.0, 0.0, 0.0) for d in same.values())
+    table = difference_table({"QAT - PTQ": differences})
+    assert table[2] == "| set | metric | QAT - PTQ |" and any(line.startswith("| sts | spearman | +") for line in table)

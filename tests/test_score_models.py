@@ -72,6 +72,12 @@ def test_a_cross_encoder_runs_end_to_end_and_its_export_predicts(score_model, ta
                 "rerank_dev/ndcg@10"):
         assert np.isfinite(metrics[key]), key
     assert "cosine_mean" not in metrics
+    # Each task metric's difference between the exported models, with its interval, is in the report.
+    assert set(report.differences) == {"PTQ - fp32", "QAT - fp32", "QAT - PTQ"}
+    qat_vs_ptq = report.differences["QAT - PTQ"]["sts_dev/spearman"]
+    assert qat_vs_ptq.value == pytest.approx(metrics["sts_dev/spearman"] - report.variants["ptq_int8"]["sts_dev/spearman"])
+    assert qat_vs_ptq.low <= qat_vs_ptq.value <= qat_vs_ptq.high and qat_vs_ptq.items == 40
+    assert "paired bootstrap" in (run_dir / "report.md").read_text()
 
     model = load_int8(run_dir / "export" / "qat")
     pairs = [("a question about the weather", "it will rain tomorrow"), ("short", "a much longer second text here")]

@@ -102,6 +102,23 @@ def test_export_and_evaluate_stand_alone(trained_run, tmp_path, monkeypatch, cap
     assert set(evaluation["variants"]) == {"fp32", "int8"} and "| int8 (exported IPEX) |" in out
     assert 0.5 < evaluation["variants"]["int8"]["cosine_mean"] < 1.0
 
+    # Against a baseline export on a labelled set: each model's metrics, and the differences with intervals.
+    sentences = [f"sentence number {i} about {topic}" for i, topic in enumerate(["rain", "cats", "trains", "tea"] * 6)]
+    rows = [f"{i % 5}\t{sentences[i]}\t{sentences[-1 - i]}" for i in range(len(sentences))]
+    (tmp_path / "sts.tsv").write_text("score\tsentence1\tsentence2\n" + "\n".join(rows) + "\n")
+    out = run_main(evaluate_main, [f"hydra.run.dir={tmp_path / 'compare'}", f"target.folder={exported}",
+                                   f"target.baseline={run_dir / 'export' / 'ptq'}",
+                                   f"model.name_or_path={run_dir / 'ptq' / 'model'}", "model.max_length=32",
+                                   "+data.heldout.limit=40", "eval.batch_size=32",
+                                   f"+data.tasks.sts_dev={{kind: file, path: {tmp_path / 'sts.tsv'}, format: pairs}}"],
+                   monkeypatch, capsys)
+    evaluation = json.loads((tmp_path / "compare" / "evaluation.json").read_text())
+    variants, differences = evaluation["variants"], evaluation["differences"]
+    assert set(variants) == {"fp32", "int8", "baseline"} and set(differences) == {"int8 - fp32", "int8 - baseline"}
+    difference = differences["int8 - baseline"]["sts_dev/spearman"]
+    assert difference["value"] == pytest.approx(variants["int8"]["sts_dev/spearman"] - variants["baseline"]["sts_dev/spearman"])
+    assert difference["low"] <= difference["value"] <= difference["high"] and "| int8 - fp32 | int8 - baseline |" in out
+
 
 def test_progress_is_off_when_not_a_terminal(monkeypatch):
     monkeypatch.setattr(qat.progress.sys.stderr, "isatty", lambda: False, raising=False)
