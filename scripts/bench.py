@@ -28,12 +28,18 @@ from qat.timing import interleaved_rounds, openmp_settings  # noqa: E402
 SHAPES = [("latency", 1, 32), ("latency", 1, 128), ("throughput", 32, 128), ("throughput", 128, 128)]
 
 
-def inputs(batch: int, seq: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+def inputs(batch: int, seq: int, vocab: int,
+           input_names: tuple[str, ...] | list[str] = ("input_ids", "attention_mask")) -> tuple[torch.Tensor, ...]:
+    """Random tokens of the model's own signature: (input_ids, attention_mask[, token_type_ids]), the second half
+    of each sequence as segment 1 where a score model reads pairs."""
     generator = torch.Generator().manual_seed(0)
-    return torch.randint(1000, vocab, (batch, seq), generator=generator), torch.ones(batch, seq, dtype=torch.long)
+    tensors = {"input_ids": torch.randint(1000, vocab, (batch, seq), generator=generator),
+               "attention_mask": torch.ones(batch, seq, dtype=torch.long),
+               "token_type_ids": (torch.arange(seq) >= seq // 2).long().expand(batch, seq)}
+    return tuple(tensors[name] for name in input_names)
 
 
-def trace(module: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor], bf16: bool) -> torch.jit.ScriptModule:
+def trace(module: torch.nn.Module, example: tuple[torch.Tensor, ...], bf16: bool) -> torch.jit.ScriptModule:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         return torch.jit.freeze(torch.jit.trace(module, example, check_trace=False, strict=False))
 
@@ -75,8 +81,8 @@ def main() -> None:
 
     artifact = read_ptq_artifact(args.run / "ptq")
     fp32 = EncoderModule(artifact.encoder.model).eval()
-    vocab = artifact.encoder.tokenizer.vocab_size
-    example = inputs(2, 32, vocab)
+    vocab, names = artifact.encoder.tokenizer.vocab_size, artifact.encoder.input_names
+    example = inputs(2, 32, vocab, names)
     models = {
         "fp32 eager": fp32,
         "fp32 TorchScript": trace(fp32, example, bf16=False),
@@ -98,7 +104,7 @@ def main() -> None:
         models = {name: models[name] for name in args.variants}
     rows = []
     for kind, batch, seq in SHAPES:
-        shape = inputs(batch, seq, vocab)
+        shape = inputs(batch, seq, vocab, names)
         with torch.no_grad():
             timed = interleaved_rounds({name: partial(model, *shape) for name, model in models.items()},
                                        args.rounds, args.warmup, args.repeats)

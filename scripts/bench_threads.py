@@ -42,15 +42,17 @@ def child(export: Path, warmup: int, repeats: int) -> None:
     from bench import inputs  # scripts/bench.py
     from transformers import AutoTokenizer
 
+    from qat.export.folder import read_export_info
     from qat.export.ipex import MODEL_FILE, load_exported
     from qat.timing import median_seconds
 
     module = load_exported(export / MODEL_FILE)
     vocab = AutoTokenizer.from_pretrained(export).vocab_size   # an export folder carries its tokenizer
+    names = read_export_info(export).input_names
     medians = {}
     with torch.no_grad():
         for batch, seq in SHAPES:
-            shape = inputs(batch, seq, vocab)
+            shape = inputs(batch, seq, vocab, names)
             medians[f"{batch}x{seq}"] = median_seconds(lambda: module(*shape), warmup, repeats * (4 if batch == 1 else 1))
     print(json.dumps(medians))
 
