@@ -18,7 +18,7 @@ from qat.int8_model import Int8Encoder, load_int8
 from qat.load import Encoder
 from qat.report import difference_table, variant_table
 from qat.session import open_session
-from qat.significance import Difference, task_differences
+from qat.significance import EVALUATE_COMPARISONS, Difference, compare_variants
 
 RESULT_FILE = "evaluation.json"
 
@@ -59,10 +59,7 @@ def run_evaluation(cfg: EvaluateRunConfig, run_dir: Path) -> Evaluation:
         baseline = _export("target.baseline", cfg.target.baseline, session.encoder)
         tables[Variant.BASELINE] = _outputs(baseline, texts, cfg.eval.batch_size)
     variants = {variant: evaluate(table, fp32, session.data) for variant, table in tables.items()}
-    differences = {"int8 - fp32": task_differences(fp32, tables[Variant.INT8], session.data, cfg.seed)}
-    if Variant.BASELINE in tables:
-        differences["int8 - baseline"] = task_differences(tables[Variant.BASELINE], tables[Variant.INT8], session.data,
-                                                          cfg.seed)
+    differences = compare_variants(tables, session.data, EVALUATE_COMPARISONS, cfg.seed)
     result = Evaluation(cfg.target.folder or cfg.target.torchscript, session.encoder.source, variants, differences)
     write_json(run_dir / RESULT_FILE, asdict(result))
     heading = f"# {result.target} against fp32 {result.model}" + (f" and {cfg.target.baseline}" if cfg.target.baseline

@@ -17,9 +17,11 @@ from qat.evaluate import (RERANK_METRICS, RETRIEVAL_METRICS, EvalData, Table, Va
 
 RESAMPLES = 1000
 CONFIDENCE = 0.95
-# The comparisons a run report shows, (baseline, model) by label, where the run has both models.
+# The comparisons a report shows, (baseline, model) by label, where it has both models: a recovery run's, and
+# qat.evaluate's.
 RUN_COMPARISONS = {"PTQ - fp32": (Variant.FP32, Variant.PTQ_INT8), "QAT - fp32": (Variant.FP32, Variant.QAT_INT8),
                    "QAT - PTQ": (Variant.PTQ_INT8, Variant.QAT_INT8)}
+EVALUATE_COMPARISONS = {"int8 - fp32": (Variant.FP32, Variant.INT8), "int8 - baseline": (Variant.BASELINE, Variant.INT8)}
 
 
 @dataclass
@@ -65,7 +67,9 @@ def task_differences(baseline: Table, model: Table, data: EvalData, seed: int = 
     return differences
 
 
-def compare_variants(tables: dict[Variant, Table], data: EvalData) -> dict[str, dict[str, Difference]]:
-    """The run report's comparisons (RUN_COMPARISONS) between the models a run evaluated, by label."""
-    return {label: task_differences(tables[baseline], tables[model], data)
-            for label, (baseline, model) in RUN_COMPARISONS.items() if baseline in tables and model in tables}
+def compare_variants(tables: dict[Variant, Table], data: EvalData,
+                     comparisons: dict[str, tuple[Variant, Variant]] = RUN_COMPARISONS,
+                     seed: int = 0) -> dict[str, dict[str, Difference]]:
+    """Each comparison whose two models were evaluated (in `tables`), by label."""
+    return {label: task_differences(tables[baseline], tables[model], data, seed)
+            for label, (baseline, model) in comparisons.items() if baseline in tables and model in tables}
