@@ -19,6 +19,12 @@ def is_test_split(name: str) -> bool:
     return "test" in name
 
 
+def reads_test_split(name: str, source: SourceConfig) -> bool:
+    """A task or guard source that is acceptance data: its name says test, or it reads a test split (a BEIR
+    folder's qrels, a hub dataset's split), whatever it is named."""
+    return is_test_split(name) or ((source.format == "beir" or source.kind == "hub") and is_test_split(source.split))
+
+
 # The package's own English text (qat/resources/), written for this project: short sentences, longer passages for
 # training, and passages on other subjects kept for the guard set.
 BUILTIN_SETS = ("sentences", "passages", "guard")
@@ -97,7 +103,7 @@ class DataConfig:
             if source.format == "text":
                 raise QatError(f"task set {name!r} has format 'text'; expected 'pairs' (STS), 'rerank' or 'beir'")
         for name, source in self.guard.items():
-            if is_test_split(name) or (source.format == "beir" and is_test_split(source.split)):
+            if reads_test_split(name, source):
                 raise QatError(f"data.guard.{name} reads a test split; expected texts that choices may read "
                                "(the guard decides which checkpoint is kept)")
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr, wasserstein_distance
 
-from qat.config import DataConfig, is_test_split
+from qat.config import DataConfig, reads_test_split
 from qat.data import PairSet, RerankSet, RetrievalSet, Text, load_task, load_texts
 from qat.errors import QatError
 from qat.load import Encoder, batches, outputs, text_length
@@ -131,8 +131,8 @@ def load_eval_data(data: DataConfig, scoring: str = COSINE) -> tuple[EvalData, E
                            "whole corpus); expected pairs or rerank task sets for a score model")
     guard = list(dict.fromkeys(t for source in data.guard.values() for t in load_texts(source, pairs)))
     everything = EvalData(load_texts(data.heldout, pairs), tasks, guard, scoring)
-    return everything, EvalData(everything.heldout, {n: t for n, t in tasks.items() if not is_test_split(n)}, guard,
-                                scoring)
+    dev_tasks = {name: task for name, task in tasks.items() if not reads_test_split(name, data.tasks[name])}
+    return everything, EvalData(everything.heldout, dev_tasks, guard, scoring)
 
 
 def higher_is_better(metric: str) -> bool:

@@ -3,10 +3,11 @@ import json
 
 import pytest
 
-from qat.config import DataConfig, MixPart, SourceConfig
+from qat.config import DataConfig, MixPart, SourceConfig, reads_test_split
 from qat.data import (PairSet, RerankSet, RetrievalSet, builtin_sentences, builtin_texts, load_task, load_texts,
                       mix_texts, training_parts, training_texts)
 from qat.errors import QatError
+from qat.evaluate import load_eval_data
 
 
 def test_builtin_sentences_are_many_and_distinct():
@@ -162,3 +163,15 @@ def test_bad_beir_folders_are_one_line_errors(tmp_path, split, qrels, message):
     source = write_beir(tmp_path / "beir", **({"qrels": qrels} if qrels else {}))
     with pytest.raises(QatError, match=message):
         load_task(SourceConfig(kind="file", path=source.path, format="beir", split=split))
+
+
+def test_a_beir_test_split_is_acceptance_data_whatever_its_task_set_is_named(tmp_path):
+    """Only scored: a BEIR folder read at its test split never reaches the dev sets that choices read."""
+    source = write_beir(tmp_path / "beir")
+    (tmp_path / "beir" / "qrels" / "test.tsv").write_text((tmp_path / "beir" / "qrels" / "dev.tsv").read_text())
+    test_split = SourceConfig(kind="file", path=source.path, format="beir", split="test")
+    everything, dev = load_eval_data(DataConfig(tasks={"scifact": test_split, "retrieval": source}))
+    assert set(everything.tasks) == {"scifact", "retrieval"} and set(dev.tasks) == {"retrieval"}
+    assert reads_test_split("scifact", test_split) and not reads_test_split("retrieval", source)
+    with pytest.raises(QatError, match="data.guard.scifact reads a test split"):
+        DataConfig(guard={"scifact": test_split})
