@@ -7,10 +7,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qat.calibrate import Statistics, apply_calibration, observe_unsmoothed, smooth
-from qat.evaluate import EvalData, Metrics, best_of
+from qat.evaluate import GUARD, EvalData, Metrics
 from qat.quant.config import AUTO, CalibConfig, EqualizeConfig, QuantConfig, SmoothQuantConfig
 from qat.quant.simulate import simulate
 from qat.quant.stats import Batch
@@ -18,6 +18,7 @@ from qat.session import Session
 
 log = logging.getLogger(__name__)
 AUTO_ALPHA_OBJECTIVE = "emd_heldout_pairs"   # held-out output distance to fp32
+GUARD_OBJECTIVE = f"{GUARD}/emd"             # the same on the guard's texts from other domains
 
 
 class CalibrationTrials:
@@ -58,12 +59,15 @@ class CalibrationTrials:
 
 @dataclass
 class AlphaChoice:
-    """An alpha=auto choice: every candidate's held-out distance to fp32 and the alpha chosen (None: equalization
-    left off)."""
+    """An alpha=auto choice: every candidate's distance to fp32 on the held-out texts and, when the data has a
+    guard, on the guard's texts; and the alpha chosen (None: equalization left off). Each distance is divided by
+    the best candidate's on that side, and the candidate whose larger ratio is smallest wins: an alpha that is
+    closest on the held-out texts but far on every other domain (or the reverse) is not chosen."""
 
-    objective: str
-    scores: dict[str, float]    # alpha (as written; 'off' for None) -> objective
+    objective: str                  # the distances read, comma-separated
+    scores: dict[str, float]        # alpha (as written; 'off' for None) -> its larger ratio to the best (lowest wins)
     alpha: float | None
+    distances: dict[str, dict[str, float]] = field(default_factory=dict)   # distance -> alpha -> value
 
 
 @dataclass
@@ -78,13 +82,23 @@ class Observed:
     equalize_choice: AlphaChoice | None
 
 
-def _choose(what: str, candidates: list[float | None], score: Callable[[float | None], float]) -> AlphaChoice:
-    scores = {alpha: score(alpha) for alpha in candidates}
-    best = best_of(scores, AUTO_ALPHA_OBJECTIVE)
-    written = {("off" if alpha is None else str(alpha)): value for alpha, value in scores.items()}
-    log.info("%s.alpha=auto: %s on held-out texts %s -> alpha %s", what, AUTO_ALPHA_OBJECTIVE,
-             {a: round(v, 6) for a, v in written.items()}, "off" if best is None else best)
-    return AlphaChoice(AUTO_ALPHA_OBJECTIVE, written, best)
+def _ratio(distance: float, best: float) -> float:
+    return distance / best if best > 0 else 1.0 if distance == 0 else float("inf")
+
+
+def _choose(what: str, candidates: list[float | None], measure: Callable[[float | None], Metrics],
+            objectives: list[str]) -> AlphaChoice:
+    def written(alpha: float | None) -> str:
+        return "off" if alpha is None else str(alpha)
+
+    measured = {alpha: measure(alpha) for alpha in candidates}
+    distances = {name: {written(alpha): metrics[name] for alpha, metrics in measured.items()} for name in objectives}
+    scores = {written(alpha): max(_ratio(distances[name][written(alpha)], min(distances[name].values()))
+                                  for name in objectives) for alpha in candidates}
+    best = min(candidates, key=lambda alpha: scores[written(alpha)])
+    log.info("%s.alpha=auto: %s -> alpha %s", what, "; ".join(
+        f"{name} {({a: round(v, 6) for a, v in values.items()})}" for name, values in distances.items()), written(best))
+    return AlphaChoice(", ".join(objectives), scores, best, distances)
 
 
 def as_made(config: SmoothQuantConfig | EqualizeConfig, choice: AlphaChoice | None
@@ -100,21 +114,22 @@ def as_made(config: SmoothQuantConfig | EqualizeConfig, choice: AlphaChoice | No
 def observe_for_run(session: Session, calib_batches: list[Batch], calib: CalibConfig, quant: QuantConfig,
                     smoothquant: SmoothQuantConfig, equalize: EqualizeConfig) -> Observed:
     """The statistics a job calibrates from, with the alphas as configured or, for 'auto', the candidate whose PTQ
-    model is closest to fp32 on the held-out texts (never a task set): equalization first, judged on its own, then
-    SmoothQuant's alpha on the equalized model. The chosen statistics are the ones already collected for the
-    trial; the others are let go."""
-    trials = CalibrationTrials(session, calib_batches, calib, quant, smoothquant, equalize,
-                               session.dev.for_metrics([AUTO_ALPHA_OBJECTIVE]))
+    model is closest to fp32 on the held-out texts and the guard (never a task set; see AlphaChoice): equalization
+    first, judged on its own, then SmoothQuant's alpha on the equalized model. The chosen statistics are the ones
+    already collected for the trial; the others are let go."""
+    dev = session.dev.for_metrics([AUTO_ALPHA_OBJECTIVE, GUARD_OBJECTIVE])
+    objectives = [AUTO_ALPHA_OBJECTIVE] + ([GUARD_OBJECTIVE] if dev.guard else [])
+    trials = CalibrationTrials(session, calib_batches, calib, quant, smoothquant, equalize, dev)
     equalize_choice = smoothquant_choice = None
     if equalize.enabled and equalize.alpha == AUTO:
         equalize_choice = _choose("equalize", equalize.candidates,
-                                  lambda alpha: trials.metrics(calib, None, alpha)[AUTO_ALPHA_OBJECTIVE])
+                                  lambda alpha: trials.metrics(calib, None, alpha), objectives)
     equalize = as_made(equalize, equalize_choice)
     equalize_alpha = equalize.alpha if equalize.enabled else None
     trials.keep_only(equalize_alpha)
     if smoothquant.enabled and smoothquant.alpha == AUTO:
         smoothquant_choice = _choose("smoothquant", smoothquant.candidates,
-                                     lambda alpha: trials.metrics(calib, alpha, equalize_alpha)[AUTO_ALPHA_OBJECTIVE])
+                                     lambda alpha: trials.metrics(calib, alpha, equalize_alpha), objectives)
     smoothquant = as_made(smoothquant, smoothquant_choice)
     statistics = trials.statistics(smoothquant.alpha if smoothquant.enabled else None, equalize_alpha)
     return Observed(statistics, smoothquant, equalize, smoothquant_choice, equalize_choice)

@@ -81,10 +81,11 @@ def test_smoothquant_alpha_auto_picks_the_closest_candidate_on_held_out_texts_an
     assert cfg.smoothquant.alpha == cfg.equalize.alpha == "auto"
     report = run_pipeline(cfg, tmp_path / "run")
     choice = report.smoothquant_choice
-    assert choice.objective == "emd_heldout_pairs" and set(choice.scores) == {"0.2", "0.5", "0.8"}
+    assert choice.objective == "emd_heldout_pairs, guard/emd" and set(choice.scores) == {"0.2", "0.5", "0.8"}
     assert choice.scores[str(choice.alpha)] == min(choice.scores.values()) and report.smoothquant.alpha == choice.alpha
     assert len(collections) == 1 + 3   # before SmoothQuant once, after it once per candidate; the PTQ reuses its own
-    assert report.variants[Variant.PTQ_FAKEQUANT]["emd_heldout_pairs"] == pytest.approx(choice.scores[str(choice.alpha)])
+    for name in ("emd_heldout_pairs", "guard/emd"):
+        assert report.variants[Variant.PTQ_FAKEQUANT][name] == pytest.approx(choice.distances[name][str(choice.alpha)])
     ptq = qat.ptq._read(tmp_path / "run" / "ptq", cfg)
     assert ptq.choice("smoothquant") == choice   # a resumed run reads, not rechooses
     # equalization's only candidate here is 'off': the model is left as it was, and the run says so

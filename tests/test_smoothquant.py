@@ -6,13 +6,14 @@ import torch
 
 from qat.artifact import read_ptq_artifact, write_ptq_artifact
 from qat.calibrate import calibrate
-from qat.quant.config import CalibConfig, QuantConfig, SmoothQuantConfig
 from qat.errors import QatError
 from qat.export.ipex import export_ipex, load_exported
 from qat.load import batches
-from qat.quant.wrapper import EncoderModule
+from qat.quant.config import CalibConfig, QuantConfig, SmoothQuantConfig
 from qat.quant.simulate import simulate
 from qat.quant.smoothquant import smoothed_buffers
+from qat.quant.wrapper import EncoderModule
+from qat.trials import _choose
 
 CALIB = CalibConfig(samples=32, batch_size=16)
 FULL = QuantConfig(ops=["linear", "matmul", "add"])
@@ -108,3 +109,21 @@ def test_bad_smoothquant_settings_are_refused(tiny_encoder, texts):
         SmoothQuantConfig(alpha=1.5)
     with pytest.raises(QatError, match="selects no int8 Linear"):
         calibrate(tiny_encoder, texts, CALIB, QuantConfig(), SmoothQuantConfig(enabled=True, modules=["pooler"]))
+
+
+def test_an_alpha_closest_on_held_out_texts_but_far_on_the_guard_is_not_chosen():
+    # fake-quant distances to fp32 of three SmoothQuant alphas on WikiQA's held-out texts and the guard, rounded
+    distances = {0.4: (0.0080, 0.033), 0.5: (0.0083, 0.022), 0.6: (0.0094, 0.019), None: (0.0, 0.0)}
+
+    def measure(alpha):
+        return {"emd_heldout_pairs": distances[alpha][0], "guard/emd": distances[alpha][1]}
+
+    both = ["emd_heldout_pairs", "guard/emd"]
+    choice = _choose("smoothquant", [0.4, 0.5, 0.6], measure, both)
+    assert choice.alpha == 0.5 and choice.objective == "emd_heldout_pairs, guard/emd"
+    assert choice.scores == pytest.approx({"0.4": 0.033 / 0.019, "0.5": 0.022 / 0.019, "0.6": 0.0094 / 0.0080})
+    assert choice.distances["guard/emd"]["0.6"] == 0.019
+    assert _choose("smoothquant", [0.4, 0.5, 0.6], measure, ["emd_heldout_pairs"]).alpha == 0.4   # no guard
+    # a candidate at distance 0 (fp32 itself) is the best on its side, written 'off'
+    off = _choose("equalize", [0.4, None], measure, both)
+    assert off.alpha is None and off.scores == {"0.4": float("inf"), "off": 1.0}
