@@ -13,7 +13,8 @@ from qat.quant.config import CalibConfig, QuantConfig, SmoothQuantConfig
 from qat.quant.simulate import simulate
 from qat.quant.smoothquant import smoothed_buffers
 from qat.quant.wrapper import EncoderModule
-from qat.trials import _choose
+from qat.report import _alpha
+from qat.trials import AlphaChoice, _choose
 
 CALIB = CalibConfig(samples=32, batch_size=16)
 FULL = QuantConfig(ops=["linear", "matmul", "add"])
@@ -127,3 +128,7 @@ def test_an_alpha_closest_on_held_out_texts_but_far_on_the_guard_is_not_chosen()
     # a candidate at distance 0 (fp32 itself) is the best on its side, written 'off'
     off = _choose("equalize", [0.4, None], measure, both)
     assert off.alpha is None and off.scores == {"0.4": float("inf"), "off": 1.0}
+    assert _alpha(0.5, choice).startswith("0.5 (auto: emd_heldout_pairs / guard/emd by alpha: 0.4 0.00800 / 0.03300,")
+    # a PTQ artifact written before the guard took part records held-out distances as its scores
+    older = AlphaChoice("emd_heldout_pairs", {"0.4": 0.008, "0.5": 0.0083}, 0.4)
+    assert _alpha(0.4, older) == "0.4 (auto: held-out emd_heldout_pairs by alpha: 0.4 0.00800, 0.5 0.00830)"
