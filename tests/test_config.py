@@ -54,7 +54,7 @@ def test_bad_values(override, message):
 
 
 def test_bad_equalize_candidates():
-    with pytest.raises(QatError, match=re.escape("equalize.candidates=[None, 1.5] is not valid; expected alphas")):
+    with pytest.raises(QatError, match=re.escape("equalize.candidates=[None, 1.5] is not valid; expected one or more alphas")):
         compose_run("equalize=on", "equalize.candidates=[null,1.5]")
 
 

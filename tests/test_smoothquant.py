@@ -132,3 +132,8 @@ def test_an_alpha_closest_on_held_out_texts_but_far_on_the_guard_is_not_chosen()
     # a PTQ artifact written before the guard took part records held-out distances as its scores
     older = AlphaChoice("emd_heldout_pairs", {"0.4": 0.008, "0.5": 0.0083}, 0.4)
     assert _alpha(0.4, older) == "0.4 (auto: held-out emd_heldout_pairs by alpha: 0.4 0.00800, 0.5 0.00830)"
+
+
+def test_an_empty_candidate_list_is_refused():
+    with pytest.raises(QatError, match=r"smoothquant.candidates=\[\] is not valid; expected one or more alphas"):
+        SmoothQuantConfig(enabled=True, alpha="auto", candidates=[])

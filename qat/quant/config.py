@@ -97,7 +97,8 @@ class SmoothQuantConfig:
     def __post_init__(self) -> None:
         check_alpha("smoothquant", self.alpha, self.enabled)
         if not self.candidates or not all(0.0 <= a <= 1.0 for a in self.candidates):
-            raise QatError(f"smoothquant.candidates={self.candidates} is not valid; expected alphas in [0, 1]")
+            raise QatError(f"smoothquant.candidates={self.candidates} is not valid; expected one or more alphas in "
+                           "[0, 1]")
         if not self.modules:
             raise QatError("smoothquant.modules is empty; expected regular expressions of module paths, e.g. ['.*']")
 
@@ -120,8 +121,8 @@ class EqualizeConfig:
     def __post_init__(self) -> None:
         check_alpha("equalize", self.alpha, self.enabled)
         if not self.candidates or not all(a is None or 0.0 <= a <= 1.0 for a in self.candidates):
-            raise QatError(f"equalize.candidates={self.candidates} is not valid; expected alphas in [0, 1] "
-                           "(null: not equalized)")
+            raise QatError(f"equalize.candidates={self.candidates} is not valid; expected one or more alphas in "
+                           "[0, 1] (null: not equalized)")
         if not self.pairs:
             raise QatError(f"equalize.pairs is empty; expected some of {list(EQUALIZE_PAIRS)}")
         for pair in self.pairs:
