@@ -93,14 +93,14 @@ def _recovery_line(report: RunReport) -> str:
 def _alpha(alpha: float, choice: AlphaChoice | None) -> str:
     if choice is None:
         return str(alpha)
+    chosen = "off" if choice.alpha is None else choice.alpha
     if not choice.distances:   # an artifact written before the guard took part: scores are held-out distances
         scores = ", ".join(f"{candidate} {value:.5f}" for candidate, value in choice.scores.items())
-        return f"{'off' if choice.alpha is None else choice.alpha} (auto: held-out {choice.objective} by alpha: {scores})"
+        return f"{chosen} (auto: held-out {choice.objective} by alpha: {scores})"
     names = list(choice.distances)
     scores = ", ".join(f"{candidate} " + " / ".join(f"{choice.distances[name][candidate]:.5f}" for name in names)
                        for candidate in choice.scores)
-    return (f"{'off' if choice.alpha is None else choice.alpha} (auto: {' / '.join(names)} by alpha: {scores}; "
-            "chosen: the smallest larger ratio to the best)")
+    return f"{chosen} (auto: {' / '.join(names)} by alpha: {scores}; chosen: the smallest larger ratio to the best)"
 
 
 def _equalize(report: RunReport) -> str:

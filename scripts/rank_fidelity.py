@@ -27,10 +27,9 @@ from qat.atomic import write_json
 from qat.config import EvaluateRunConfig
 from qat.data import RetrievalSet
 from qat.entry import job_config
-from qat.evaluate import Table, embed, load_eval_data, retrieval_metrics, stack_texts
+from qat.evaluate import Table, cosine_fidelity, retrieval_metrics, stack_texts
 from qat.int8_model import load_int8
-from qat.load import load_encoder
-from qat.quant.wrapper import EncoderModule
+from qat.session import open_session
 
 
 @dataclass
@@ -55,7 +54,7 @@ def text_set_fidelity(fp32: Table, table: Table, texts: list[str], k: int) -> Ra
     others = ~torch.eye(len(texts), dtype=torch.bool)
     rows = len(texts), len(texts) - 1
     rho, kept = rank_agreement((reference @ reference.T)[others].view(rows), (candidate @ candidate.T)[others].view(rows), k)
-    return RankFidelity(float((reference * candidate).sum(-1).mean()), rho, kept)
+    return RankFidelity(cosine_fidelity(reference, candidate)["cosine_mean"], rho, kept)
 
 
 def retrieval_fidelity(fp32: Table, table: Table, task: RetrievalSet, k: int) -> RankFidelity:
@@ -63,7 +62,7 @@ def retrieval_fidelity(fp32: Table, table: Table, task: RetrievalSet, k: int) ->
     def similarities(t: Table) -> torch.Tensor:
         return stack_texts(t, queries) @ stack_texts(t, corpus).T
     rho, kept = rank_agreement(similarities(fp32), similarities(table), k)
-    cosine = float((stack_texts(fp32, queries + corpus) * stack_texts(table, queries + corpus)).sum(-1).mean())
+    cosine = cosine_fidelity(stack_texts(fp32, queries + corpus), stack_texts(table, queries + corpus))["cosine_mean"]
     return RankFidelity(cosine, rho, kept, retrieval_metrics(table, task)[0])
 
 
@@ -75,13 +74,11 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="python -m qat.evaluate's settings for model.* and data.*")
     args = parser.parse_args()
     cfg = job_config("evaluate", EvaluateRunConfig, [*args.overrides, "target.folder=unused"])
-    torch.set_num_threads(cfg.threads or torch.get_num_threads())
-    encoder = load_encoder(cfg.model)
-    if encoder.pairs:
-        parser.error(f"model {encoder.source} scores pairs; expected an embedding model (similarities to rank)")
-    _, dev = load_eval_data(cfg.data)
+    session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads, metrics={})
+    if session.encoder.pairs:
+        parser.error(f"model {session.encoder.source} scores pairs; expected an embedding model (similarities to rank)")
+    dev, fp32 = session.dev, session.fp32_dev
     texts = dev.texts()
-    fp32 = embed(EncoderModule(encoder.model).eval(), encoder, texts, cfg.eval.batch_size)
     tables = {"fp32": fp32, **{folder: dict(zip(texts, load_int8(folder).outputs(texts, batch_size=cfg.eval.batch_size)))
                                for folder in args.export}}
     results: dict[str, dict[str, RankFidelity]] = {}
