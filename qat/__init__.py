@@ -9,7 +9,7 @@ __all__ = ["Int8Encoder", "load_int8"]
 def __getattr__(name: str) -> Any:
     """`from qat import load_int8` without importing torch and IPEX for every `python -m qat.<job>`."""
     if name in __all__:
-        from qat import int8_model
+        from qat.exporters import loader
 
-        return getattr(int8_model, name)
+        return getattr(loader, name)
     raise AttributeError(f"module 'qat' has no attribute {name!r}")

@@ -9,8 +9,8 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from qat.errors import QatError, check_choice, check_positive
-from qat.quant.config import AUTO, CALIB_ALGORITHMS, CalibConfig, EqualizeConfig, QuantConfig, SmoothQuantConfig
+from qat.base.errors import QatError, check_choice, check_positive
+from qat.quant.config import AUTO, CALIB_ALGORITHMS, CalibConfig, EqualizeConfig, QuantConfig, Recipe, SmoothQuantConfig
 
 
 def is_test_split(name: str) -> bool:
@@ -140,7 +140,7 @@ class TrainConfig:
     train_layernorm: bool = False
     block_weight: float = 1.0
     output_weight: float = 1.0
-    task_weight: float = 0.0   # > 0: add a ranking loss on the training sources' labelled pairs (qat.distill)
+    task_weight: float = 0.0   # > 0: add a ranking loss on the training sources' labelled pairs (qat.recovery.distill)
     eval_every: int = 100
     save_every: int = 100
     patience: int | None = None        # stop after this many evaluations without a better (guarded) dev metric
@@ -176,7 +176,7 @@ class TrainConfig:
 class RecoveryConfig:
     """When to train: only if PTQ loses more than `threshold` on the dev metric (relative), unless forced."""
 
-    metric: str = "auto"   # auto: the first dev task set's measure, else cosine_mean / score_diff_mean (qat.session)
+    metric: str = "auto"   # auto: the first dev task set's measure, else cosine_mean / score_diff_mean (qat.evaluation.session)
     threshold: float = 0.01
     force: bool = False
 
@@ -328,6 +328,10 @@ class QuantJobConfig(JobConfig):
     equalize: EqualizeConfig = field(default_factory=EqualizeConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
 
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe(self.quant, self.calib, self.smoothquant, self.equalize)
+
 
 @dataclass
 class RunConfig(QuantJobConfig):
@@ -366,7 +370,7 @@ class SensitivityRunConfig(QuantJobConfig):
 
 @dataclass
 class TargetConfig:
-    """What `qat.evaluate` scores: an export folder, or a plain TorchScript file whose tokenizer, pooling and
+    """What `qat.evaluation.metrics` scores: an export folder, or a plain TorchScript file whose tokenizer, pooling and
     max length are model.*'s."""
 
     folder: str | None = None
@@ -376,7 +380,7 @@ class TargetConfig:
 
 @dataclass
 class EvaluateRunConfig(JobConfig):
-    """`python -m qat.evaluate`: an int8 model against the fp32 model.* on the configured data."""
+    """`python -m qat.evaluation.metrics`: an int8 model against the fp32 model.* on the configured data."""
 
     target: TargetConfig = field(default_factory=TargetConfig)
 

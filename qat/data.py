@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from qat.config import DataConfig, MixPart, SourceConfig
-from qat.errors import QatError
+from qat.base.errors import QatError
 
 # The default training mix: the calibration sources (without their limit) and the package's own text, by share.
 TASK_SHARE = 2.0

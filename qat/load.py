@@ -23,7 +23,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 
 from qat.config import ModelConfig
 from qat.data import Text
-from qat.errors import QatError
+from qat.base.errors import QatError
 from qat.quant.stats import Batch
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 
 warnings.filterwarnings("ignore")
-from qat.artifact import library_versions, read_ptq_artifact  # noqa: E402
-from qat.export.ipex import load_exported  # noqa: E402  (imports IPEX: registers the int8 kernels)
-from qat.ipex_backend import ipex  # noqa: E402
-from qat.numerics import cpu_has_vnni  # noqa: E402
+from qat.base.versions import library_versions
+from qat.ptq.artifact import read_ptq_artifact  # noqa: E402
+from qat.exporters.ipex import load_exported  # noqa: E402  (imports IPEX: registers the int8 kernels)
+from qat.base.ipex import ipex  # noqa: E402
+from qat.quant.numerics import cpu_has_vnni  # noqa: E402
 from qat.quant.wrapper import EncoderModule  # noqa: E402
-from qat.timing import interleaved_rounds, openmp_settings  # noqa: E402
+from qat.base.timing import interleaved_rounds, openmp_settings  # noqa: E402
 
 SHAPES = [("latency", 1, 32), ("latency", 1, 128), ("throughput", 32, 128), ("throughput", 128, 128)]
 

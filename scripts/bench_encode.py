@@ -19,13 +19,13 @@ from transformers import PreTrainedTokenizerBase
 
 warnings.filterwarnings("ignore")
 from qat import load_int8  # noqa: E402
-from qat.artifact import library_versions  # noqa: E402
-from qat.atomic import write_json  # noqa: E402
+from qat.base.versions import library_versions  # noqa: E402
+from qat.base.atomic import write_json  # noqa: E402
 from qat.config import SourceConfig  # noqa: E402
 from qat.data import load_texts  # noqa: E402
 from qat.load import pool  # noqa: E402
-from qat.numerics import cpu_has_vnni  # noqa: E402
-from qat.timing import interleaved_rounds, openmp_settings  # noqa: E402
+from qat.quant.numerics import cpu_has_vnni  # noqa: E402
+from qat.base.timing import interleaved_rounds, openmp_settings  # noqa: E402
 
 
 @torch.no_grad()

@@ -40,15 +40,16 @@ warnings.filterwarnings("ignore")
 from bench import inputs, trace  # noqa: E402  (scripts/bench.py)
 from bench_encode import fixed_padding  # noqa: E402
 
-from qat.artifact import library_versions  # noqa: E402
+from qat.base.versions import library_versions  # noqa: E402
+from qat.ptq.artifact import parse_metadata  # noqa: E402
 from qat.config import ModelConfig, SourceConfig  # noqa: E402
 from qat.data import PairSet, load_task, load_texts  # noqa: E402
-from qat.evaluate import EvalData, Table, evaluate  # noqa: E402
-from qat.export.folder import read_export_info  # noqa: E402
-from qat.export.ipex import MODEL_FILE, load_exported  # noqa: E402
+from qat.evaluation.metrics import EvalData, Table, evaluate  # noqa: E402
+from qat.exporters.folder import read_export_info  # noqa: E402
+from qat.exporters.ipex import MODEL_FILE, load_exported  # noqa: E402
 from qat.load import Encoder, batches, load_encoder  # noqa: E402
-from qat.numerics import cpu_has_vnni  # noqa: E402
-from qat.timing import interleaved_rounds, openmp_settings  # noqa: E402
+from qat.quant.numerics import cpu_has_vnni  # noqa: E402
+from qat.base.timing import interleaved_rounds, openmp_settings  # noqa: E402
 
 SHAPES = [(1, 128), (32, 128)]
 Run = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]   # (input_ids, attention_mask) -> last hidden state
@@ -275,16 +276,19 @@ def main() -> None:
     metadata_path = args.run / "ptq" / "metadata.json"
     if not metadata_path.is_file():
         sys.exit(f"error: run folder {args.run} has no ptq/metadata.json; expected a finished qat.train run")
-    metadata = json.loads(metadata_path.read_text())
-    if metadata.get("kind", "embedding") != "embedding":
-        sys.exit(f"error: run {args.run} quantized a score model; expected an embedding model (peers pool hidden states)")
+    metadata = parse_metadata(json.loads(metadata_path.read_text()))
+    if metadata.calibration_data is None or metadata.calibration_data.source is None:
+        sys.exit(f"error: run {args.run} has no single calibration source recorded; expected a run calibrated by qat "
+                 "on one source")
     bound = sorted(set(openmp_settings()) & {"OMP_PROC_BIND", "GOMP_CPU_AFFINITY", "KMP_AFFINITY"})
     if bound:
         print(f"warning: {', '.join(bound)} set: the peers' threads inherit the main thread's binding and run slower "
               "than they would alone; compare without it (see the docstring)", file=sys.stderr)
     torch.set_num_threads(args.threads)
-    encoder = load_encoder(ModelConfig(metadata["model"], metadata["pooling"], metadata["max_length"]))
-    calibration = load_texts(SourceConfig(**metadata["calibration_data"]["source"]))
+    encoder = load_encoder(ModelConfig(metadata.model, metadata.pooling, metadata.max_length))
+    if encoder.kind != "embedding":
+        sys.exit(f"error: run {args.run} quantized a score model; expected an embedding model (peers pool hidden states)")
+    calibration = load_texts(metadata.calibration_data.source)
     exports = args.export if args.export is not None else [
         f"{name}=" + str(args.run / "export" / name) for name in ("ptq", "qat")
         if (args.run / "export" / name / MODEL_FILE).is_file()]

@@ -42,9 +42,9 @@ def child(export: Path, warmup: int, repeats: int) -> None:
     from bench import inputs  # scripts/bench.py
     from transformers import AutoTokenizer
 
-    from qat.export.folder import read_export_info
-    from qat.export.ipex import MODEL_FILE, load_exported
-    from qat.timing import median_seconds
+    from qat.exporters.folder import read_export_info
+    from qat.exporters.ipex import MODEL_FILE, load_exported
+    from qat.base.timing import median_seconds
 
     module = load_exported(export / MODEL_FILE)
     vocab = AutoTokenizer.from_pretrained(export).vocab_size   # an export folder carries its tokenizer
@@ -104,7 +104,7 @@ def main() -> None:
         print(f"| {row['setting']} | {one['median_ms']:.2f} ({one['range_ms'][0]:.2f}-{one['range_ms'][1]:.2f}) | "
               f"{one['x_baseline']:.2f} | {many['sequences_per_s']:.1f} | {many['x_baseline']:.2f} |")
     out = args.out or args.export / "bench_threads.json"
-    from qat.numerics import cpu_has_vnni
+    from qat.quant.numerics import cpu_has_vnni
 
     out.write_text(json.dumps({"export": str(args.export), "cpu_has_vnni": cpu_has_vnni(), "rounds": args.rounds, "warmup": args.warmup,
                                "repeats": args.repeats, "rows": rows, "per_round_seconds": rounds}, indent=2))

@@ -17,15 +17,15 @@ from pathlib import Path
 import torch
 
 warnings.filterwarnings("ignore")
-from qat.artifact import read_ptq_artifact  # noqa: E402
+from qat.ptq.artifact import read_ptq_artifact  # noqa: E402
 from qat.quant.config import QuantConfig  # noqa: E402
 from qat.data import builtin_sentences  # noqa: E402
-from qat.distill import distillation_loss, record_blocks  # noqa: E402
+from qat.recovery.distill import distillation_loss, record_blocks  # noqa: E402
 from qat.load import batches, pool  # noqa: E402
 from qat.quant.wrapper import EncoderModule  # noqa: E402
-from qat.numerics import cpu_has_vnni  # noqa: E402
+from qat.quant.numerics import cpu_has_vnni  # noqa: E402
 from qat.quant.simulate import simulate  # noqa: E402
-from qat.timing import median_seconds  # noqa: E402
+from qat.base.timing import median_seconds  # noqa: E402
 
 
 def step_seconds(student: torch.nn.Module, teacher: torch.nn.Module, batch, pooling: str, warmup: int, repeats: int) -> float:

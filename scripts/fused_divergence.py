@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from qat.atomic import write_json
+from qat.base.atomic import write_json
 from qat.config import ModelConfig
 from qat.data import builtin_sentences
-from qat.export.ipex import load_exported
+from qat.exporters.ipex import load_exported
 from qat.load import batches, load_encoder
 
 

@@ -21,7 +21,7 @@ import torch
 from scipy.stats import spearmanr
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
-from qat.atomic import new_directory
+from qat.base.atomic import new_directory
 from qat.config import SourceConfig
 from qat.data import PairSet, load_task
 from qat.load import resolve_model_path

@@ -4,7 +4,7 @@ plus every STS-B dev sentence as a distractor. Retrieval over the whole corpus, 
 candidates, so it scores an embedding model the way a search index uses it.
 
     .venv/bin/python scripts/make_retrieval_set.py --out outputs/data/dev_retrieval
-    .venv/bin/python -m qat.evaluate target.folder=<export> data=stsb \\
+    .venv/bin/python -m qat.evaluation.metrics target.folder=<export> data=stsb \\
         '+data.tasks.retrieval_dev={kind: file, format: beir, path: outputs/data/dev_retrieval, split: dev}'
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from qat.atomic import write_text
+from qat.base.atomic import write_text
 
 
 def main() -> None:

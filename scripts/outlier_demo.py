@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
-from qat.atomic import write_json
-from qat.calibrate import calibrate
+from qat.base.atomic import write_json
+from qat.ptq import calibrate
+from qat.quant.config import Recipe
 from qat.config import ModelConfig
 from qat.quant.config import CalibConfig, QuantConfig, SmoothQuantConfig
 from qat.data import builtin_sentences
-from qat.evaluate import EvalData, embed, evaluate_recipe
+from qat.evaluation.metrics import EvalData, embed, evaluate_recipe
 from qat.load import batches, load_encoder
 from qat.quant.wrapper import EncoderModule
 
@@ -64,13 +65,14 @@ def main() -> None:
         reference = embed(EncoderModule(encoder.model).eval(), encoder, heldout.texts(), 64)
         for recipe in args.recipes:
             ops = RECIPES[recipe]
-            for smoothquant in (None, SmoothQuantConfig(enabled=True, alpha=args.alpha, modules=args.modules)):
-                calibration = calibrate(encoder, calib_texts, CalibConfig(), QuantConfig(ops=ops), smoothquant)
+            for smoothquant in (SmoothQuantConfig(), SmoothQuantConfig(enabled=True, alpha=args.alpha, modules=args.modules)):
+                calibration = calibrate(encoder, calib_texts,
+                                        Recipe(QuantConfig(ops=ops), CalibConfig(), smoothquant=smoothquant))
                 metrics = evaluate_recipe(calibration.model, calibration.qconf, encoder, heldout, reference, 64)
-                rows.append({"model": model_name, "recipe": recipe, "smoothquant": smoothquant is not None,
+                rows.append({"model": model_name, "recipe": recipe, "smoothquant": smoothquant.enabled,
                              "cosine_mean": metrics["cosine_mean"], "cosine_min": metrics["cosine_min"],
                              "emd_heldout_pairs": metrics["emd_heldout_pairs"]})
-                print(f"{model_name:>14} | {recipe:>13} | SmoothQuant {'on ' if smoothquant else 'off'} | "
+                print(f"{model_name:>14} | {recipe:>13} | SmoothQuant {'on ' if smoothquant.enabled else 'off'} | "
                       f"cosine mean {metrics['cosine_mean']:.4f} min {metrics['cosine_min']:.4f} | "
                       f"EMD {metrics['emd_heldout_pairs']:.4f}", flush=True)
     result = {"factor": args.factor, "layer": args.layer, "channel": args.channel, "alpha": args.alpha, "modules": args.modules,

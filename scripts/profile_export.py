@@ -23,10 +23,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 warnings.filterwarnings("ignore")
-from qat.export.ipex import MODEL_FILE, load_exported  # noqa: E402
-from qat.ipex_backend import ipex  # noqa: E402
-from qat.numerics import cpu_has_vnni  # noqa: E402
-from qat.timing import openmp_settings  # noqa: E402
+from qat.exporters.ipex import MODEL_FILE, load_exported  # noqa: E402
+from qat.base.ipex import ipex  # noqa: E402
+from qat.quant.numerics import cpu_has_vnni  # noqa: E402
+from qat.base.timing import openmp_settings  # noqa: E402
 
 # (kind, test on the event name), first match wins; fused partitions are named by their ops joined with '+'.
 KINDS = [

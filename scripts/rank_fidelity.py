@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from qat.atomic import write_json
+from qat.base.atomic import write_json
 from qat.config import EvaluateRunConfig
 from qat.data import RetrievalSet
-from qat.entry import job_config
-from qat.evaluate import Table, cosine_fidelity, retrieval_metrics, stack_texts
-from qat.int8_model import load_int8
-from qat.session import open_session
+from qat.jobs.command import job_config
+from qat.evaluation.metrics import Table, cosine_fidelity, retrieval_metrics, stack_texts
+from qat.exporters.loader import load_int8
+from qat.evaluation.session import open_session
 
 
 @dataclass
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--export", nargs="+", required=True, help="export folders (qat.train's <run>/export/<ptq|qat>)")
     parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
     parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("overrides", nargs="*", help="python -m qat.evaluate's settings for model.* and data.*")
+    parser.add_argument("overrides", nargs="*", help="python -m qat.evaluation.metrics's settings for model.* and data.*")
     args = parser.parse_args()
     cfg = job_config("evaluate", EvaluateRunConfig, [*args.overrides, "target.folder=unused"])
     session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads, metrics={})

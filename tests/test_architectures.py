@@ -21,13 +21,13 @@ from transformers import (
     XLMRobertaConfig,
 )
 
-from qat.artifact import METADATA_FILE, read_ptq_artifact
+from qat.ptq.artifact import METADATA_FILE, read_ptq_artifact
 from qat.config import ModelConfig, RunConfig
-from qat.entry import job_config
-from qat.export.folder import read_export_info
-from qat.int8_model import load_int8
+from qat.jobs.command import job_config
+from qat.exporters.folder import read_export_info
+from qat.exporters.loader import load_int8
 from qat.load import load_encoder, resolve_model_path
-from qat.pipeline import run_pipeline
+from qat.jobs.train import run_train
 from qat.quant.smoothquant import smoothed_buffers
 
 SIZE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -79,7 +79,7 @@ def test_every_architecture_trains_and_exports_what_it_simulates(model_dirs, nam
     folder = model_dirs[name, kind]
     overrides = ["quant=ipex_default"] if recipe == "default" else full_recipe(name)
     cfg = job_config("train", RunConfig, [f"model.name_or_path={folder}", *RUN, *overrides])
-    report = run_pipeline(cfg, tmp_path / "run")
+    report = run_train(cfg, tmp_path / "run")
     assert report.final == "qat" and report.training.step == 2
     encoder = load_encoder(ModelConfig(folder, max_length=32))
     linears = sum(isinstance(m, nn.Linear) for m in encoder.model.modules())
@@ -98,7 +98,7 @@ def test_every_architecture_trains_and_exports_what_it_simulates(model_dirs, nam
 def test_smoothquant_smooths_what_it_can_place_and_names_the_rest(model_dirs, name, tmp_path, fresh_accelerate_state):
     cfg = job_config("train", RunConfig, [f"model.name_or_path={model_dirs[name, 'embedding']}", *RUN, "train=none",
                                           "quant=full_int8", "smoothquant=on", "smoothquant.alpha=0.5"])
-    report = run_pipeline(cfg, tmp_path / "run")
+    report = run_train(cfg, tmp_path / "run")
     expected = [f"transformer.layer.{layer}.{linear}" for layer in range(2) for linear in PARTLY_SMOOTHED[name]]
     assert sorted(report.smoothquant_unsmoothed) == sorted(expected)
     metadata = json.loads((tmp_path / "run" / "ptq" / "metadata.json").read_text())
@@ -114,7 +114,7 @@ def test_cls_pooling_is_recorded_and_read_back(model_dirs, tmp_path, fresh_accel
     cfg = job_config("train", RunConfig, [f"model.name_or_path={model_dirs['bert', 'embedding']}", *RUN, "model.pooling=cls",
                                           "quant=full_int8"])
     run_dir = tmp_path / "run"
-    report = run_pipeline(cfg, run_dir)
+    report = run_train(cfg, run_dir)
     assert json.loads((run_dir / "ptq" / METADATA_FILE).read_text())["pooling"] == "cls"
     assert read_export_info(run_dir / "export" / "qat").pooling == "cls"
     model = load_int8(run_dir / "export" / "qat")

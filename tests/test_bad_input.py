@@ -11,11 +11,11 @@ import pytest
 from accelerate.state import AcceleratorState, GradientState
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-import qat.run_folder
+import qat.jobs.run_folder
 import qat.search
 import qat.sensitivity
 import qat.train
-from qat.run_folder import LOCK_FILE
+from qat.jobs.run_folder import LOCK_FILE
 
 TINY = ["model.max_length=32", "calib.samples=64", "+data.heldout.limit=40", "eval.batch_size=32"]
 
@@ -166,14 +166,14 @@ def test_a_full_disk_is_one_line(files, tmp_path, capsys, monkeypatch):
     def full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(qat.run_folder, "write_json", full)
+    monkeypatch.setattr(qat.jobs.run_folder, "write_json", full)
     code, errors = run_cli(qat.train.main, [f"hydra.run.dir={tmp_path / 'run'}", f"model.name_or_path={files['tiny']}",
                                             *TINY], capsys)
     assert code == 2 and len(errors) == 1 and "no space left on the device writing" in errors[0], errors
 
 
 def test_an_unwritable_location_is_one_line(files, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(qat.run_folder.os, "access", lambda path, mode: False)   # root may write anywhere
+    monkeypatch.setattr(qat.jobs.run_folder.os, "access", lambda path, mode: False)   # root may write anywhere
     code, errors = run_cli(qat.train.main, [f"hydra.run.dir={tmp_path / 'run'}", *TINY], capsys)
     assert code == 2 and len(errors) == 1 and "cannot be written" in errors[0] and "read-only" in errors[0], errors
     assert not (tmp_path / "run").exists()
@@ -201,7 +201,7 @@ def test_report_json_is_strict_json(files):
         raise ValueError(f"report.json holds {name}")
 
     json.loads((files["finished"] / "report.json").read_text(), parse_constant=no_constants)
-    from qat.atomic import write_json
+    from qat.base.atomic import write_json
     path = files["root"] / "nan.json"
     write_json(path, {"a": float("nan"), "b": [float("inf"), 1.0]})
     assert json.loads(path.read_text(), parse_constant=no_constants) == {"a": None, "b": [None, 1.0]}

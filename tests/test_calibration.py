@@ -3,11 +3,13 @@ import pytest
 import torch
 from torch.ao.quantization.observer import HistogramObserver
 
-from qat.calibrate import Statistics, apply_calibration, calibrate, calibration_batches, ipex_skeleton
+from qat.ptq import calibrate
+from qat.quant.config import Recipe
+from qat.ptq.calibration import Statistics, apply_calibration, calibration_batches, ipex_skeleton
 from qat.config import MixPart, SourceConfig
 from qat.quant.config import CalibConfig, QuantConfig
 from qat.data import mix_texts
-from qat.errors import QatError
+from qat.base.errors import QatError
 from qat.quant.observe import _Recorder, collect_statistics
 from qat.quant.quantizer import FakeQuantizer
 from qat.quant.ranges import activation_qparams, activation_range
@@ -81,7 +83,7 @@ def test_statistics_cover_every_quantizable_tensor_once(tiny_encoder, texts):
 
 def test_bias_correction_absorbs_the_weight_error_and_keeps_the_original(tiny_encoder, texts):
     calib = CalibConfig(samples=32, batch_size=16, bias_correction=True)
-    calibration = calibrate(tiny_encoder, texts, calib, QuantConfig(weight_bits="7"))
+    calibration = calibrate(tiny_encoder, texts, Recipe(QuantConfig(weight_bits="7"), calib))
     original = tiny_encoder.model.encoder.layer[0].intermediate.dense
     corrected = calibration.model.encoder.layer[0].intermediate.dense
     assert calibration.model is not tiny_encoder.model and torch.equal(original.weight, corrected.weight)

@@ -41,7 +41,7 @@ def test_default_job_end_to_end_on_the_bundled_model(tmp_path):
         import intel_extension_for_pytorch
         from qat.config import ModelConfig
         from qat.data import builtin_sentences
-        from qat.evaluate import embed, cosine_fidelity
+        from qat.evaluation.metrics import embed, cosine_fidelity
         from qat.load import load_encoder
         from qat.quant.wrapper import EncoderModule
         encoder = load_encoder(ModelConfig())

@@ -6,9 +6,10 @@ from hydra import compose, initialize_config_dir
 from conftest import REPO
 from qat.config import RunConfig, SearchRunConfig, to_run_config
 from qat.quant.config import QuantConfig
-from qat.errors import QatError
+from qat.base.errors import QatError
 
-GROUPS = {group.name: sorted(p.stem for p in group.glob("*.yaml")) for group in (REPO / "conf").iterdir() if group.is_dir()}
+GROUPS = {group.name: sorted(p.stem for p in group.glob("*.yaml")) for group in (REPO / "conf").iterdir()
+          if group.is_dir() and group.name != "hydra"}   # hydra/: Hydra's own settings, one default for every job
 
 
 def compose_run(*overrides: str) -> RunConfig:
@@ -80,13 +81,13 @@ def test_calib_options_mirror_the_range_algorithms():
         assert compose_run(f"calib={name}").calib.algorithm == name
 
 
-def test_the_quant_core_imports_nothing_above_it():
-    """qat/quant/ depends on numerics, errors, atomic writes and the IPEX backend only: never on the run
-    configuration, the loaders or the stages that use it."""
-    import ast
+@pytest.mark.parametrize("job", ["train", "evaluate", "export", "search", "sensitivity"])
+def test_every_job_takes_hydra_settings_from_the_one_default(job):
+    from omegaconf import OmegaConf
+    from qat.jobs.command import _compose
 
-    allowed = {"qat.numerics", "qat.errors", "qat.atomic", "qat.ipex_backend"}
-    for path in (REPO / "qat" / "quant").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("qat"):
-                assert node.module.startswith("qat.quant") or node.module in allowed, f"{path.name} imports {node.module}"
+    cfg = _compose(job, [], hydra_config=True)
+    assert OmegaConf.select(cfg, "hydra.output_subdir") is None and not cfg.hydra.job.chdir
+    assert list(cfg.hydra.job_logging.handlers) == ["console"]   # the log file is qat's, once the folder is free
+    assert OmegaConf.select(cfg, "hydra.run.dir").startswith(f"outputs/{'runs' if job == 'train' else job}/")
+    assert "\nhydra:" not in (REPO / "conf" / f"{job}.yaml").read_text() or job == "train"

@@ -6,8 +6,8 @@ import pytest
 from qat.config import DataConfig, MixPart, SourceConfig, reads_test_split
 from qat.data import (PairSet, RerankSet, RetrievalSet, builtin_sentences, builtin_texts, load_task, load_texts,
                       mix_texts, training_parts, training_texts)
-from qat.errors import QatError
-from qat.evaluate import load_eval_data
+from qat.base.errors import QatError
+from qat.evaluation.metrics import load_eval_data
 
 
 def test_builtin_sentences_are_many_and_distinct():

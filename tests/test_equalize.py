@@ -9,12 +9,14 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from qat.calibrate import calibrate, calibration_batches
+from qat.ptq import calibrate
+from qat.ptq import calibration_batches
+from qat.quant.config import Recipe
 from qat.config import RunConfig
-from qat.entry import job_config
-from qat.errors import QatError
+from qat.jobs.command import job_config
+from qat.base.errors import QatError
 from qat.load import batches
-from qat.pipeline import run_pipeline
+from qat.jobs.train import run_train
 from qat.quant.config import CalibConfig, EqualizeConfig, QuantConfig, SmoothQuantConfig
 from qat.quant.equalize import attention_projections, equalize, rescale
 from qat.quant.simulate import simulate
@@ -58,11 +60,11 @@ def test_equalization_undoes_an_outlier_stress(tiny_encoder, texts):
     with torch.no_grad():
         reference = EncoderModule(tiny_encoder.model)(ids, mask)
 
-    def ptq_error(model, equalization=None):
+    def ptq_error(model, equalization=EqualizeConfig()):
         encoder = copy.copy(tiny_encoder)
         encoder.model = model
-        calibration = calibrate(encoder, texts, CALIB, QuantConfig(ops=["linear", "matmul"], weight_bits="8"), None,
-                                equalization)
+        calibration = calibrate(encoder, texts, Recipe(QuantConfig(ops=["linear", "matmul"], weight_bits="8"), CALIB,
+                                                       equalize=equalization))
         with torch.no_grad():
             output = simulate(calibration.model, calibration.qconf).eval()(ids, mask)
         return ((output - reference).norm() / reference.norm()).item()
@@ -95,8 +97,8 @@ def test_models_equalization_cannot_handle_are_refused(tiny_encoder, texts):
 
 
 def test_smoothquant_folds_the_attention_output_factors_into_the_value_projection(tiny_encoder, texts):
-    calibration = calibrate(tiny_encoder, texts, CALIB, QuantConfig(ops=["linear", "matmul", "add"]),
-                            SmoothQuantConfig(enabled=True))
+    calibration = calibrate(tiny_encoder, texts, Recipe(QuantConfig(ops=["linear", "matmul", "add"]), CALIB,
+                                                         smoothquant=SmoothQuantConfig(enabled=True)))
     smoothed = smoothed_buffers(calibration.model)
     assert sorted(smoothed) == sorted(f"encoder.layer.{i}.{m}" for i in range(2)
                                       for m in ("attention.self", "intermediate", "output"))
@@ -114,7 +116,7 @@ def test_equalize_alpha_auto_equalizes_a_stressed_model_and_records_the_choice(t
     cfg = job_config("train", RunConfig, [f"model.name_or_path={model_dir}", "model.max_length=32", "calib.samples=64",
                                           "+data.heldout.limit=40", "equalize=on", "equalize.candidates=[null,0.5]",
                                           "train=none"])
-    report = run_pipeline(cfg, tmp_path / "run")
+    report = run_train(cfg, tmp_path / "run")
     choice = report.equalize_choice
     assert set(choice.scores) == {"off", "0.5"} and choice.scores["0.5"] < choice.scores["off"], choice
     assert choice.alpha == 0.5 and report.equalize.enabled and report.equalize.alpha == 0.5
@@ -127,7 +129,7 @@ def test_a_recovery_run_on_an_equalized_model_exports_what_it_trained(tiny_model
     cfg = job_config("train", RunConfig, [f"model.name_or_path={tiny_model_dir}", "model.max_length=32", "calib.samples=64",
                                           "+data.heldout.limit=40", "equalize=on", "equalize.alpha=0.5", "smoothquant=on", "quant=full_int8",
                                           "recovery.force=true", "train.steps=3", "train.lr=1e-5", "train.batch_size=16", "teacher=fp32"])
-    report = run_pipeline(cfg, tmp_path / "run")
+    report = run_train(cfg, tmp_path / "run")
     assert report.final == "qat" and report.equalize.enabled
     for export in report.exports.values():
         assert export.parity.unfused_max_abs_diff == 0.0 and export.parity.passed

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from qat.data import PairSet, RerankSet, RetrievalSet
-from qat.evaluate import (COSINE, LOGIT, SOFTMAX, EvalData, all_pair_scores, average_precision, cosine_fidelity, emd,
+from qat.evaluation.metrics import (COSINE, LOGIT, SOFTMAX, EvalData, all_pair_scores, average_precision, cosine_fidelity, emd,
                           evaluate, rerank_metrics, retrieval_metrics, sts_spearman)
-from qat.report import difference_table
-from qat.significance import task_differences
+from qat.jobs.report import difference_table
+from qat.evaluation.significance import task_differences
 
 
 def test_average_precision_hand_computed():

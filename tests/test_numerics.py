@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from qat.numerics import WEIGHT_RANGES, weight_qparams
+from qat.quant.numerics import WEIGHT_RANGES, weight_qparams
 from qat.quant.modules import QuantLinear
 from qat.quant.quantizer import FakeQuantizer
 

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from qat.calibrate import calibrate
+from qat.ptq import calibrate
+from qat.quant.config import Recipe
 from qat.config import ExportConfig
 from qat.quant.config import CalibConfig, QuantConfig
-from qat.export.parity import judge_parity, rounding_noise
+from qat.exporters.parity import judge_parity, rounding_noise
 from qat.load import batches
 from qat.quant.wrapper import EncoderModule
 from qat.quant.simulate import simulate
@@ -56,7 +57,7 @@ def test_fused_rounding_spread_passes_only_if_as_faithful_to_fp32(vectors):
 
 
 def test_rounding_noise_is_tiny_seeded_and_removed(tiny_encoder, texts):
-    qconf = calibrate(tiny_encoder, texts, CalibConfig(samples=32, batch_size=16), QuantConfig()).qconf
+    qconf = calibrate(tiny_encoder, texts, Recipe(QuantConfig(), CalibConfig(samples=32, batch_size=16))).qconf
     sim = simulate(tiny_encoder.model, qconf).eval()
     fp32 = EncoderModule(tiny_encoder.model).eval()
     ids, mask = next(batches(tiny_encoder, texts[:8], 8))

@@ -5,18 +5,20 @@ import shutil
 import pytest
 import torch
 
-import qat.calibrate
 import qat.ptq
+import qat.ptq.calibration
+from qat.ptq import calibrate
+from qat.quant.config import Recipe
 import qat.recovery
 from qat.config import RunConfig, SensitivityRunConfig
-from qat.entry import job_config
-from qat.errors import QatError
-from qat.evaluate import Variant
-from qat.pipeline import run_pipeline
-from qat.quant.config import QuantConfig
+from qat.jobs.command import job_config
+from qat.base.errors import QatError
+from qat.evaluation.metrics import Variant
+from qat.jobs.train import run_train
+from qat.quant.config import CalibConfig, QuantConfig
 from qat.quant.simulate import simulate
-from qat.report import RunReport
-from qat.session import open_session
+from qat.jobs.report import RunReport
+from qat.evaluation.session import open_session
 
 
 def tiny_overrides(tiny_model_dir) -> list[str]:
@@ -27,12 +29,12 @@ def tiny_overrides(tiny_model_dir) -> list[str]:
 def test_sensitivity_stage_reuses_the_calibration_and_the_job_never_rereads_its_artifact(
         tiny_model_dir, tmp_path, monkeypatch, fresh_accelerate_state):
     collections = []
-    collect = qat.calibrate.collect_statistics
-    monkeypatch.setattr(qat.calibrate, "collect_statistics", lambda *a, **k: collections.append(1) or collect(*a, **k))
+    collect = qat.ptq.calibration.collect_statistics
+    monkeypatch.setattr(qat.ptq.calibration, "collect_statistics", lambda *a, **k: collections.append(1) or collect(*a, **k))
     monkeypatch.setattr(qat.ptq, "read_ptq_artifact", lambda path: pytest.fail(f"the job read back {path}"))
     cfg = job_config("train", RunConfig, tiny_overrides(tiny_model_dir) + [
         "train=none", "quant=full_int8", "sensitivity.enabled=true", "sensitivity.top_k=1"])
-    report = run_pipeline(cfg, tmp_path / "run")
+    report = run_train(cfg, tmp_path / "run")
     assert isinstance(report, RunReport) and collections == [1]
     sensitivity = json.loads((tmp_path / "run" / "sensitivity" / "sensitivity.json").read_text())
     assert report.recipe.skip == sensitivity["skip"] and len(report.recipe.skip) >= 1
@@ -57,8 +59,7 @@ def test_test_splits_never_drive_a_choice():
 
 
 def test_simulate_copies_the_model_and_qconf_recipes_are_new_objects(tiny_encoder, texts):
-    qconf = qat.calibrate.calibrate(tiny_encoder, texts, qat.calibrate.CalibConfig(samples=32, batch_size=16),
-                                    QuantConfig(ops=["linear"])).qconf
+    qconf = calibrate(tiny_encoder, texts, Recipe(QuantConfig(ops=["linear"]), CalibConfig(samples=32, batch_size=16))).qconf
     before = {k: v.clone() for k, v in tiny_encoder.model.state_dict().items()}
     sim = simulate(tiny_encoder.model, qconf)
     with torch.no_grad():
@@ -73,25 +74,25 @@ def test_simulate_copies_the_model_and_qconf_recipes_are_new_objects(tiny_encode
 def test_smoothquant_alpha_auto_picks_the_closest_candidate_on_held_out_texts_and_records_it(
         tiny_model_dir, tmp_path, monkeypatch, fresh_accelerate_state):
     collections = []
-    collect = qat.calibrate.collect_statistics
-    monkeypatch.setattr(qat.calibrate, "collect_statistics", lambda *a, **k: collections.append(1) or collect(*a, **k))
+    collect = qat.ptq.calibration.collect_statistics
+    monkeypatch.setattr(qat.ptq.calibration, "collect_statistics", lambda *a, **k: collections.append(1) or collect(*a, **k))
     cfg = job_config("train", RunConfig, tiny_overrides(tiny_model_dir) + [
         "train=none", "quant=full_int8", "smoothquant=on", "smoothquant.candidates=[0.2,0.5,0.8]",
         "equalize=on", "equalize.candidates=[null]"])
     assert cfg.smoothquant.alpha == cfg.equalize.alpha == "auto"
-    report = run_pipeline(cfg, tmp_path / "run")
+    report = run_train(cfg, tmp_path / "run")
     choice = report.smoothquant_choice
     assert choice.objective == "emd_heldout_pairs, guard/emd" and set(choice.scores) == {"0.2", "0.5", "0.8"}
     assert choice.scores[str(choice.alpha)] == min(choice.scores.values()) and report.smoothquant.alpha == choice.alpha
     assert len(collections) == 1 + 3   # before SmoothQuant once, after it once per candidate; the PTQ reuses its own
     for name in ("emd_heldout_pairs", "guard/emd"):
         assert report.variants[Variant.PTQ_FAKEQUANT][name] == pytest.approx(choice.distances[name][str(choice.alpha)])
-    ptq = qat.ptq._read(tmp_path / "run" / "ptq", cfg)
-    assert ptq.choice("smoothquant") == choice   # a resumed run reads, not rechooses
+    metadata = qat.ptq.read(tmp_path / "run" / "ptq").metadata
+    assert metadata.smoothquant.choice == choice   # a resumed run reads, not rechooses
     # equalization's only candidate here is 'off': the model is left as it was, and the run says so
     assert report.equalize_choice.alpha is None and not report.equalize.enabled
-    assert ptq.choice("equalize") == report.equalize_choice and ptq.metadata["equalize"]["factors"] is None
-    assert not ptq.metadata["equalize"]["enabled"] and ptq.metadata["smoothquant"]["alpha"] == choice.alpha
+    assert metadata.equalize.choice == report.equalize_choice and metadata.equalize.factors is None
+    assert not metadata.equalize.enabled and metadata.smoothquant.alpha == choice.alpha
     text = (tmp_path / "run" / "report.md").read_text()
     assert f"SmoothQuant alpha {choice.alpha} (auto" in text and "attention equalization (qk/vo) alpha off (auto" in text
 
@@ -106,7 +107,7 @@ def test_lr_auto_runs_a_trial_per_candidate_continues_the_best_and_a_resume_does
     overrides = tiny_overrides(tiny_model_dir) + [
         "recovery.force=true", "train.lr=auto", "train.lr_candidates=[1e-4,1e-3]", "train.trial_steps=2",
         "train.steps=4", "train.eval_every=2", "train.batch_size=8", "teacher=fp32", "~data.guard"]
-    report = run_pipeline(job_config("train", RunConfig, overrides), tmp_path / "run")
+    report = run_train(job_config("train", RunConfig, overrides), tmp_path / "run")
     training = report.training
     choice = training.lr_choice
     assert set(choice.trials) == {"0.0001", "0.001"} and choice.trial_steps == 2 and training.lr == choice.lr
@@ -123,6 +124,6 @@ def test_lr_auto_runs_a_trial_per_candidate_continues_the_best_and_a_resume_does
     train = qat.recovery.Trainer.train
     monkeypatch.setattr(qat.recovery.Trainer, "train", lambda self, start, stop_at=None: trained.append(stop_at) or
                         train(self, start, stop_at))
-    resumed = run_pipeline(job_config("train", RunConfig, overrides + ["train.resume=auto"]), tmp_path / "run")
+    resumed = run_train(job_config("train", RunConfig, overrides + ["train.resume=auto"]), tmp_path / "run")
     assert trained == [None] and resumed.training.lr_choice == choice and resumed.training.step == 4
     assert resumed.variants[Variant.QAT_FAKEQUANT] == pytest.approx(report.variants[Variant.QAT_FAKEQUANT])

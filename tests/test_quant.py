@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from qat.calibrate import calibrate
+from qat.ptq import calibrate
+from qat.quant.config import Recipe
 from qat.quant.config import CalibConfig, QuantConfig
-from qat.errors import QatError
-from qat.export.ipex import export_ipex, load_exported
+from qat.base.errors import QatError
+from qat.exporters.ipex import export_ipex, load_exported
 from qat.load import batches
 from qat.quant.wrapper import EncoderModule
 from qat.quant.modules import QuantLinear
@@ -18,7 +19,7 @@ CALIB = CalibConfig(samples=32, batch_size=16)
 
 @pytest.fixture
 def qconf(tiny_encoder, texts) -> Qconf:
-    return calibrate(tiny_encoder, texts, CALIB, QuantConfig(ops=["linear", "matmul", "add"], weight_bits="8")).qconf
+    return calibrate(tiny_encoder, texts, Recipe(QuantConfig(ops=["linear", "matmul", "add"], weight_bits="8"), CALIB)).qconf
 
 
 def test_calibrated_qconf_classifies_every_op(qconf):
@@ -57,7 +58,7 @@ def test_one_tensor_has_one_scale(qconf):
 
 
 def test_activation_scale_clamp_is_simulated_and_exported_alike(tiny_encoder, texts, tmp_path):
-    clamped = calibrate(tiny_encoder, texts, CALIB, QuantConfig(ops=["linear", "matmul"], scale_max=0.01)).qconf
+    clamped = calibrate(tiny_encoder, texts, Recipe(QuantConfig(ops=["linear", "matmul"], scale_max=0.01), CALIB)).qconf
     scales = [q.scale for op in clamped.ops for q in op.input_qparams() if q is not None]
     assert scales and max(scales) <= 0.01
     assert all(op.info["input_tensor_infos"][1]["scale"][0] > 1e30 for op in clamped.ops if op.kind == "mask_add")
@@ -71,7 +72,7 @@ def test_activation_scale_clamp_is_simulated_and_exported_alike(tiny_encoder, te
 
 
 def test_seven_bit_weights_are_recorded_in_the_qconf(tiny_encoder, texts):
-    narrow = calibrate(tiny_encoder, texts, CALIB, QuantConfig(weight_bits="7")).qconf
+    narrow = calibrate(tiny_encoder, texts, Recipe(QuantConfig(weight_bits="7"), CALIB)).qconf
     assert narrow.weight_range == (-64, 63)
     weight = tiny_encoder.model.encoder.layer[0].attention.self.query.weight
     query = next(op for op in narrow.ops if op.name == "encoder.layer.0.attention.self.query")

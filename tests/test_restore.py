@@ -10,9 +10,9 @@ from transformers import BertConfig, BertModel
 
 from conftest import REPO
 from qat.quant.config import QuantConfig
-from qat.errors import QatError
+from qat.base.errors import QatError
 from qat.quant.qconf import Qconf
-from qat.restore import restore_qconf
+from qat.ptq.restore import restore_qconf
 
 
 def inc_qconf(model_dir, out_dir, texts):
@@ -20,7 +20,7 @@ def inc_qconf(model_dir, out_dir, texts):
     from neural_compressor.torch.quantization import StaticQuantConfig, convert, prepare
     from transformers import AutoModel, AutoTokenizer
 
-    import qat.ipex_backend  # noqa: F401  (INC picks its IPEX backend when IPEX is imported)
+    import qat.base.ipex  # noqa: F401  (INC picks its IPEX backend when IPEX is imported)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from conftest import REPO
-from qat.run_folder import LOCK_FILE, SETTINGS_FILE
-from qat.trainer import STATE_FILE
+from qat.jobs.run_folder import LOCK_FILE, SETTINGS_FILE
+from qat.recovery.trainer import STATE_FILE
 
 
 def train_command(run_dir, tiny_model_dir, *extra):

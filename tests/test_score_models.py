@@ -9,12 +9,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Bert
 
 from qat.config import EvaluateRunConfig, ModelConfig, RunConfig
 from qat.data import builtin_sentences
-from qat.entry import job_config
-from qat.errors import QatError
-from qat.evaluate_export import run_evaluation
-from qat.int8_model import load_int8
+from qat.jobs.command import job_config
+from qat.base.errors import QatError
+from qat.jobs.evaluate import run_evaluation
+from qat.exporters.loader import load_int8
 from qat.load import load_encoder, resolve_model_path
-from qat.pipeline import run_pipeline
+from qat.jobs.train import run_train
 
 RUN = ["model.max_length=32", "calib.samples=64", "+data.heldout.limit=40", "recovery.force=true", "train.steps=2",
        "train.lr=1e-4", "train.batch_size=8", "teacher=fp32", "quant=full_int8"]
@@ -60,7 +60,7 @@ def test_a_cross_encoder_runs_end_to_end_and_its_export_predicts(score_model, ta
                                                                  tiny_model_dir, fresh_accelerate_state):
     cfg = job_config("train", RunConfig, [f"model.name_or_path={score_model[labels]}", *RUN, *task_files])
     run_dir = tmp_path / "run"
-    report = run_pipeline(cfg, run_dir)
+    report = run_train(cfg, run_dir)
     assert report.final == "qat" and report.recovery.metric == "sts_dev/spearman"   # auto: the first dev task set
     for export in report.exports.values():
         # 12 encoder Linears, the pooler's dense and the classifier
@@ -103,13 +103,13 @@ def test_a_task_loss_ranks_the_labelled_training_pairs_of_a_one_score_model(scor
                                                                for i in range(240, 280)))
     task = ["train.task_weight=0.5", f"+data.train={{sts: {{proportion: 1, source: {{kind: file, path: {train}, format: pairs}}}}}}"]
     cfg = job_config("train", RunConfig, [f"model.name_or_path={score_model[1]}", *RUN, *task_files, *task])
-    report = run_pipeline(cfg, tmp_path / "run")
+    report = run_train(cfg, tmp_path / "run")
     assert report.training.task_pairs == 40 and report.training.task_weight == 0.5
     assert report.exports["qat"].parity.passed
     # class logits have no one similarity that a label orders: refused before anything is calibrated
     cfg = job_config("train", RunConfig, [f"model.name_or_path={score_model[3]}", *RUN, *task_files, *task])
     with pytest.raises(QatError, match=r"train.task_weight needs one similarity per pair, but model .* has 3 outputs"):
-        run_pipeline(cfg, tmp_path / "refused")
+        run_train(cfg, tmp_path / "refused")
     assert not (tmp_path / "refused" / "ptq").exists()
 
 
@@ -123,7 +123,7 @@ def test_a_score_model_calibrates_on_a_mix_of_pair_and_rerank_data(score_model, 
     overrides = [f"model.name_or_path={score_model[1]}", "model.max_length=32", "calib.samples=32",
                  "calib.batch_size=8", "+data.heldout.limit=40", "train=none", "quant=full_int8", mix]
     run_dir = tmp_path / "run"
-    report = run_pipeline(job_config("train", RunConfig, overrides), run_dir)
+    report = run_train(job_config("train", RunConfig, overrides), run_dir)
     metadata = json.loads((run_dir / "ptq" / "metadata.json").read_text())
     recorded = metadata["calibration_data"]["mix"]
     assert (recorded["sts"]["texts"], recorded["rerank"]["texts"]) == (16, 16)
@@ -148,4 +148,4 @@ def test_a_retrieval_set_is_refused_for_a_score_model(score_model, tmp_path, fre
     cfg = job_config("train", RunConfig, [f"model.name_or_path={score_model[1]}", *RUN,
                                           f"+data.tasks.ret_dev={{kind: file, path: {beir}, format: beir, split: dev}}"])
     with pytest.raises(QatError, match="'ret_dev' is a BEIR retrieval set, which needs single texts"):
-        run_pipeline(cfg, tmp_path / "run")
+        run_train(cfg, tmp_path / "run")

@@ -5,13 +5,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import qat.calibrate
+import qat.ptq.calibration
 from qat.config import (DataConfig, EvalConfig, ModelConfig, RecoveryConfig, SearchConfig, SearchRunConfig,
                         SensitivityConfig, SensitivityRunConfig, SourceConfig, SpaceConfig)
 from qat.quant.config import CalibConfig, QuantConfig, SmoothQuantConfig
-from qat.errors import QatError
-from qat.search import optimize, run_search
-from qat.sensitivity import run_sensitivity
+from qat.base.errors import QatError
+from qat.jobs.search import run_search
+from qat.ptq.search_space import optimize
+from qat.jobs.sensitivity import run_sensitivity
 
 FAST_CALIB = CalibConfig(samples=32, batch_size=16, bins=256)
 
@@ -28,36 +29,36 @@ def test_search_finds_the_known_best_of_a_synthetic_objective():
 
     def objective(params):
         calls.append(params)
-        return {"emd_heldout_pairs": cost[params["algorithm"]] + 0.01 * abs(params["batches"] - 3)}
+        return {"emd_heldout_pairs": cost[params.algorithm] + 0.01 * abs(params.batches - 3)}
 
     narrow = SpaceConfig(algorithm=["histogram", "percentile"], batches=[1, 8])
     wide = SpaceConfig(algorithm=["minmax", "histogram", "mse", "percentile"], batches=[1, 8])
     records = optimize(objective, SearchConfig(trials=30, bound=0.1, narrow=narrow, wide=wide), seed=0)
-    best = min(records, key=lambda r: r["objective"])
-    assert best["params"]["algorithm"] == "mse" and best["params"]["batches"] == 3
-    assert {r["stage"] for r in records} == {"narrow", "wide"} and len(records) == 60
-    assert len(calls) == len({tuple(sorted(r["params"].items())) for r in records}), "a repeated point is not re-measured"
+    best = min(records, key=lambda r: r.objective)
+    assert best.params.algorithm == "mse" and best.params.batches == 3
+    assert {r.stage for r in records} == {"narrow", "wide"} and len(records) == 60
+    assert len(calls) == len({r.params for r in records}), "a repeated point is not re-measured"
     loose = optimize(objective, SearchConfig(trials=5, bound=10.0, narrow=narrow, wide=wide), seed=0)
-    assert {r["stage"] for r in loose} == {"narrow"}
+    assert {r.stage for r in loose} == {"narrow"}
 
 
 def test_search_collects_statistics_once_and_writes_a_usable_recipe(tiny_model_dir, tmp_path, monkeypatch):
     calls = []
-    collect = qat.calibrate.collect_statistics
-    monkeypatch.setattr(qat.calibrate, "collect_statistics", lambda *a, **k: calls.append(1) or collect(*a, **k))
+    collect = qat.ptq.calibration.collect_statistics
+    monkeypatch.setattr(qat.ptq.calibration, "collect_statistics", lambda *a, **k: calls.append(1) or collect(*a, **k))
     space = SpaceConfig(algorithm=["minmax", "percentile", "mse"], percentile=[99.0, 100.0], batches=[1, 2],
                         bias_correction=[False, True], symmetric=[False, True])
     cfg = SearchRunConfig(model=ModelConfig(str(tiny_model_dir), max_length=32), data=tiny_data(), calib=FAST_CALIB,
                           eval=EvalConfig(batch_size=32), search=SearchConfig(trials=4, narrow=space, wide=space))
     result = run_search(cfg, tmp_path)
-    assert calls == [1] and len(result["trials"]) == 8
-    assert result["best"]["objective"] == min(t["objective"] for t in result["trials"])
+    assert calls == [1] and len(result.trials) == 8
+    assert result.best.objective == min(t.objective for t in result.trials)
     saved = json.loads((tmp_path / "search.json").read_text())
     assert saved["baseline_ipex_default"]["params"]["algorithm"] == "histogram"
     searched = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(CalibConfig),
                                                    OmegaConf.load(tmp_path / "conf" / "calib" / "searched.yaml")))
-    assert searched.algorithm == result["best"]["params"]["algorithm"]
-    assert searched.samples == result["best"]["params"]["batches"] * FAST_CALIB.batch_size
+    assert searched.algorithm == result.best.params.algorithm
+    assert searched.samples == result.best.params.batches * FAST_CALIB.batch_size
 
 
 def test_search_refuses_more_batches_than_the_calibration_split_holds(tiny_model_dir, tmp_path):
@@ -145,19 +146,19 @@ def test_sensitivity_ranks_a_residual_add_apart_from_its_linear(tiny_model_dir, 
 
 def test_search_over_smoothquant_alpha_collects_statistics_once_per_alpha(tiny_model_dir, tmp_path, monkeypatch):
     calls = []
-    collect = qat.calibrate.collect_statistics
-    monkeypatch.setattr(qat.calibrate, "collect_statistics", lambda *a, **k: calls.append(1) or collect(*a, **k))
+    collect = qat.ptq.calibration.collect_statistics
+    monkeypatch.setattr(qat.ptq.calibration, "collect_statistics", lambda *a, **k: calls.append(1) or collect(*a, **k))
     space = SpaceConfig(algorithm=["minmax"], batches=[2], alpha=[0.3, 0.5])
     cfg = SearchRunConfig(model=ModelConfig(str(tiny_model_dir), max_length=32), data=tiny_data(), calib=FAST_CALIB,
                           eval=EvalConfig(batch_size=32), smoothquant=SmoothQuantConfig(enabled=True),
                           search=SearchConfig(trials=6, bound=1.0, narrow=space, wide=space))
     result = run_search(cfg, tmp_path)
-    alphas = {round(t["params"]["alpha"], 2) for t in result["trials"]}
-    assert alphas <= {0.3, 0.35, 0.4, 0.45, 0.5} and result["statistics_collections"] == len(alphas) + 1  # + baseline
+    alphas = {round(t.params.alpha, 2) for t in result.trials}
+    assert alphas <= {0.3, 0.35, 0.4, 0.45, 0.5} and result.statistics_collections == len(alphas) + 1  # + baseline
     # one collection before SmoothQuant (every alpha migrates from it), and one on the migrated model per alpha
     assert len(calls) == 1 + len(alphas)
     searched = OmegaConf.load(tmp_path / "conf" / "smoothquant" / "searched.yaml")
-    assert searched.enabled and searched.alpha == result["best"]["params"]["alpha"]
+    assert searched.enabled and searched.alpha == result.best.params.alpha
 
 
 def test_sensitivity_refuses_a_skip_list_naming_no_module(tiny_model_dir, tmp_path):

@@ -4,17 +4,18 @@ import copy
 import pytest
 import torch
 
-from qat.artifact import read_ptq_artifact, write_ptq_artifact
-from qat.calibrate import calibrate
-from qat.errors import QatError
-from qat.export.ipex import export_ipex, load_exported
+from qat.ptq.artifact import read_ptq_artifact, write_ptq_artifact
+from qat.ptq import calibrate
+from qat.quant.config import Recipe
+from qat.base.errors import QatError
+from qat.exporters.ipex import export_ipex, load_exported
 from qat.load import batches
 from qat.quant.config import CalibConfig, QuantConfig, SmoothQuantConfig
 from qat.quant.simulate import simulate
 from qat.quant.smoothquant import smoothed_buffers
 from qat.quant.wrapper import EncoderModule
-from qat.report import _alpha
-from qat.trials import AlphaChoice, _choose
+from qat.jobs.report import _alpha
+from qat.ptq.trials import AlphaChoice, _choose
 
 CALIB = CalibConfig(samples=32, batch_size=16)
 FULL = QuantConfig(ops=["linear", "matmul", "add"])
@@ -44,7 +45,7 @@ def random_batch(vocab: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def test_migration_keeps_the_fp32_function_on_real_and_random_inputs(tiny_encoder, texts):
-    calibration = calibrate(tiny_encoder, texts, CALIB, FULL, SMOOTH)
+    calibration = calibrate(tiny_encoder, texts, Recipe(FULL, CALIB, smoothquant=SMOOTH))
     smoothed = smoothed_buffers(calibration.model)
     # The attention output's factors fold into the value projection: no runtime multiply there.
     assert set(smoothed) == {f"encoder.layer.{i}.{m}" for i in range(2) for m in ("attention.self", "intermediate", "output")}
@@ -75,7 +76,8 @@ def test_smoothquant_rescues_int8_from_an_activation_outlier(tiny_encoder, texts
     reference = dense_output(EncoderModule(outlier.model).eval(), outlier.model)
 
     def relative_error(smoothquant):
-        calibration = calibrate(outlier, texts, CALIB, QuantConfig(ops=["linear"]), smoothquant)
+        calibration = calibrate(outlier, texts, Recipe(QuantConfig(ops=["linear"]), CALIB,
+                                                          smoothquant=smoothquant or SmoothQuantConfig()))
         sim = simulate(calibration.model, calibration.qconf).eval()
         return ((dense_output(sim, sim.encoder.model) - reference).norm() / reference.norm()).item()
 
@@ -84,7 +86,7 @@ def test_smoothquant_rescues_int8_from_an_activation_outlier(tiny_encoder, texts
 
 
 def test_smoothed_full_operator_export_matches_its_simulation(tiny_encoder, texts, tmp_path):
-    calibration = calibrate(tiny_encoder, texts, CALIB, FULL, SMOOTH)
+    calibration = calibrate(tiny_encoder, texts, Recipe(FULL, CALIB, smoothquant=SMOOTH))
     sim = simulate(calibration.model, calibration.qconf).eval()
     result = export_ipex(sim.to_float(), calibration.qconf, sim.weight_qparams(), next(batches(tiny_encoder, texts[:4], 4)), tmp_path)
     assert result.graph_int8_ops["linear"] == 12 and result.graph_int8_ops["add"] == 6
@@ -94,10 +96,10 @@ def test_smoothed_full_operator_export_matches_its_simulation(tiny_encoder, text
 
 
 def test_the_ptq_artifact_carries_the_migration(tiny_encoder, texts, tmp_path):
-    calibration = calibrate(tiny_encoder, texts, CALIB, QuantConfig(), SMOOTH)
+    calibration = calibrate(tiny_encoder, texts, Recipe(QuantConfig(), CALIB, smoothquant=SMOOTH))
     encoder = copy.copy(tiny_encoder)
     encoder.model = calibration.model
-    artifact = read_ptq_artifact(write_ptq_artifact(tmp_path / "ptq", encoder, calibration.qconf, {}))
+    artifact = read_ptq_artifact(write_ptq_artifact(tmp_path / "ptq", encoder, calibration.qconf, calibration.metadata))
     assert set(smoothed_buffers(artifact.encoder.model)) == set(smoothed_buffers(calibration.model))
     ids, mask = next(batches(tiny_encoder, texts[:8], 8))
     with torch.no_grad():
@@ -109,7 +111,8 @@ def test_bad_smoothquant_settings_are_refused(tiny_encoder, texts):
     with pytest.raises(QatError, match=r"smoothquant.alpha=1.5 is not valid; expected a number in \[0, 1\]"):
         SmoothQuantConfig(alpha=1.5)
     with pytest.raises(QatError, match="selects no int8 Linear"):
-        calibrate(tiny_encoder, texts, CALIB, QuantConfig(), SmoothQuantConfig(enabled=True, modules=["pooler"]))
+        calibrate(tiny_encoder, texts,
+                  Recipe(QuantConfig(), CALIB, smoothquant=SmoothQuantConfig(enabled=True, modules=["pooler"])))
 
 
 def test_an_alpha_closest_on_held_out_texts_but_far_on_the_guard_is_not_chosen():
@@ -119,14 +122,14 @@ def test_an_alpha_closest_on_held_out_texts_but_far_on_the_guard_is_not_chosen()
     def measure(alpha):
         return {"emd_heldout_pairs": distances[alpha][0], "guard/emd": distances[alpha][1]}
 
-    both = ["emd_heldout_pairs", "guard/emd"]
-    choice = _choose("smoothquant", [0.4, 0.5, 0.6], measure, both)
+    choice = _choose("smoothquant", [0.4, 0.5, 0.6], measure)
     assert choice.alpha == 0.5 and choice.objective == "emd_heldout_pairs, guard/emd"
     assert choice.scores == pytest.approx({"0.4": 0.033 / 0.019, "0.5": 0.022 / 0.019, "0.6": 0.0094 / 0.0080})
     assert choice.distances["guard/emd"]["0.6"] == 0.019
-    assert _choose("smoothquant", [0.4, 0.5, 0.6], measure, ["emd_heldout_pairs"]).alpha == 0.4   # no guard
+    held_out_only = _choose("smoothquant", [0.4, 0.5, 0.6], lambda alpha: {"emd_heldout_pairs": distances[alpha][0]})
+    assert held_out_only.alpha == 0.4 and held_out_only.objective == "emd_heldout_pairs"   # no guard
     # a candidate at distance 0 (fp32 itself) is the best on its side, written 'off'
-    off = _choose("equalize", [0.4, None], measure, both)
+    off = _choose("equalize", [0.4, None], measure)
     assert off.alpha is None and off.scores == {"0.4": float("inf"), "off": 1.0}
     assert _alpha(0.5, choice).startswith("0.5 (auto: emd_heldout_pairs / guard/emd by alpha: 0.4 0.00800 / 0.03300,")
     # a PTQ artifact written before the guard took part records held-out distances as its scores

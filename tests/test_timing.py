@@ -1,5 +1,5 @@
 """The benchmark scripts' interleaved rounds: every variant once per round, a failing kernel reported, not hidden."""
-from qat.timing import OPENMP_SETTINGS, interleaved_rounds, openmp_settings
+from qat.base.timing import OPENMP_SETTINGS, interleaved_rounds, openmp_settings
 
 
 def test_interleaved_rounds_time_every_variant_per_round_and_report_failures() -> None:

@@ -12,23 +12,25 @@ from accelerate.utils import DataLoaderConfiguration
 from safetensors.torch import load_file
 
 from conftest import REPO
-from qat.calibrate import calibrate
+from qat.base.settings import Settings
+from qat.ptq import calibrate
+from qat.quant.config import Recipe
 from qat.config import TrainConfig
 from qat.quant.config import CalibConfig, QuantConfig
 from qat.data import PairSet
-from qat.distill import MSE_LOSS, distillation_loss, ranking_loss, record_blocks
+from qat.recovery.distill import MSE_LOSS, distillation_loss, ranking_loss, record_blocks
 from qat.quant.structure import transformer_blocks
-from qat.errors import QatError
-from qat.evaluate import EvalData, embed, evaluate
+from qat.base.errors import QatError
+from qat.evaluation.metrics import EvalData, embed, evaluate
 from qat.load import batches, pool
 from qat.quant.wrapper import EncoderModule
 from qat.quant.simulate import simulate
-from qat.trainer import STATE_FILE, LengthGroupedSampler, Trainer, resolve_resume
+from qat.recovery.trainer import STATE_FILE, LengthGroupedSampler, Trainer, resolve_resume
 
 
 @pytest.fixture
 def qconf(tiny_encoder, texts):
-    return calibrate(tiny_encoder, texts, CalibConfig(samples=32, batch_size=16), QuantConfig(ops=["linear", "matmul", "add"])).qconf
+    return calibrate(tiny_encoder, texts, Recipe(QuantConfig(ops=["linear", "matmul", "add"]), CalibConfig(samples=32, batch_size=16))).qconf
 
 
 def make_trainer(tiny_encoder, qconf, texts, run_dir, settings=None, evaluate_hook=None, start_metrics=None, task=None,
@@ -50,7 +52,7 @@ def make_trainer(tiny_encoder, qconf, texts, run_dir, settings=None, evaluate_ho
         return metrics
 
     cfg = TrainConfig(**{"steps": 6, "batch_size": 8, "lr": 1e-3, "eval_every": 100, "save_every": 3, **train})
-    return Trainer(accelerator, student, teacher, tiny_encoder, texts[:64], cfg, run_dir / "checkpoints", settings or {"calib.algorithm": "histogram"}, 0,
+    return Trainer(accelerator, student, teacher, tiny_encoder, texts[:64], cfg, run_dir / "checkpoints", Settings(settings or {"calib.algorithm": "histogram"}), 0,
                    evaluate_dev, "cosine_mean", start_metrics=start_metrics, task=task)
 
 
@@ -120,11 +122,11 @@ def test_int8_teacher_must_differ_from_the_student(tiny_model_dir, tmp_path):
 
 
 def test_the_automatic_teacher_is_fp32_where_the_student_runs_the_teacher_recipe(tiny_encoder, qconf):
-    from qat.config import RunConfig, TeacherConfig
-    from qat.recovery import build_teacher
+    from qat.config import TeacherConfig
+    from qat.recovery.train import build_teacher
 
     fp32 = torch.nn.Identity()
-    default = RunConfig(teacher=TeacherConfig(kind="auto"))
+    default = TeacherConfig(kind="auto")
     assert build_teacher(default, tiny_encoder.model, qconf.with_recipe(QuantConfig()), fp32) == (fp32, "fp32")
     full = qconf.with_recipe(QuantConfig(ops=["linear", "matmul", "add"]))
     teacher, kind = build_teacher(default, tiny_encoder.model, full, fp32)
@@ -161,7 +163,7 @@ def test_recovery_run_end_to_end(tiny_model_dir, tmp_path):
 
 def test_layer_norm_gradients_are_right_with_ipex_imported():
     """IPEX registers a layer_norm kernel without autograd and torch warns; the gradients must still be exact."""
-    import qat.ipex_backend  # noqa: F401
+    import qat.base.ipex  # noqa: F401
 
     torch.manual_seed(0)
     x, w, b = (torch.randn(shape, requires_grad=True) for shape in ((4, 7, 32), (32,), (32,)))

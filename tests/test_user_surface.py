@@ -8,18 +8,18 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
 
-import qat.progress
+import qat.base.progress
 from qat import load_int8
 from qat.config import ModelConfig, RunConfig
-from qat.entry import job_config
-from qat.errors import QatError
-from qat.evaluate import embed
+from qat.jobs.command import job_config
+from qat.base.errors import QatError
+from qat.evaluation.metrics import embed
 from qat.evaluate import main as evaluate_main
-from qat.export.__main__ import main as export_main
-from qat.export.folder import INFO_FILE
-from qat.export.ipex import load_exported
+from qat.export import main as export_main
+from qat.exporters.folder import INFO_FILE
+from qat.exporters.ipex import load_exported
 from qat.load import batches, load_encoder
-from qat.pipeline import run_pipeline
+from qat.jobs.train import run_train
 
 TINY = ["model.max_length=32", "calib.samples=64", "+data.heldout.limit=40", "eval.batch_size=32"]
 
@@ -33,7 +33,7 @@ def trained_run(tmp_path_factory, tiny_model_dir):
     cfg = job_config("train", RunConfig, [f"model.name_or_path={tiny_model_dir}", *TINY, "quant=full_int8",
                                           "recovery.force=true", "train.steps=4", "train.lr=1e-5", "train.batch_size=16",
                                           "train.eval_every=2", "train.save_every=2"])
-    report = run_pipeline(cfg, run_dir)
+    report = run_train(cfg, run_dir)
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     return run_dir, report
@@ -121,7 +121,7 @@ def test_export_and_evaluate_stand_alone(trained_run, tmp_path, monkeypatch, cap
 
 
 def test_progress_is_off_when_not_a_terminal(monkeypatch):
-    monkeypatch.setattr(qat.progress.sys.stderr, "isatty", lambda: False, raising=False)
-    assert qat.progress.progress(range(3), desc="x").disable
-    monkeypatch.setattr(qat.progress.sys.stderr, "isatty", lambda: True, raising=False)
-    assert not qat.progress.progress(range(3), desc="x").disable
+    monkeypatch.setattr(qat.base.progress.sys.stderr, "isatty", lambda: False, raising=False)
+    assert qat.base.progress.progress(range(3), desc="x").disable
+    monkeypatch.setattr(qat.base.progress.sys.stderr, "isatty", lambda: True, raising=False)
+    assert not qat.base.progress.progress(range(3), desc="x").disable

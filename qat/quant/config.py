@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from qat.errors import QatError, check_choice, check_positive
+from qat.base.errors import QatError, check_choice, check_positive
 from qat.quant.ranges import RANGE_ALGORITHMS
 
 # The op kinds a recipe can put in int8 (qconf.py classifies every IPEX op into one of them, or another kind
@@ -127,3 +127,13 @@ class EqualizeConfig:
             raise QatError(f"equalize.pairs is empty; expected some of {list(EQUALIZE_PAIRS)}")
         for pair in self.pairs:
             check_choice("equalize.pairs entry", pair, EQUALIZE_PAIRS)
+
+
+@dataclass
+class Recipe:
+    """What a PTQ model is made with: the int8 recipe, its calibration, and the two outlier migrations."""
+
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    smoothquant: SmoothQuantConfig = field(default_factory=SmoothQuantConfig)
+    equalize: EqualizeConfig = field(default_factory=EqualizeConfig)

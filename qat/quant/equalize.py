@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from qat.errors import QatError
+from qat.base.errors import QatError
 from qat.quant.config import EqualizeConfig
 from qat.quant.stats import Batch
 from qat.quant.wrapper import EncoderModule

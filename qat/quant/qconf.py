@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from qat.atomic import write_json
-from qat.errors import QatError
-from qat.numerics import QUANTIZED_DTYPES, parse_dtype
+from qat.base.atomic import write_json
+from qat.base.errors import QatError
+from qat.quant.numerics import QUANTIZED_DTYPES, parse_dtype
 from qat.quant.config import OP_KINDS, QuantConfig
 from qat.quant.wrapper import WRAPPER_PREFIX
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qat.numerics import DTYPE_BOUNDS, WEIGHT_AXIS, WEIGHT_DTYPE, weight_qparams
+from qat.quant.numerics import DTYPE_BOUNDS, WEIGHT_AXIS, WEIGHT_DTYPE, weight_qparams
 
 
 class FakeQuantizer(nn.Module):

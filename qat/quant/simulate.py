@@ -14,9 +14,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from transformers import PreTrainedModel
 
-from qat.errors import QatError
-from qat.ipex_backend import QUANTIZABLE_FUNCTIONS
-from qat.numerics import weight_qparams
+from qat.base.errors import QatError
+from qat.base.ipex import QUANTIZABLE_FUNCTIONS
+from qat.quant.numerics import weight_qparams
 from qat.quant.modules import QuantFunctionalOp, QuantLinear
 from qat.quant.qconf import Qconf, QuantOp
 from qat.quant.quantizer import FakeQuantizer

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qat.errors import QatError
+from qat.base.errors import QatError
 from qat.quant.config import QuantConfig, SmoothQuantConfig
 from qat.quant.equalize import attention_projections, check_function
 from qat.quant.qconf import Qconf, QuantOp

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qat.errors import QatError
+from qat.base.errors import QatError
 
 Batch = tuple[torch.Tensor, ...]   # input_ids, attention_mask[, token_type_ids]: the calibrated and traced signature
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from qat.errors import QatError
+from qat.base.errors import QatError
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:

@@ -1,1 +1,0 @@
-"""Exporters from the fake-quant model to a real int8 runtime (IPEX today)."""

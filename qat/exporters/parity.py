@@ -1,0 +1,148 @@
+"""Does the exported int8 model compute what its fake-quant simulation computes?
+
+IPEX runs one frozen graph two ways, so parity asks two questions. Unfused (the graph as converted), every int8
+op is quantize -> dequantize -> the fp32 op: the simulation's own arithmetic, so the two must agree to float
+tolerance; that proves the scales, the weights and the set of int8 ops are the same. Fused (oneDNN Graph and
+IPEX kernels, from the second call on: the first call of a loaded module is warmed up here), GEMMs accumulate in int32 and requantize in their own order: an
+activation near a rounding boundary lands one step away, and where scales are coarse (the full-operator recipe's
+residual adds, whose inputs carry MiniLM's outlier channels) one step moves a token's LayerNorm output visibly,
+and later layers amplify it. That is rounding, not another model: the simulation spreads as far from itself
+when its Linear outputs get 1-ulp noise (`rounding_floor`). So the fused model passes when it is close to the
+simulation, or when it is as faithful to fp32 as the simulation is.
+
+Embeddings are compared text by text (cosine); a score model's outputs are compared output by output over the
+held-out pairs (the cosine of the two score columns, both centred on the reference's mean), since a cosine of
+one score with another says nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qat.config import ExportConfig
+from qat.data import Text
+from qat.evaluation.metrics import Forward, Table, cosine_fidelity, embed, stack_texts
+from qat.exporters.ipex import load_exported
+from qat.load import Encoder, batches
+from qat.quant.simulate import FakeQuantModel
+
+
+@dataclass
+class Fidelity:
+    cosine_mean: float
+    cosine_min: float
+
+
+@dataclass
+class FidelityToFp32:
+    """Mean cosine to fp32 of the simulation and of the fused export."""
+
+    fakequant: float
+    int8: float
+
+
+@dataclass
+class ParityThresholds:
+    cosine_mean: float
+    cosine_min: float
+    unfused_atol: float
+    fidelity_tolerance: float
+
+
+@dataclass
+class ParityRecord:
+    """One export's parity with its simulation, on pooled embeddings of the held-out texts; `passed` decides."""
+
+    cosine_mean: float              # fused export against the simulation
+    cosine_min: float
+    max_abs_diff: float
+    unfused_max_abs_diff: float     # unfused export against the simulation: must be float tolerance
+    rounding_floor: Fidelity        # the simulation against itself with 1-ulp noise on its Linear outputs
+    fidelity_to_fp32: FidelityToFp32
+    texts: int
+    thresholds: ParityThresholds
+    exact_unfused: bool
+    close: bool
+    as_faithful: bool
+    passed: bool
+
+
+def unfused(exported: torch.jit.ScriptModule) -> Forward:
+    """The exported graph run as converted, without IPEX's and oneDNN Graph's fusions. Needs a freshly loaded
+    module: once a module has run optimized, its executor keeps the fused plan."""
+    def forward(*inputs: torch.Tensor) -> torch.Tensor:
+        with torch.jit.optimized_execution(False):
+            return exported(*inputs)
+    return forward
+
+
+@contextlib.contextmanager
+def rounding_noise(model: nn.Module, seed: int = 0) -> Iterator[None]:
+    """Multiply every Linear output by (1 + 2^-23 * N(0, 1)): what another GEMM kernel's summation order does."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def perturb(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        # Outside the simulation's TorchFunctionMode: this is not one of the model's ops.
+        with torch._C.DisableTorchFunction():
+            return output * (1 + torch.randn(output.shape, generator=generator) * 2.0 ** -23)
+
+    hooks = [m.register_forward_hook(perturb) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _fidelity(reference: Table, candidate: Table, texts: list[Text]) -> Fidelity:
+    reference_rows, candidate_rows = stack_texts(reference, texts), stack_texts(candidate, texts)
+    if isinstance(texts[0], str):
+        return Fidelity(**cosine_fidelity(reference_rows, candidate_rows))
+    centre = reference_rows.mean(0)
+    return Fidelity(**cosine_fidelity((reference_rows - centre).T, (candidate_rows - centre).T))
+
+
+def _max_abs_diff(a: Table, b: Table, texts: list[Text]) -> float:
+    return max((a[t] - b[t]).abs().max().item() for t in texts)
+
+
+def judge_parity(fp32: Table, simulated: Table, fused: Table, unfused_export: Table, noisy: Table, texts: list[Text],
+                 cfg: ExportConfig) -> ParityRecord:
+    """The parity record from pooled embeddings of the held-out texts (every table from the same batches, so
+    exactness can be asked): fp32, the simulation, the fused export, the unfused export, and the simulation
+    under rounding noise."""
+    agreement, fidelity = _fidelity(simulated, fused, texts), FidelityToFp32(
+        _fidelity(fp32, simulated, texts).cosine_mean, _fidelity(fp32, fused, texts).cosine_mean)
+    unfused_diff = _max_abs_diff(unfused_export, simulated, texts)
+    exact = unfused_diff <= cfg.parity_unfused_atol
+    close = agreement.cosine_mean >= cfg.parity_mean_cosine and agreement.cosine_min >= cfg.parity_min_cosine
+    as_faithful = fidelity.int8 >= fidelity.fakequant - cfg.parity_fidelity_tolerance
+    return ParityRecord(
+        agreement.cosine_mean, agreement.cosine_min, _max_abs_diff(fused, simulated, texts), unfused_diff,
+        _fidelity(simulated, noisy, texts), fidelity, len(texts),
+        ParityThresholds(cfg.parity_mean_cosine, cfg.parity_min_cosine, cfg.parity_unfused_atol,
+                         cfg.parity_fidelity_tolerance),
+        exact, close, as_faithful, exact and (close or as_faithful))
+
+
+def check_parity(sim: FakeQuantModel, export_path: Path, encoder: Encoder, texts: list[Text], fp32: Table,
+                 cfg: ExportConfig, batch_size: int, seed: int) -> ParityRecord:
+    """Measure the export against its simulation on the held-out texts and judge it. `fp32` holds the fp32
+    embeddings of (at least) these texts."""
+    def embedded(forward: Forward) -> Table:
+        return embed(forward, encoder, texts, batch_size)
+
+    warmup = next(batches(encoder, texts[:8], 8))
+    simulated, fused = embedded(sim.eval()), embedded(load_exported(export_path, warmup))
+    unfused_export = embedded(unfused(load_exported(export_path)))   # a fresh module: see unfused()
+    with rounding_noise(sim, seed):
+        noisy = embedded(sim)
+    return judge_parity(fp32, simulated, fused, unfused_export, noisy, texts, cfg)
+
+
+__all__ = ["ParityRecord", "check_parity", "judge_parity", "rounding_noise", "unfused"]

@@ -1,0 +1,177 @@
+"""The job behind `python -m qat.train`: session -> PTQ model -> decide -> train -> export and parity -> evaluate
+-> report. The one place that knows all three stages (ptq, recovery, exporters)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+
+from qat import ptq, recovery
+from qat.base.errors import QatError
+from qat.base.settings import Settings
+from qat.base.versions import library_versions
+from qat.config import RunConfig
+from qat.data import training_texts
+from qat.evaluation import Session, Stage, Table, Variant, compare_variants, evaluate, open_session, score_buckets
+from qat.exporters import ExportRecord, export_verified, load_exported
+from qat.jobs.report import CalibrationRecord, DataSummary, RecipeSummary, RunReport, bucket_chart, write_report
+from qat.jobs.sensitivity import write_outputs
+from qat.load import batches
+from qat.quant.numerics import cpu_has_vnni
+from qat.quant.qconf import Qconf
+from qat.quant.simulate import FakeQuantModel, simulate
+
+log = logging.getLogger(__name__)
+ARTIFACT_DIR = "ptq"
+
+
+def given_artifact(cfg: RunConfig, run_dir: Path) -> Path | None:
+    """The PTQ artifact the run starts from instead of making one: ptq.artifact, or a resumed run's own."""
+    if cfg.ptq.artifact:
+        return Path(cfg.ptq.artifact)
+    path = run_dir / ARTIFACT_DIR
+    return path if path.exists() and cfg.train.resume is not None else None
+
+
+def check_given_paths(cfg: RunConfig, run_dir: Path) -> None:
+    """What the run is given to start from exists and has the right shape (before any model is loaded): a PTQ
+    artifact, a foreign qconf, a checkpoint to resume."""
+    recovery.resolve_resume(cfg.train.resume, run_dir / recovery.CHECKPOINT_DIR)
+    if cfg.ptq.artifact:
+        ptq.check_ptq_artifact(Path(cfg.ptq.artifact))
+    if cfg.ptq.qconf:
+        Qconf.read(cfg.ptq.qconf)
+
+
+def make_ptq(cfg: RunConfig, session: Session, run_dir: Path) -> ptq.PtqModel:
+    """Restore the given qconf, or calibrate (the sensitivity analysis first, when enabled; its outputs are
+    written to <run>/sensitivity)."""
+    if cfg.ptq.qconf:
+        return ptq.restore(session.encoder, cfg.ptq.qconf, session.calibration, cfg.quant)
+    request = None
+    if cfg.sensitivity.enabled:
+        metrics = [session.metrics["recovery.metric"], session.metrics["sensitivity.metric"]]
+        measure = session.measure(metrics)
+        request = ptq.SensitivityRequest(cfg.sensitivity, cfg.recovery, measure, measure(session.fp32()))
+    data = ptq.calibration_data(cfg.calib.samples, cfg.data.calibration, cfg.data.mix, session.origins)
+    model = ptq.calibrate(session.encoder, session.calibration, cfg.recipe, session.measure(list(ptq.ALPHA_OBJECTIVES)),
+                          request, data)
+    if model.sensitivity is not None:
+        write_outputs(model.sensitivity, session.encoder.source, cfg.quant, run_dir / "sensitivity")
+    return model
+
+
+def prepare_ptq(cfg: RunConfig, session: Session, run_dir: Path, accelerator: Accelerator) -> ptq.PtqModel:
+    """The run's PTQ model. The main process makes and writes it; the others read what it wrote."""
+    given = given_artifact(cfg, run_dir)
+    if given is not None:
+        log.info("starting from the PTQ artifact %s", given)
+        return ptq.read(given)
+    path = run_dir / ARTIFACT_DIR
+    model = None
+    if accelerator.is_main_process:
+        model = make_ptq(cfg, session, run_dir)
+        ptq.write_ptq_artifact(path, dataclasses.replace(session.encoder, model=model.model), model.qconf,
+                               model.metadata)
+    accelerator.wait_for_everyone()
+    return model if model is not None else ptq.read(path)
+
+
+def export_and_evaluate(cfg: RunConfig, session: Session, models: dict[Stage, FakeQuantModel],
+                        run_dir: Path) -> tuple[dict[Stage, ExportRecord], dict[Variant, Table]]:
+    """Each int8 model exported with its parity record, then fp32, every simulation and every export embedded on
+    all evaluation texts."""
+    texts = session.data.texts()
+    warmup = next(batches(session.encoder, session.data.heldout, 8))
+    tables = {Variant.FP32: session.embed(session.fp32(), texts)}
+    exports = {}
+    for stage, sim in models.items():
+        exports[stage] = export_verified(sim, session.encoder, session.data.heldout, tables[Variant.FP32],
+                                         cfg.export, run_dir / "export" / stage, cfg.eval.batch_size, cfg.seed)
+        fakequant, int8 = stage.variants
+        tables[fakequant] = session.embed(sim.eval(), texts)
+        tables[int8] = session.embed(load_exported(exports[stage].path, warmup), texts)
+    return exports, tables
+
+
+def run_train(cfg: RunConfig, run_dir: Path) -> RunReport | None:
+    """The recovery job; returns its report (None on the other processes of a multi-process launch)."""
+    check_given_paths(cfg, run_dir)
+    metrics = {"recovery.metric": cfg.recovery.metric}
+    if cfg.sensitivity.enabled:
+        metrics["sensitivity.metric"] = cfg.sensitivity.metric
+    session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads, metrics=metrics)
+    if given_artifact(cfg, run_dir) is None and not cfg.ptq.qconf:
+        ptq.check_recipe(session.encoder, session.calibration, cfg.quant)
+    cfg = dataclasses.replace(cfg, recovery=dataclasses.replace(cfg.recovery, metric=session.metrics["recovery.metric"]))
+    task_loss = cfg.train.enabled and cfg.train.task_weight > 0
+    if task_loss:
+        recovery.check_task_model(session.encoder)
+    training_set = (training_texts(cfg.data, set(session.data.texts()), session.encoder.pairs, task_loss)
+                    if cfg.train.enabled else None)
+    accelerator = Accelerator(
+        cpu=True, log_with="tensorboard", project_dir=str(run_dir), gradient_accumulation_steps=cfg.train.grad_accum,
+        mixed_precision="bf16" if cfg.train.bf16 else "no",
+        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True))
+    accelerator.init_trackers("tensorboard")
+    seconds: dict[str, float] = {}
+
+    start = time.perf_counter()
+    ptq_model = prepare_ptq(cfg, session, run_dir, accelerator)
+    seconds["calibrate"] = time.perf_counter() - start
+    models = {Stage.PTQ: simulate(ptq_model.model, ptq_model.qconf).eval()}
+    ptq_dev = session.evaluate_dev(models[Stage.PTQ])
+    decision = recovery.decide_recovery(cfg.recovery, cfg.train.enabled, session.fp32_dev_metrics, ptq_dev)
+    training = None
+    if decision.train:
+        models[Stage.QAT], training = recovery.recover(
+            accelerator, ptq_model.model, ptq_model.qconf, encoder=session.encoder, fp32=session.fp32(),
+            train=cfg.train, teacher=cfg.teacher, metric=cfg.recovery.metric, seed=cfg.seed,
+            settings=Settings.of(cfg), training=training_set, checkpoints=run_dir / recovery.CHECKPOINT_DIR,
+            evaluate_dev=session.evaluate_dev, ptq_dev=ptq_dev)
+        seconds["train"] = training.seconds
+    if not accelerator.is_main_process:
+        accelerator.end_training()
+        return None
+
+    start = time.perf_counter()
+    exports, tables = export_and_evaluate(cfg, session, models, run_dir)
+    seconds["export_and_evaluate"] = time.perf_counter() - start
+    variants = {variant: evaluate(table, tables[Variant.FP32], session.data) for variant, table in tables.items()}
+    for variant, values in variants.items():
+        accelerator.log({f"eval/{variant}/{key}": value for key, value in values.items()}, step=0)
+    differences = compare_variants(tables, session.data)
+    buckets = score_buckets(tables, session.data)
+    accelerator.get_tracker("tensorboard", unwrap=True).add_figure("eval/score_buckets", bucket_chart(buckets))
+    accelerator.end_training()
+
+    metadata = ptq_model.metadata
+    smoothquant = ptq.as_made(cfg.smoothquant, metadata.smoothquant.choice if metadata.smoothquant else None)
+    equalize = ptq.as_made(cfg.equalize, metadata.equalize.choice if metadata.equalize else None)
+    report = RunReport(
+        model=session.encoder.source, run_dir=str(run_dir), ptq_source=metadata.source,
+        recipe=RecipeSummary(sorted(k for k, n in ptq_model.qconf.int8_counts().items() if n),
+                             ptq_model.skip if metadata.recipe else cfg.quant.skip),
+        calibration=CalibrationRecord(**vars(cfg.calib), texts=cfg.calib.samples),
+        smoothquant=smoothquant, smoothquant_choice=metadata.smoothquant.choice if metadata.smoothquant else None,
+        smoothquant_unsmoothed=metadata.smoothquant.unsmoothed if metadata.smoothquant else [],
+        equalize=equalize, equalize_choice=metadata.equalize.choice if metadata.equalize else None,
+        data=DataSummary(len(session.data.heldout), len(session.data.guard), list(session.data.tasks),
+                         len(session.calibration), training_set.counts() if training_set else {}),
+        recovery=decision, training=training, final=Stage.QAT if training is not None else Stage.PTQ,
+        variants=variants, differences=differences, buckets=buckets,
+        exports=exports, weight_range=ptq_model.qconf.weight_range, cpu_has_vnni=cpu_has_vnni(), seconds=seconds,
+        versions=library_versions())
+    path = write_report(run_dir, report)
+    failed = [str(stage) for stage, export in exports.items() if not export.parity.passed]
+    if failed:
+        raise QatError(f"parity check failed for {failed}: exported int8 does not compute its fake-quant model "
+                       f"(unfused beyond {cfg.export.parity_unfused_atol}, or fused neither within cosine "
+                       f"{cfg.export.parity_mean_cosine}/{cfg.export.parity_min_cosine} nor as faithful to fp32 "
+                       f"within {cfg.export.parity_fidelity_tolerance}); see {path}")
+    log.info("report: %s", path)
+    return report

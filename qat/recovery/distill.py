@@ -1,0 +1,86 @@
+"""Block-wise distillation: every transformer block of the student is supervised by the same block of a teacher."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from qat.base.errors import QatError
+from qat.quant.structure import transformer_blocks
+
+COSINE_LOSS, MSE_LOSS, KL_LOSS = "cosine", "mse", "kl"   # the output term for embeddings, scores, class logits
+
+
+@contextmanager
+def record_blocks(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect each block's output hidden states during the forward passes run inside the context."""
+    outputs: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+        outputs.append(output[0] if isinstance(output, tuple) else output)
+
+    handles = [block.register_forward_hook(hook) for block in transformer_blocks(model)]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+COSINE_SCALE = 20.0   # sentence-transformers' CoSENTLoss default, for cosine similarities in [-1, 1]
+LOGIT_SCALE = 1.0     # a score head's logits are log-odds already: RankNet's pairwise logistic loss
+
+
+@dataclass
+class DistillLoss:
+    total: torch.Tensor
+    blocks: list[torch.Tensor]
+    output: torch.Tensor
+    task: torch.Tensor | None = None   # the ranking loss on labelled pairs, before train.task_weight
+
+
+def ranking_loss(similarity: torch.Tensor, labels: torch.Tensor, kind: str = COSINE_LOSS) -> torch.Tensor:
+    """CoSENT (Su 2022; sentence-transformers' CoSENTLoss): log(1 + sum over pairs i, j with label_i < label_j of
+    exp(scale * (sim_i - sim_j))). It asks only that similarities be ordered as the labels are, so the labels' scale
+    does not matter (STS 0-5, relevance 0/1) and it serves a rank measure such as Spearman. The scale is set by
+    the similarity's units (`kind`, as in output_loss): 20 for the cosines of embeddings, 1 for a head's logits."""
+    scale = COSINE_SCALE if kind == COSINE_LOSS else LOGIT_SCALE
+    difference = scale * (similarity.float()[:, None] - similarity.float()[None, :])
+    ordered = labels[:, None] < labels[None, :]
+    return torch.logsumexp(torch.cat([difference.new_zeros(1), difference[ordered]]), dim=0)
+
+
+def normalized_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per sample, MSE over its real (unpadded) tokens divided by the teacher's mean square; then the mean over
+    samples. Normalised so blocks are comparable; per sample so that a batch split across processes averages
+    to exactly the whole batch's loss."""
+    weights = mask.unsqueeze(-1).float()
+    count = weights.sum(dim=(1, 2)) * student.shape[-1]
+    mse = ((student.float() - teacher.float()) ** 2 * weights).sum(dim=(1, 2)) / count
+    power = (teacher.float() ** 2 * weights).sum(dim=(1, 2)) / count
+    return (mse / power.clamp(min=1e-12)).mean()
+
+
+def output_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
+    """Embeddings: 1 - cosine; a score head's independent scores: MSE; class logits: KL(teacher || student)."""
+    student, teacher = student.float(), teacher.detach().float()
+    if kind == COSINE_LOSS:
+        return 1.0 - nn.functional.cosine_similarity(student, teacher, dim=-1).mean()
+    if kind == MSE_LOSS:
+        return nn.functional.mse_loss(student, teacher)
+    return nn.functional.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean")
+
+
+def distillation_loss(student_blocks: list[torch.Tensor], teacher_blocks: list[torch.Tensor],
+                      student_outputs: torch.Tensor, teacher_outputs: torch.Tensor, mask: torch.Tensor,
+                      block_weight: float, output_weight: float, output_kind: str = COSINE_LOSS) -> DistillLoss:
+    """sum_b block_weight * nMSE(block b) + output_weight * the output loss (see output_loss)."""
+    if len(student_blocks) != len(teacher_blocks):
+        raise QatError(f"student has {len(student_blocks)} blocks, teacher {len(teacher_blocks)}; expected the same")
+    blocks = [normalized_mse(s, t.detach(), mask) for s, t in zip(student_blocks, teacher_blocks)]
+    output = output_loss(student_outputs, teacher_outputs, output_kind)
+    total = block_weight * torch.stack(blocks).sum() + output_weight * output
+    return DistillLoss(total, blocks, output)

@@ -1,0 +1,354 @@
+"""Recovery training through accelerate: AdamW, warm-up + cosine, clipping, accumulation, checkpoints, resume."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from qat.base.atomic import TMP_SUFFIX, atomic_path
+from qat.config import TrainConfig
+from qat.data import PairSet, Text
+from qat.recovery.distill import COSINE_LOSS, KL_LOSS, MSE_LOSS, DistillLoss, distillation_loss, ranking_loss, record_blocks
+from qat.base.errors import QatError
+from qat.evaluation.metrics import GUARD, LOGIT, Metrics, fidelity_metric, head_scores, higher_is_better
+from qat.load import Batch, Encoder, outputs, text_length, tokenize
+from qat.base.progress import progress
+from qat.base.settings import SETTINGS_FILE, Settings
+from qat.quant.modules import QuantLinear
+from qat.quant.simulate import FakeQuantModel
+
+log = logging.getLogger(__name__)
+# IPEX registers a layer_norm kernel without an autograd entry; torch falls back to the correct gradient and
+# warns. tests/test_train.py checks the gradients against a hand-written LayerNorm.
+warnings.filterwarnings("ignore", message="aten::layer_norm: an autograd kernel was not registered")
+STATE_FILE = "trainer_state.json"
+CHECKPOINT_DIR = "checkpoints"
+KEEP_CHECKPOINTS = 2
+BEST_FILE = "best_student.safetensors"
+LENGTH_GROUP = 16                       # batches per group sorted by length
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint records besides accelerate's state: where training is, and what it belongs to."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    fingerprint: str = ""
+    seconds: float = 0.0            # training time so far, over every process that trained this run
+    guard_floor: float | None = None  # PTQ's guard fidelity: a checkpoint worse than it is never the best
+    last_metric: float | None = None  # the dev metric at the latest evaluation, if the guard held there
+    evaluations_without_gain: int = 0
+    stopped: str = ""               # why training ended before train.steps: 'patience' or 'max_minutes'
+
+
+@dataclass
+class TrainResult:
+    state: TrainState
+    seconds_per_step: float
+    best_weights: Path | None
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Shuffled indices in which every run of `batch_size` holds texts of similar length, so that short sentences
+    and long passages in one training set pad little: each epoch's permutation is cut into groups of LENGTH_GROUP
+    batches, each group sorted by length, and the batches shuffled. The permutation is seeded by seed and epoch,
+    so a resumed run sees the same batches (transformers' LengthGroupedSampler draws from a generator's running
+    state, which a resumed run cannot restore)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        group = LENGTH_GROUP * self.batch_size
+        ordered = [i for start in range(0, len(order), group)
+                   for i in sorted(order[start:start + group], key=self.lengths.__getitem__, reverse=True)]
+        batches = [ordered[i:i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
+        full = [b for b in batches if len(b) == self.batch_size]
+        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+        return iter([i for batch in shuffled for i in batch])
+
+
+def text_loader(encoder: Encoder, texts: list[Text], batch_size: int, seed: int) -> DataLoader:
+    """Tokenized batches of similar length; drop_last keeps every batch divisible across processes."""
+    if len(texts) < batch_size:
+        raise QatError(f"training set has {len(texts)} inputs; expected at least train.batch_size={batch_size}")
+    return DataLoader(texts, batch_size=batch_size, sampler=LengthGroupedSampler([text_length(t) for t in texts],
+                      batch_size, seed), drop_last=True, collate_fn=lambda batch: tokenize(encoder, batch))
+
+
+def output_kind(encoder: Encoder) -> str:
+    """How the model's outputs are distilled: embeddings by cosine, class logits by KL, scores by MSE."""
+    return KL_LOSS if encoder.classes else MSE_LOSS if encoder.pairs else COSINE_LOSS
+
+
+def check_task_model(encoder: Encoder) -> None:
+    """train.task_weight ranks one similarity per labelled pair: an embedding model's cosine, or a score model's
+    single output. Class logits or several heads have no one value that a label orders."""
+    outputs_per_pair = encoder.model.config.num_labels if encoder.pairs else 1
+    if outputs_per_pair != 1:
+        raise QatError(f"train.task_weight needs one similarity per pair, but model {encoder.source!r} has "
+                       f"{outputs_per_pair} outputs; expected an embedding model or a one-score model, or "
+                       "train.task_weight=0")
+
+
+def select_trainable(student: FakeQuantModel, train_layernorm: bool) -> list[nn.Parameter]:
+    """Linear weights and biases train; LayerNorm only if asked; embeddings and all scales stay frozen."""
+    for parameter in student.parameters():
+        parameter.requires_grad_(False)
+    trainable = []
+    for module in student.modules():
+        if isinstance(module, nn.Linear) or (train_layernorm and isinstance(module, nn.LayerNorm)):
+            for parameter in module.parameters(recurse=False):
+                parameter.requires_grad_(True)
+                trainable.append(parameter)
+    return trainable
+
+
+def weight_quant_errors(student: FakeQuantModel) -> dict[str, float]:
+    """Relative weight-quantization error ||fq(w) - w|| / ||w|| of each quantized Linear."""
+    with torch.no_grad():
+        return {name: ((m.weight_quantizer(m.weight) - m.weight).norm() / m.weight.norm()).item()
+                for name, m in student.encoder.named_modules() if isinstance(m, QuantLinear)}
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The checkpoint with the highest recorded step (read from its state file, not its name)."""
+    found = [(json.loads((p / STATE_FILE).read_text())["step"], p) for p in root.glob("step_*") if (p / STATE_FILE).is_file()]
+    return max(found)[1] if found else None
+
+
+def resolve_resume(resume: str | None, root: Path) -> Path | None:
+    if resume is None:
+        return None
+    path = latest_checkpoint(root) if resume == "auto" else Path(resume)
+    if resume == "auto" and path is None:
+        log.info("train.resume=auto: no checkpoint under %s, starting fresh", root)
+        return None
+    if not (path / STATE_FILE).is_file():
+        raise QatError(f"train.resume={resume!r}: {path} is not a checkpoint; expected a folder with {STATE_FILE}")
+    return path
+
+
+class Trainer:
+    """Block-wise distillation of a fake-quant student from a frozen teacher."""
+
+    def __init__(self, accelerator: Accelerator, student: FakeQuantModel, teacher: nn.Module, encoder: Encoder,
+                 texts: list[Text], cfg: TrainConfig, checkpoints: Path, settings: Settings, seed: int,
+                 evaluate_dev: Callable[[FakeQuantModel], Metrics], metric: str, log_prefix: str = "",
+                 start_metrics: Metrics | None = None, task: PairSet | None = None) -> None:
+        self.accelerator, self.encoder, self.cfg, self.log_prefix = accelerator, encoder, cfg, log_prefix
+        self.task, self.seed = task if cfg.task_weight > 0 else None, seed
+        self.teacher, self.evaluate_dev, self.metric = teacher.eval(), evaluate_dev, metric
+        self.start_metrics = start_metrics   # the untrained student's dev metrics, when already measured (PTQ's)
+        self.checkpoints = checkpoints
+        self.best_path = checkpoints / BEST_FILE
+        self.settings = settings
+        self.state = TrainState(fingerprint=settings.fingerprint())
+        self.parameters = select_trainable(student, cfg.train_layernorm)
+        optimizer = torch.optim.AdamW(self.parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
+        loader = text_loader(encoder, texts, cfg.batch_size, seed)
+        self.student, self.optimizer, self.loader, self.scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
+
+    def resume(self, path: Path) -> None:
+        state = TrainState(**json.loads((path / STATE_FILE).read_text()))
+        if state.fingerprint != self.state.fingerprint:
+            recorded = Settings(json.loads((path / SETTINGS_FILE).read_text()) if (path / SETTINGS_FILE).is_file() else {})
+            changed = self.settings.changed_from(recorded)
+            raise QatError(f"checkpoint {path} belongs to another model or config ({changed or 'unrecorded settings'}); "
+                           "expected a checkpoint made with this run's settings")
+        self.accelerator.load_state(str(path))
+        self.state = state
+        log.info("resumed from %s at step %d", path, state.step)
+
+    def loss(self, batch: Batch) -> DistillLoss:
+        mask = batch[1]
+        with torch.no_grad(), record_blocks(self.teacher) as teacher_blocks:
+            teacher_outputs = outputs(self.encoder, self.teacher(*batch), mask)
+        with record_blocks(self.accelerator.unwrap_model(self.student)) as student_blocks, \
+                self.accelerator.autocast():
+            student_outputs = outputs(self.encoder, self.student(*batch), mask)
+        loss = distillation_loss(student_blocks, teacher_blocks, student_outputs, teacher_outputs, mask,
+                                 self.cfg.block_weight, self.cfg.output_weight, output_kind(self.encoder))
+        if self.task is None:
+            return loss
+        task = self.task_loss()
+        return replace(loss, total=loss.total + self.cfg.task_weight * task, task=task)
+
+    def task_loss(self) -> torch.Tensor:
+        """The ranking loss of the student's similarities on train.batch_size labelled pairs drawn for this batch
+        (by seed, epoch and batch number, so a resumed run draws the same); each process ranks its share."""
+        generator = torch.Generator().manual_seed(hash((self.seed, self.state.epoch, self.state.batch_in_epoch)))
+        drawn = torch.randperm(len(self.task.scores), generator=generator)[:self.cfg.batch_size]
+        chosen = drawn[self.accelerator.process_index::self.accelerator.num_processes].tolist()
+        first, second = [self.task.sentence1[i] for i in chosen], [self.task.sentence2[i] for i in chosen]
+        labels = torch.tensor([self.task.scores[i] for i in chosen])
+        with self.accelerator.autocast():
+            if self.encoder.pairs:
+                batch = tokenize(self.encoder, list(zip(first, second)))
+                similarity = head_scores(outputs(self.encoder, self.student(*batch), batch[1]), LOGIT)   # as evaluated
+            else:
+                embedded = [outputs(self.encoder, self.student(*batch), batch[1])
+                            for batch in (tokenize(self.encoder, first), tokenize(self.encoder, second))]
+                similarity = (embedded[0] * embedded[1]).sum(-1)   # cosine: the embeddings are normalised
+        return ranking_loss(similarity, labels, output_kind(self.encoder))
+
+    def save_checkpoint(self) -> Path:
+        """accelerate's full state plus ours, written under a temporary name and renamed when complete."""
+        final = self.checkpoints / f"step_{self.state.step:06d}"
+        tmp = self.checkpoints / f".step_{self.state.step:06d}{TMP_SUFFIX}"
+        self.accelerator.save_state(str(tmp))
+        if self.accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps(asdict(self.state), indent=2))
+            (tmp / SETTINGS_FILE).write_text(self.settings.to_json())
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            older = sorted(p for p in self.checkpoints.glob("step_*") if p != final)
+            for stale in older[:max(0, len(older) - KEEP_CHECKPOINTS + 1)]:
+                shutil.rmtree(stale)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def evaluate(self) -> None:
+        # Without accelerate's autocast wrapper: the dev metric is the fp32 simulation's, as exported (training
+        # keeps bf16 through the explicit autocast in loss()).
+        student = self.accelerator.unwrap_model(self.student, keep_fp32_wrapper=False)
+        student.eval()
+        known = self.start_metrics if self.state.step == 0 else None
+        metrics = (known or self.evaluate_dev(student)) if self.accelerator.is_main_process else {}
+        student.train(self.cfg.dropout)
+        if not self.accelerator.is_main_process:
+            return
+        guard_metric = f"{GUARD}/{fidelity_metric(self.encoder.pairs)}"   # no checkpoint worse than PTQ on it is kept
+        value, guard = metrics[self.metric], metrics.get(guard_metric)
+        if not math.isfinite(value):
+            raise QatError(f"dev {self.metric} became {value} at step {self.state.step}; stopped without saving it as best")
+        errors = weight_quant_errors(student)
+        self.log({**{f"dev/{k}": v for k, v in metrics.items()},
+                  **{f"weight_quant_error/{k}": v for k, v in errors.items()}})
+        if self.state.step == 0:
+            self.state.guard_floor = guard
+        guarded = guard is None or self.state.guard_floor is None or guard == self.state.guard_floor or (
+            (guard > self.state.guard_floor) == higher_is_better(guard_metric))
+        better = guarded and (self.state.best_metric is None or (
+            value > self.state.best_metric if higher_is_better(self.metric) else value < self.state.best_metric))
+        guard_note = "" if guard is None else f", {guard_metric} {guard:.6f}" + ("" if guarded else " (below PTQ: not kept)")
+        log.info("step %d: dev %s = %.6f%s%s", self.state.step, self.metric, value, guard_note, " (best)" if better else "")
+        self.state.evaluations_without_gain = 0 if better else self.state.evaluations_without_gain + 1
+        self.state.last_metric = value if guarded else None
+        if better:
+            self.state.best_metric, self.state.best_step = value, self.state.step
+            with atomic_path(self.best_path) as tmp:
+                save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(tmp))
+
+    def log(self, values: dict[str, float]) -> None:
+        self.accelerator.log({self.log_prefix + key: value for key, value in values.items()}, step=self.state.step)
+
+    def _after_step(self, loss: DistillLoss, grad_norm: float | None, bar: tqdm, started: tuple[float, int],
+                    end: int) -> None:
+        """Log, watch, evaluate and save as the schedule says, after an optimizer step."""
+        cfg, step, lr = self.cfg, self.state.step, self.scheduler.get_last_lr()[0]
+        task = {} if loss.task is None else {"train/task_loss": loss.task.item()}
+        self.log({"train/loss": loss.total.item(), "train/output_loss": loss.output.item(), "train/lr": lr, **task,
+                  "train/grad_norm": float(grad_norm), **{f"train/block_{i}": b.item() for i, b in enumerate(loss.blocks)}})
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.total.item():.4g}", lr=f"{lr:.2g}", best_dev=f"{self.state.best_metric or 0:.5f}")
+        if bar.disable and (step % max(1, end // 20) == 0) and self.accelerator.is_main_process:
+            rate = (time.perf_counter() - started[0]) / max(1, step - started[1])
+            log.info("step %d/%d: loss %.4g, lr %.2g, %.2f s/step, about %.0f s to go", step, end,
+                     loss.total.item(), lr, rate, rate * (end - step))
+        if step % cfg.eval_every == 0 or step == end:
+            self.evaluate()
+
+    def _stop_reason(self, seconds: float) -> str:
+        """'patience' when the dev metric has not improved for train.patience evaluations, 'max_minutes' when the
+        training time is spent, else ''."""
+        cfg = self.cfg
+        if cfg.patience is not None and self.state.evaluations_without_gain >= cfg.patience:
+            return "patience"
+        if cfg.max_minutes is not None and seconds >= 60.0 * cfg.max_minutes:
+            return "max_minutes"
+        return ""
+
+    def train(self, resume_from: Path | None, stop_at: int | None = None) -> TrainResult:
+        """Train to train.steps (or to `stop_at`, a trial's end, on the same schedule), evaluating and saving as
+        configured; a checkpoint is saved at the end."""
+        if resume_from is not None:
+            self.resume(resume_from)
+        cfg, acc = self.cfg, self.accelerator
+        end = min(cfg.steps, stop_at or cfg.steps)
+        self.student.train(cfg.dropout)
+        start, resumed_seconds, first_step = time.perf_counter(), self.state.seconds, self.state.step
+        last_checkpoint = resume_from
+        if self.state.step == 0:
+            self.evaluate()  # the PTQ starting point, so "best" never falls below it
+        bar = progress(desc="training", total=end, unit="step", initial=self.state.step, leave=True)
+        if not acc.is_main_process:
+            bar.disable = True
+        while self.state.step < end and not self.state.stopped:
+            self.loader.set_epoch(self.state.epoch)
+            loader = acc.skip_first_batches(self.loader, self.state.batch_in_epoch) if self.state.batch_in_epoch else self.loader
+            for batch in loader:
+                with acc.accumulate(self.student):
+                    loss = self.loss(batch)
+                    if not torch.isfinite(loss.total):
+                        raise QatError(f"loss became {loss.total.item()} at step {self.state.step + 1}; stopped without "
+                                       f"saving. Last good checkpoint: {last_checkpoint or 'none'}")
+                    acc.backward(loss.total)
+                    grad_norm = acc.clip_grad_norm_(self.parameters, cfg.max_grad_norm) if acc.sync_gradients else None
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad()
+                self.state.batch_in_epoch += 1
+                if not acc.sync_gradients:
+                    continue
+                self.state.step += 1
+                self._after_step(loss, grad_norm, bar, (start, first_step), end)
+                self.state.seconds = resumed_seconds + time.perf_counter() - start
+                if self.state.step < end and (cfg.patience is not None or cfg.max_minutes is not None):
+                    # the main process decides (only it evaluates, and clocks differ): every process stops together
+                    [self.state.stopped] = broadcast_object_list([self._stop_reason(self.state.seconds)])
+                if self.state.step % cfg.save_every == 0 or self.state.step == end or self.state.stopped:
+                    last_checkpoint = self.save_checkpoint()
+                if self.state.step >= end or self.state.stopped:
+                    break
+            else:
+                self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+        bar.close()
+        if self.state.stopped:
+            log.info("stopped at step %d (%s): %s", self.state.step, self.state.stopped,
+                     f"no better dev {self.metric} in {cfg.patience} evaluations" if self.state.stopped == "patience"
+                     else f"training took {self.state.seconds / 60:.1f} of train.max_minutes={cfg.max_minutes}")
+        self.state.seconds = resumed_seconds + time.perf_counter() - start
+        best = self.best_path if self.best_path.is_file() else None
+        return TrainResult(self.state, self.state.seconds / max(1, self.state.step), best)
