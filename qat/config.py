@@ -28,6 +28,8 @@ def reads_test_split(name: str, source: SourceConfig) -> bool:
 # The package's own English text (qat/resources/), written for this project: short sentences, longer passages for
 # training, and passages on other subjects kept for the guard set.
 BUILTIN_SETS = ("sentences", "passages", "guard")
+# The runtimes an int8 model is exported for (qat/exporters/ has one module each).
+EXPORT_TARGETS = ("ipex", "openvino", "onnx")
 
 
 @dataclass
@@ -203,16 +205,19 @@ class TeacherConfig:
 
 @dataclass
 class ExportConfig:
-    """IPEX int8 TorchScript export and its parity check against the fake-quant simulation."""
+    """The int8 exports (`targets`: ipex, openvino, onnx) and their parity check against the fake-quant simulation."""
 
-    backend: str = "ipex"
+    targets: list[str] = field(default_factory=lambda: list(EXPORT_TARGETS))
     parity_mean_cosine: float = 0.995
     parity_min_cosine: float = 0.98
     parity_unfused_atol: float = 1e-4
     parity_fidelity_tolerance: float = 0.002
 
     def __post_init__(self) -> None:
-        check_choice("export.backend", self.backend, ("ipex",))
+        if not self.targets:
+            raise QatError(f"export.targets is empty; expected one or more of {list(EXPORT_TARGETS)}")
+        for target in self.targets:
+            check_choice("export.targets entry", target, EXPORT_TARGETS)
         for name in ("parity_unfused_atol", "parity_fidelity_tolerance"):
             if not getattr(self, name) >= 0.0:
                 raise QatError(f"export.{name}={getattr(self, name)} is not valid; expected a number >= 0")
@@ -376,6 +381,11 @@ class TargetConfig:
     folder: str | None = None
     torchscript: str | None = None
     baseline: str | None = None   # another export folder of model.*: the differences target - baseline, with intervals
+    backend: str | None = None    # the runtime that runs the export folders (ipex, openvino, onnx); null: the first
+
+    def __post_init__(self) -> None:
+        if self.backend is not None:
+            check_choice("target.backend", self.backend, EXPORT_TARGETS)
 
 
 @dataclass

@@ -8,8 +8,9 @@ from qat.jobs.kinds import EXPORT
 
 def main() -> None:
     record, _ = run_job(EXPORT)
-    print(f"export: {record.path.parent} (parity passed: unfused max |diff| {record.parity.unfused_max_abs_diff:.2e}, "
-          f"fused cosine mean {record.parity.cosine_mean:.6f})")
+    print(f"export: {record.folder} (parity passed: "
+          + "; ".join(f"{runtime} cosine to its simulation {made.parity.cosine_mean:.6f}"
+                      for runtime, made in record.runtimes.items()) + ")")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ to run int8 (operators counted in the graph its runtime executes); one that does
 Then all are scored on the same texts (batches of 32 padded to 128 tokens: cosine to fp32 embeddings and, with
 STS-B at hand, test Spearman) and timed side by side in one process (interleaved rounds, median).
 
-    pip install -e '.[peers]'       # onnxruntime, onnx, openvino, nncf
+    .venv/bin/pip install -e '.[peers]'       # nncf (onnxruntime, onnx, openvino come with the set-up)
     .venv/bin/python scripts/bench_peers.py --run outputs/runs/<run> [--export ptq=<folder> qat=<folder>]
 
 Run it without OpenMP binding (OMP_PROC_BIND, GOMP_CPU_AFFINITY, `ipexrun`): it binds the main thread to one core,
@@ -45,8 +45,8 @@ from qat.ptq.artifact import parse_metadata  # noqa: E402
 from qat.config import ModelConfig, SourceConfig  # noqa: E402
 from qat.data import PairSet, load_task, load_texts  # noqa: E402
 from qat.evaluation.metrics import EvalData, Table, evaluate  # noqa: E402
-from qat.exporters.folder import read_export_info  # noqa: E402
-from qat.exporters.ipex import MODEL_FILE, load_exported  # noqa: E402
+from qat.exporters.folder import INFO_FILE, read_export_info  # noqa: E402
+from qat.exporters.ipex import load_exported  # noqa: E402
 from qat.load import Encoder, batches, load_encoder  # noqa: E402
 from qat.quant.numerics import cpu_has_vnni  # noqa: E402
 from qat.base.timing import interleaved_rounds, openmp_settings  # noqa: E402
@@ -155,12 +155,17 @@ def ort_static(onnx_path: Path, threads: int, workdir: Path, reduce_range: bool,
     return ort_session(out, threads, workdir)
 
 
+OPENVINO_HINT = {"value": "f32"}   # --openvino-hint: f32, or 'default' (the CPU's own: bf16 where it has bf16)
+
+
 def openvino_compiled(model, threads: int) -> tuple[Run, dict[str, int]]:
-    """A compiled OpenVINO model (fp32 inference precision: a bf16-capable CPU would otherwise run the fp32 parts
-    in bf16), and the int8 layers of its runtime graph."""
+    """A compiled OpenVINO model (by default at fp32 inference precision: a bf16-capable CPU would otherwise run the
+    fp32 parts in bf16; --openvino-hint default measures that), and the int8 layers of its runtime graph."""
     import openvino as ov
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
-                                                      "PERFORMANCE_HINT": "LATENCY"})
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if OPENVINO_HINT["value"] != "default":
+        config["INFERENCE_PRECISION_HINT"] = OPENVINO_HINT["value"]
+    compiled = ov.Core().compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     runtime = compiled.get_runtime_model()
     int8 = Counter(op.get_rt_info()["layerType"].astype(str) for op in runtime.get_ops()
@@ -242,18 +247,28 @@ def _peers(encoder: Encoder, calibration: list[str], threads: int, workdir: Path
     return [build(name, make, int8) for name, (make, int8) in makers.items() if only is None or name in only]
 
 
-def qat_peers(encoder: Encoder, exports: list[str]) -> list[Peer]:
-    """fp32 TorchScript (the reference of every ratio) and qat's IPEX int8 exports (LABEL=EXPORT_FOLDER)."""
+def qat_peers(encoder: Encoder, exports: list[str], threads: int, workdir: Path) -> list[Peer]:
+    """fp32 TorchScript (the reference of every ratio) and every runtime of qat's export folders
+    (LABEL=EXPORT_FOLDER): OpenVINO and ONNX Runtime compiled with the very settings of their peers below."""
+    import openvino as ov
+
     module = HiddenStates(encoder.model).eval()
     found = [Peer("fp32 TorchScript", trace(module, inputs(2, 32, 2000), bf16=False), {}, 0.0)]
     for spec in exports:
         label, _, folder = spec.partition("=")
-        path = Path(folder) / MODEL_FILE
-        if not label or not path.is_file():
-            raise SystemExit(f"error: --export {spec!r} names no export ({path} is missing); expected LABEL=EXPORT_FOLDER")
-        module = load_exported(path)
-        int8_ops = read_export_info(Path(folder)).int8_ops
-        found.append(Peer(f"qat {label}", lambda ids, mask, m=module: m(ids, mask), int8_ops, 0.0))
+        if not label or not (Path(folder) / INFO_FILE).is_file():
+            raise SystemExit(f"error: --export {spec!r} names no export folder; expected LABEL=EXPORT_FOLDER")
+        info = read_export_info(Path(folder))
+        for runtime, file in info.runtimes.items():
+            path = Path(folder) / file
+            if runtime == "ipex":
+                loaded = load_exported(path)
+                run, int8_ops = (lambda ids, mask, m=loaded: m(ids, mask)), info.int8_ops
+            elif runtime == "openvino":
+                run, int8_ops = openvino_compiled(ov.Core().read_model(str(path)), threads)
+            else:
+                run, int8_ops = ort_session(path, threads, workdir)
+            found.append(Peer(f"qat {label} {runtime}", run, int8_ops, 0.0))
     return found
 
 
@@ -271,8 +286,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--openvino-hint", choices=["f32", "default"], default="f32",
+                        help="OpenVINO's inference precision for its non-int8 ops: f32, or the CPU's default (bf16 "
+                        "where the CPU has it: what a user gets)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    OPENVINO_HINT["value"] = args.openvino_hint
     metadata_path = args.run / "ptq" / "metadata.json"
     if not metadata_path.is_file():
         sys.exit(f"error: run folder {args.run} has no ptq/metadata.json; expected a finished qat.train run")
@@ -291,7 +310,7 @@ def main() -> None:
     calibration = load_texts(metadata.calibration_data.source)
     exports = args.export if args.export is not None else [
         f"{name}=" + str(args.run / "export" / name) for name in ("ptq", "qat")
-        if (args.run / "export" / name / MODEL_FILE).is_file()]
+        if (args.run / "export" / name / INFO_FILE).is_file()]
     reduce_range = not cpu_has_vnni()
     try:
         import nncf  # noqa: F401
@@ -301,7 +320,7 @@ def main() -> None:
         sys.exit(f"error: {error.name} is not installed; expected the peers' packages: pip install -e '.[peers]'")
 
     with tempfile.TemporaryDirectory() as tmp:
-        everyone = qat_peers(encoder, exports) + peers(encoder, calibration, args.threads, Path(tmp), reduce_range, args.peers)
+        everyone = qat_peers(encoder, exports, args.threads, Path(tmp)) + peers(encoder, calibration, args.threads, Path(tmp), reduce_range, args.peers)
         if args.stsb.is_file():
             task = load_task(SourceConfig(kind="file", path=str(args.stsb), format="pairs"))
             assert isinstance(task, PairSet)
@@ -327,7 +346,7 @@ def main() -> None:
     print(f"OpenMP settings: {openmp_settings() or 'none (torch threads not pinned)'}")
     out = args.out or args.run / "bench_peers.json"
     out.write_text(json.dumps({
-        "run": str(args.run), "exports": exports, "threads": args.threads, "cpu_has_vnni": cpu_has_vnni(), "openmp": openmp_settings(),
+        "run": str(args.run), "exports": exports, "threads": args.threads, "openvino_hint": args.openvino_hint, "cpu_has_vnni": cpu_has_vnni(), "openmp": openmp_settings(),
         "weights_7bit": reduce_range, "rounds": args.rounds, "warmup": args.warmup, "repeats": args.repeats,
         "quality_texts": str(args.stsb) if args.stsb.is_file() else "builtin guard",
         "peers": {p.name: {"int8_ops": p.int8_ops, "build_seconds": p.build_seconds, **scores[p.name]} for p in everyone},

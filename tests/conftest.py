@@ -17,6 +17,11 @@ warnings.filterwarnings("ignore", category=UserWarning)
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Jobs whose subject is not the runtimes export for IPEX only (tests/test_user_surface.py and the architectures' and
+# the bundled model's end-to-end runs check every runtime).
+ONE_TARGET = "export.targets=[ipex]"
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide BERT with random weights and the bundled MiniLM tokenizer."""

@@ -21,9 +21,11 @@ from transformers import (
     XLMRobertaConfig,
 )
 
+from conftest import ONE_TARGET
 from qat.ptq.artifact import METADATA_FILE, read_ptq_artifact
 from qat.config import ModelConfig, RunConfig
 from qat.jobs.command import job_config
+from qat.exporters.openvino import int8_gemms
 from qat.exporters.folder import read_export_info
 from qat.exporters.loader import load_int8
 from qat.load import load_encoder, resolve_model_path
@@ -78,15 +80,28 @@ def test_every_architecture_trains_and_exports_what_it_simulates(model_dirs, nam
     unfused, and a score model's export takes token_type_ids where the architecture has segment embeddings."""
     folder = model_dirs[name, kind]
     overrides = ["quant=ipex_default"] if recipe == "default" else full_recipe(name)
-    cfg = job_config("train", RunConfig, [f"model.name_or_path={folder}", *RUN, *overrides])
+    # A random score head's outputs are flat (they spread by about 1e-4, the size of the int8 error itself), so the
+    # centred cosine that judges a score model's parity measures noise (the fake-quant model's own cosine to fp32 is
+    # 0.07-0.49 here): OpenVINO and ONNX Runtime, which round in their own order, are checked on embeddings.
+    every_runtime = kind == "embedding" and recipe == "default"   # the runtimes' own check; the rest for IPEX only
+    targets = [] if every_runtime else [ONE_TARGET]
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={folder}", *RUN, *overrides, *targets])
     report = run_train(cfg, tmp_path / "run")
     assert report.final == "qat" and report.training.step == 2
     encoder = load_encoder(ModelConfig(folder, max_length=32))
     linears = sum(isinstance(m, nn.Linear) for m in encoder.model.modules())
     for export in report.exports.values():
-        assert export.parity.unfused_max_abs_diff == 0.0 and export.parity.passed
-        assert export.graph_int8_ops["linear"] == linears and export.graph_int8_ops["matmul"] == 4
-        assert (export.graph_int8_ops["add"] > 0) == (recipe == "full")
+        assert export.runtimes["ipex"].parity.unfused_max_abs_diff == 0.0 and export.runtimes["ipex"].parity.passed
+        assert export.runtimes["ipex"].int8_ops["linear"] == linears and export.runtimes["ipex"].int8_ops["matmul"] == 4
+        assert (export.runtimes["ipex"].int8_ops["add"] > 0) == (recipe == "full")
+        # every runtime runs it in int8 and computes its simulation
+        assert set(export.runtimes) == ({"ipex", "openvino", "onnx"} if every_runtime else {"ipex"}) and export.passed
+        if every_runtime:
+            assert export.runtimes["onnx"].int8_ops and int8_gemms(export.runtimes["openvino"].int8_ops) > 0
+            sample = [f"a sentence about {topic}" for topic in ("rain", "tea", "trains", "cats")]
+            ipex = load_int8(export.folder, backend="ipex").encode(sample)
+            for backend in ("openvino", "onnx"):   # load_int8 runs every runtime of the folder alike
+                assert (load_int8(export.folder, backend=backend).encode(sample) * ipex).sum(-1).min() > 0.98, backend
     info = read_export_info(tmp_path / "run" / "export" / "qat")
     segments = kind == "scores" and getattr(ARCHITECTURES[name], "type_vocab_size", 0) > 1   # segment embeddings
     assert info.kind == kind and ("token_type_ids" in info.input_names) == segments

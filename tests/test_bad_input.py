@@ -15,6 +15,7 @@ import qat.jobs.run_folder
 import qat.search
 import qat.sensitivity
 import qat.train
+from conftest import ONE_TARGET
 from qat.jobs.run_folder import LOCK_FILE
 
 TINY = ["model.max_length=32", "calib.samples=64", "+data.heldout.limit=40", "eval.batch_size=32"]
@@ -73,7 +74,7 @@ def files(tmp_path_factory, tiny_model_dir):
     (made["foreign"] / "notes.txt").write_text("my notes")
     finished = root / "finished"
     code, errors = run_cli(qat.train.main, [f"hydra.run.dir={finished}", f"model.name_or_path={tiny_model_dir}",
-                                            *TINY, "train=none"], _NullCapture())
+                                            *TINY, ONE_TARGET, "train=none"], _NullCapture())
     assert code == 0 and (finished / "report.json").is_file(), errors
     made["finished"] = finished
     started = root / "started"
@@ -183,7 +184,7 @@ def test_a_second_job_on_a_locked_folder_is_refused_and_a_stale_lock_taken_over(
     started = tmp_path / "started"
     shutil.copytree(files["started"], started)
     (started / LOCK_FILE).write_text(str(os.getppid()))   # a live process holds it
-    argv = [f"hydra.run.dir={started}", f"model.name_or_path={files['tiny']}", *TINY, "train=none", "train.resume=auto"]
+    argv = [f"hydra.run.dir={started}", f"model.name_or_path={files['tiny']}", *TINY, ONE_TARGET, "train=none", "train.resume=auto"]
     code, errors = run_cli(qat.train.main, argv, capsys)
     assert code == 2 and f"is in use by process {os.getppid()}" in errors[0], errors
     assert not (started / "report.json").exists()

@@ -25,9 +25,9 @@ def test_default_job_end_to_end_on_the_bundled_model(tmp_path):
     report = json.loads((run_dir / "report.json").read_text())
     assert set(report["variants"]) == {"fp32", "ptq_fakequant", "ptq_int8"}
     assert report["recovery"]["ptq_loss"] < report["recovery"]["threshold"] and report["training"] is None
-    assert report["exports"]["ptq"]["graph_int8_ops"] == {"linear": 36, "matmul": 12, "add": 0, "linear_weight_only": 0}
-    assert report["exports"]["ptq"]["parity"]["passed"] and report["final"] == "ptq"
-    assert report["exports"]["ptq"]["parity"]["unfused_max_abs_diff"] == 0.0   # the unfused graph is the simulation
+    assert report["exports"]["ptq"]["runtimes"]["ipex"]["int8_ops"] == {"linear": 36, "matmul": 12, "add": 0, "linear_weight_only": 0}
+    assert report["exports"]["ptq"]["runtimes"]["ipex"]["parity"]["passed"] and report["final"] == "ptq"
+    assert report["exports"]["ptq"]["runtimes"]["ipex"]["parity"]["unfused_max_abs_diff"] == 0.0   # the unfused graph is the simulation
     int8 = report["variants"]["ptq_int8"]
     assert 0.95 < int8["cosine_mean"] < 1.0 and report["variants"]["fp32"]["cosine_mean"] == pytest.approx(1.0)
     for name in ("model/model.safetensors", "qconf.json", "metadata.json"):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
+from conftest import ONE_TARGET
 from qat.ptq import calibrate
 from qat.ptq import calibration_batches
 from qat.quant.config import Recipe
@@ -113,7 +114,7 @@ def test_equalize_alpha_auto_equalizes_a_stressed_model_and_records_the_choice(t
     model_dir = tmp_path / "stressed"
     stressed(AutoModel.from_pretrained(tiny_model_dir)).save_pretrained(model_dir)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(model_dir)
-    cfg = job_config("train", RunConfig, [f"model.name_or_path={model_dir}", "model.max_length=32", "calib.samples=64",
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={model_dir}", "model.max_length=32", "calib.samples=64", ONE_TARGET,
                                           "+data.heldout.limit=40", "equalize=on", "equalize.candidates=[null,0.5]",
                                           "train=none"])
     report = run_train(cfg, tmp_path / "run")
@@ -126,12 +127,12 @@ def test_equalize_alpha_auto_equalizes_a_stressed_model_and_records_the_choice(t
 
 
 def test_a_recovery_run_on_an_equalized_model_exports_what_it_trained(tiny_model_dir, tmp_path, fresh_accelerate_state):
-    cfg = job_config("train", RunConfig, [f"model.name_or_path={tiny_model_dir}", "model.max_length=32", "calib.samples=64",
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={tiny_model_dir}", "model.max_length=32", "calib.samples=64", ONE_TARGET,
                                           "+data.heldout.limit=40", "equalize=on", "equalize.alpha=0.5", "smoothquant=on", "quant=full_int8",
                                           "recovery.force=true", "train.steps=3", "train.lr=1e-5", "train.batch_size=16", "teacher=fp32"])
     report = run_train(cfg, tmp_path / "run")
     assert report.final == "qat" and report.equalize.enabled
     for export in report.exports.values():
-        assert export.parity.unfused_max_abs_diff == 0.0 and export.parity.passed
+        assert export.runtimes["ipex"].parity.unfused_max_abs_diff == 0.0 and export.runtimes["ipex"].parity.passed
     metadata = (tmp_path / "run" / "ptq" / "metadata.json").read_text()
     assert '"qk"' in metadata and '"vo"' in metadata

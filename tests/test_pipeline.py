@@ -7,6 +7,7 @@ import torch
 
 import qat.ptq
 import qat.ptq.calibration
+from conftest import ONE_TARGET
 from qat.ptq import calibrate
 from qat.quant.config import Recipe
 import qat.recovery
@@ -32,17 +33,17 @@ def test_sensitivity_stage_reuses_the_calibration_and_the_job_never_rereads_its_
     collect = qat.ptq.calibration.collect_statistics
     monkeypatch.setattr(qat.ptq.calibration, "collect_statistics", lambda *a, **k: collections.append(1) or collect(*a, **k))
     monkeypatch.setattr(qat.ptq, "read_ptq_artifact", lambda path: pytest.fail(f"the job read back {path}"))
-    cfg = job_config("train", RunConfig, tiny_overrides(tiny_model_dir) + [
+    cfg = job_config("train", RunConfig, tiny_overrides(tiny_model_dir) + [ONE_TARGET,
         "train=none", "quant=full_int8", "sensitivity.enabled=true", "sensitivity.top_k=1"])
     report = run_train(cfg, tmp_path / "run")
     assert isinstance(report, RunReport) and collections == [1]
     sensitivity = json.loads((tmp_path / "run" / "sensitivity" / "sensitivity.json").read_text())
     assert report.recipe.skip == sensitivity["skip"] and len(report.recipe.skip) >= 1
     assert set(report.variants) == {Variant.FP32, Variant.PTQ_FAKEQUANT, Variant.PTQ_INT8}
-    assert report.exports["ptq"].parity.passed and report.exports["ptq"].parity.unfused_max_abs_diff == 0.0
+    assert report.exports["ptq"].runtimes["ipex"].parity.passed and report.exports["ptq"].runtimes["ipex"].parity.unfused_max_abs_diff == 0.0
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["recipe"]["skip"] == sensitivity["skip"] and saved["variants"]["ptq_int8"] == report.variants[Variant.PTQ_INT8]
-    assert saved["exports"]["ptq"]["parity"]["rounding_floor"].keys() == {"cosine_mean", "cosine_min"}
+    assert saved["exports"]["ptq"]["runtimes"]["ipex"]["parity"]["rounding_floor"].keys() == {"cosine_mean", "cosine_min"}
     assert json.loads((tmp_path / "run" / "ptq" / "metadata.json").read_text())["recipe"]["skip"] == sensitivity["skip"]
 
 
@@ -76,7 +77,7 @@ def test_smoothquant_alpha_auto_picks_the_closest_candidate_on_held_out_texts_an
     collections = []
     collect = qat.ptq.calibration.collect_statistics
     monkeypatch.setattr(qat.ptq.calibration, "collect_statistics", lambda *a, **k: collections.append(1) or collect(*a, **k))
-    cfg = job_config("train", RunConfig, tiny_overrides(tiny_model_dir) + [
+    cfg = job_config("train", RunConfig, tiny_overrides(tiny_model_dir) + [ONE_TARGET,
         "train=none", "quant=full_int8", "smoothquant=on", "smoothquant.candidates=[0.2,0.5,0.8]",
         "equalize=on", "equalize.candidates=[null]"])
     assert cfg.smoothquant.alpha == cfg.equalize.alpha == "auto"
@@ -105,7 +106,7 @@ def test_smoothquant_alpha_auto_needs_smoothquant_on():
 def test_lr_auto_runs_a_trial_per_candidate_continues_the_best_and_a_resume_does_not_choose_again(
         tiny_model_dir, tmp_path, monkeypatch, fresh_accelerate_state):
     overrides = tiny_overrides(tiny_model_dir) + [
-        "recovery.force=true", "train.lr=auto", "train.lr_candidates=[1e-4,1e-3]", "train.trial_steps=2",
+        ONE_TARGET, "recovery.force=true", "train.lr=auto", "train.lr_candidates=[1e-4,1e-3]", "train.trial_steps=2",
         "train.steps=4", "train.eval_every=2", "train.batch_size=8", "teacher=fp32", "~data.guard"]
     report = run_train(job_config("train", RunConfig, overrides), tmp_path / "run")
     training = report.training

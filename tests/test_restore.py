@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from conftest import REPO
+from conftest import ONE_TARGET, REPO
 from qat.quant.config import QuantConfig
 from qat.base.errors import QatError
 from qat.quant.qconf import Qconf
@@ -69,12 +69,12 @@ def test_train_job_restores_an_inc_model_and_exports_it(tiny_model_dir, inc_json
     run_dir = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "qat.train", f"hydra.run.dir={run_dir}", f"model.name_or_path={tiny_model_dir}",
-         "model.max_length=32", f"ptq.qconf={inc_json}", "train=none"],
+         "model.max_length=32", f"ptq.qconf={inc_json}", "train=none", ONE_TARGET],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["ptq_source"] == str(inc_json)
-    assert report["exports"]["ptq"]["graph_int8_ops"]["linear"] == 12 and report["exports"]["ptq"]["parity"]["passed"]
+    assert report["exports"]["ptq"]["runtimes"]["ipex"]["int8_ops"]["linear"] == 12 and report["exports"]["ptq"]["runtimes"]["ipex"]["parity"]["passed"]
     # INC's scales reach every record of a tensor, so IPEX's unfused graph is exactly the restored simulation
-    assert report["exports"]["ptq"]["parity"]["unfused_max_abs_diff"] == 0.0
+    assert report["exports"]["ptq"]["runtimes"]["ipex"]["parity"]["unfused_max_abs_diff"] == 0.0
     assert json.loads((run_dir / "ptq" / "metadata.json").read_text())["restored_from"] == str(inc_json)

@@ -8,14 +8,14 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import ONE_TARGET, REPO
 from qat.jobs.run_folder import LOCK_FILE, SETTINGS_FILE
 from qat.recovery.trainer import STATE_FILE
 
 
 def train_command(run_dir, tiny_model_dir, *extra):
     return [sys.executable, "-m", "qat.train", f"hydra.run.dir={run_dir}", f"model.name_or_path={tiny_model_dir}",
-            "model.max_length=32", "calib.samples=64", "+data.heldout.limit=40", "recovery.force=true", "teacher=fp32",
+            "model.max_length=32", "calib.samples=64", ONE_TARGET, "+data.heldout.limit=40", "recovery.force=true", "teacher=fp32",
             "train.steps=60", "train.lr=1e-5", "train.batch_size=16", "train.save_every=2", "train.eval_every=30", *extra]
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig
 
+from conftest import ONE_TARGET
 from qat.config import EvaluateRunConfig, ModelConfig, RunConfig
 from qat.data import builtin_sentences
 from qat.jobs.command import job_config
@@ -16,7 +17,7 @@ from qat.exporters.loader import load_int8
 from qat.load import load_encoder, resolve_model_path
 from qat.jobs.train import run_train
 
-RUN = ["model.max_length=32", "calib.samples=64", "+data.heldout.limit=40", "recovery.force=true", "train.steps=2",
+RUN = [ONE_TARGET, "model.max_length=32", "calib.samples=64", "+data.heldout.limit=40", "recovery.force=true", "train.steps=2",
        "train.lr=1e-4", "train.batch_size=8", "teacher=fp32", "quant=full_int8"]
 
 
@@ -64,8 +65,8 @@ def test_a_cross_encoder_runs_end_to_end_and_its_export_predicts(score_model, ta
     assert report.final == "qat" and report.recovery.metric == "sts_dev/spearman"   # auto: the first dev task set
     for export in report.exports.values():
         # 12 encoder Linears, the pooler's dense and the classifier
-        assert export.graph_int8_ops["linear"] == 14 and export.parity.unfused_max_abs_diff == 0.0
-        assert export.parity.passed
+        assert export.runtimes["ipex"].int8_ops["linear"] == 14 and export.runtimes["ipex"].parity.unfused_max_abs_diff == 0.0
+        assert export.runtimes["ipex"].parity.passed
     metrics = report.variants["qat_int8"]
     for key in ("score_diff_mean", "score_diff_max", "emd_heldout_pairs", "guard/score_diff_mean", "sts_dev/spearman",
                 "sts_dev/pearson", "sts_dev/score_diff_max", "sts_dev/emd", "rerank_dev/map", "rerank_dev/mrr@10",
@@ -105,7 +106,7 @@ def test_a_task_loss_ranks_the_labelled_training_pairs_of_a_one_score_model(scor
     cfg = job_config("train", RunConfig, [f"model.name_or_path={score_model[1]}", *RUN, *task_files, *task])
     report = run_train(cfg, tmp_path / "run")
     assert report.training.task_pairs == 40 and report.training.task_weight == 0.5
-    assert report.exports["qat"].parity.passed
+    assert report.exports["qat"].runtimes["ipex"].parity.passed
     # class logits have no one similarity that a label orders: refused before anything is calibrated
     cfg = job_config("train", RunConfig, [f"model.name_or_path={score_model[3]}", *RUN, *task_files, *task])
     with pytest.raises(QatError, match=r"train.task_weight needs one similarity per pair, but model .* has 3 outputs"):
@@ -120,14 +121,14 @@ def test_a_score_model_calibrates_on_a_mix_of_pair_and_rerank_data(score_model, 
     mix = (f"+data.mix={{sts: {{proportion: 1, source: {{kind: file, path: {task_folder / 'sts_dev.tsv'}, "
            f"format: pairs}}}}, rerank: {{proportion: 1, source: {{kind: file, path: {task_folder / 'rerank_dev.jsonl'}, "
            f"format: rerank}}}}}}")
-    overrides = [f"model.name_or_path={score_model[1]}", "model.max_length=32", "calib.samples=32",
+    overrides = [f"model.name_or_path={score_model[1]}", "model.max_length=32", "calib.samples=32", ONE_TARGET,
                  "calib.batch_size=8", "+data.heldout.limit=40", "train=none", "quant=full_int8", mix]
     run_dir = tmp_path / "run"
     report = run_train(job_config("train", RunConfig, overrides), run_dir)
     metadata = json.loads((run_dir / "ptq" / "metadata.json").read_text())
     recorded = metadata["calibration_data"]["mix"]
     assert (recorded["sts"]["texts"], recorded["rerank"]["texts"]) == (16, 16)
-    assert report.final == "ptq" and report.exports["ptq"].parity.passed
+    assert report.final == "ptq" and report.exports["ptq"].runtimes["ipex"].parity.passed
 
 
 def test_the_checkpoint_decides_the_kind(score_model, tiny_model_dir):

@@ -11,7 +11,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DataLoaderConfiguration
 from safetensors.torch import load_file
 
-from conftest import REPO
+from conftest import ONE_TARGET, REPO
 from qat.base.settings import Settings
 from qat.ptq import calibrate
 from qat.quant.config import Recipe
@@ -115,7 +115,7 @@ def test_nan_loss_stops_with_step_and_keeps_a_finite_best(tiny_encoder, qconf, t
 def test_int8_teacher_must_differ_from_the_student(tiny_model_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "qat.train", f"hydra.run.dir={tmp_path / 'run'}", f"model.name_or_path={tiny_model_dir}",
-         "model.max_length=32", "calib.samples=64", "recovery.force=true", "teacher=int8"],
+         "model.max_length=32", "calib.samples=64", ONE_TARGET, "recovery.force=true", "teacher=int8"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2
     assert "is the student itself" in result.stderr.splitlines()[-1]
@@ -147,7 +147,7 @@ def test_recovery_run_end_to_end(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "qat.train", f"hydra.run.dir={run_dir}", f"model.name_or_path={tiny_model_dir}",
-         "model.max_length=32", "calib.samples=64", "quant=full_int8", "recovery.force=true", "train.steps=4", "train.batch_size=16",
+         "model.max_length=32", "calib.samples=64", ONE_TARGET, "quant=full_int8", "recovery.force=true", "train.steps=4", "train.batch_size=16",
          "train.eval_every=2", "train.save_every=2", "train.lr=1e-4", "train.bf16=true", "export.parity_min_cosine=0.9",
          "export.parity_mean_cosine=0.9"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -158,7 +158,7 @@ def test_recovery_run_end_to_end(tiny_model_dir, tmp_path):
     assert (run_dir / "export" / "qat" / "model_int8.pt").is_file()
     assert report["training"]["best_step"] in (0, 2, 4)
     # bf16 training, fp32 simulation: the exported graph (unfused) computes exactly the trained student
-    assert report["exports"]["qat"]["parity"]["unfused_max_abs_diff"] == 0.0
+    assert report["exports"]["qat"]["runtimes"]["ipex"]["parity"]["unfused_max_abs_diff"] == 0.0
 
 
 def test_layer_norm_gradients_are_right_with_ipex_imported():
@@ -185,7 +185,7 @@ def test_sensitivity_stage_and_smoothquant_in_the_job(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "qat.train", f"hydra.run.dir={run_dir}", f"model.name_or_path={tiny_model_dir}",
-         "model.max_length=32", "calib.samples=64", "train=none", "sensitivity.enabled=true", "sensitivity.top_k=1",
+         "model.max_length=32", "calib.samples=64", ONE_TARGET, "train=none", "sensitivity.enabled=true", "sensitivity.top_k=1",
          "smoothquant=on", "smoothquant.alpha=0.5", "+data.mix={a: {proportion: 3, source: {limit: 150}}, b: {proportion: 1, source: {offset: 150, limit: 100}}}"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -196,7 +196,7 @@ def test_sensitivity_stage_and_smoothquant_in_the_job(tiny_model_dir, tmp_path):
     assert metadata["smoothquant"]["enabled"] and metadata["recipe"]["skip"] == sensitivity["skip"]
     mix = metadata["calibration_data"]["mix"]
     assert (mix["a"]["texts"], mix["b"]["texts"]) == (48, 16) and mix["a"]["proportion"] == 3
-    assert report["exports"]["ptq"]["parity"]["passed"]
+    assert report["exports"]["ptq"]["runtimes"]["ipex"]["parity"]["passed"]
     assert report["smoothquant"]["enabled"] and "SmoothQuant alpha 0.5" in (run_dir / "report.md").read_text()
 
 

@@ -22,6 +22,9 @@ from qat.load import batches, load_encoder
 from qat.jobs.train import run_train
 
 TINY = ["model.max_length=32", "calib.samples=64", "+data.heldout.limit=40", "eval.batch_size=32"]
+# OpenVINO is left to tests/test_architectures.py: an OpenVINO export made in this module's fixture leaves pytest's
+# capture of a later capsys test closed ("I/O operation on closed file"; not seen outside pytest).
+RUNTIMES = ["export.targets=[ipex,onnx]"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,7 @@ def trained_run(tmp_path_factory, tiny_model_dir):
     run_dir = tmp_path_factory.mktemp("surface") / "run"
     cfg = job_config("train", RunConfig, [f"model.name_or_path={tiny_model_dir}", *TINY, "quant=full_int8",
                                           "recovery.force=true", "train.steps=4", "train.lr=1e-5", "train.batch_size=16",
-                                          "train.eval_every=2", "train.save_every=2"])
+                                          "train.eval_every=2", "train.save_every=2", *RUNTIMES])
     report = run_train(cfg, run_dir)
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
@@ -87,12 +90,13 @@ def test_export_and_evaluate_stand_alone(trained_run, tmp_path, monkeypatch, cap
     run_dir, report = trained_run
     out = run_main(export_main, [f"hydra.run.dir={tmp_path / 'export'}", f"source.artifact={run_dir / 'ptq'}",
                                  f"source.weights={run_dir / 'checkpoints' / 'best_student.safetensors'}",
-                                 "+data.heldout.limit=40", "eval.batch_size=32"], monkeypatch, capsys)
-    record = json.loads((tmp_path / "export" / "export.json").read_text())
-    assert record["parity"]["passed"] and record["parity"]["unfused_max_abs_diff"] == 0.0 and "export:" in out
+                                 "+data.heldout.limit=40", "eval.batch_size=32", *RUNTIMES], monkeypatch, capsys)
+    runtimes = json.loads((tmp_path / "export" / "export.json").read_text())["runtimes"]
+    assert list(runtimes) == ["ipex", "onnx"] and all(r["parity"]["passed"] for r in runtimes.values())
+    assert runtimes["ipex"]["parity"]["unfused_max_abs_diff"] == 0.0 and "export:" in out
     # The stand-alone export of the trained weights computes what the job's own QAT export computes.
-    trained = report.exports["qat"].parity.fidelity_to_fp32.fakequant
-    assert record["parity"]["fidelity_to_fp32"]["fakequant"] == pytest.approx(trained, abs=1e-6)
+    trained = report.exports["qat"].runtimes["ipex"].parity.fidelity_to_fp32.fakequant
+    assert runtimes["ipex"]["parity"]["fidelity_to_fp32"]["fakequant"] == pytest.approx(trained, abs=1e-6)
 
     exported = tmp_path / "export" / "export" / "qat"
     out = run_main(evaluate_main, [f"hydra.run.dir={tmp_path / 'evaluate'}", f"target.folder={exported}",
@@ -125,3 +129,51 @@ def test_progress_is_off_when_not_a_terminal(monkeypatch):
     assert qat.base.progress.progress(range(3), desc="x").disable
     monkeypatch.setattr(qat.base.progress.sys.stderr, "isatty", lambda: True, raising=False)
     assert not qat.base.progress.progress(range(3), desc="x").disable
+
+
+def test_every_runtime_of_an_export_folder_runs_int8_and_encodes_alike(trained_run, texts):
+    """The folder holds an IPEX and an ONNX export of the one trained model (OpenVINO's: tests/test_architectures.py),
+    each checked to run int8 (the report's evidence) and to compute its simulation; load_int8 runs either."""
+    run_dir, report = trained_run
+    folder = run_dir / "export" / "qat"
+    record = report.exports["qat"]
+    assert list(record.runtimes) == ["ipex", "onnx"] and record.passed
+    assert record.runtimes["onnx"].int8_ops.get("MatMulIntegerToFloat", 0) + record.runtimes["onnx"].int8_ops.get(
+        "QLinearMatMul", 0) >= 12   # 12 Linears of the tiny BERT, and the attention matmuls
+    assert (folder / "onnx" / "model_qint8.onnx").is_file()
+    sample = texts[300:316]
+    ipex, onnx = (load_int8(folder, backend=backend).encode(sample) for backend in ("ipex", "onnx"))
+    assert (ipex * onnx).sum(-1).min() > 0.98   # normalised rows
+    with pytest.raises(QatError, match=r"backend='openvino' is not exported in .*; expected one of \['ipex', 'onnx'\]"):
+        load_int8(folder, backend="openvino")
+
+
+def test_an_export_folder_has_the_sentence_transformers_layout(trained_run):
+    """config.json with model_type, modules Transformer -> Pooling -> Normalize, the max length and the pooling:
+    what SentenceTransformer(folder, backend="onnx" | "openvino") reads before it loads the model file."""
+    from sentence_transformers import models
+
+    folder = trained_run[0] / "export" / "qat"
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "bert"
+    modules = json.loads((folder / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Normalize"]
+    assert all(hasattr(models, m["type"].rsplit(".", 1)[1]) for m in modules)
+    assert json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"] == 32
+    pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    assert pooling["pooling_mode_mean_tokens"] and not pooling["pooling_mode_cls_token"]
+    assert pooling["word_embedding_dimension"] == 32 and (folder / "2_Normalize").is_dir()
+
+
+def test_a_target_this_machine_cannot_build_is_one_line_before_any_work(tiny_model_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else find_spec(name, *a))
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={tiny_model_dir}", *TINY])
+    with pytest.raises(QatError, match="export target 'openvino' cannot be built on this machine: openvino is not "
+                                       "installed"):
+        run_train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "ptq").exists()
+    with pytest.raises(QatError, match=r"export.targets entry='tflite' is not valid; expected one of \['ipex', "
+                                       r"'openvino', 'onnx'\]"):
+        job_config("train", RunConfig, ["export.targets=[ipex,tflite]"])

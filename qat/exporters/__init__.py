@@ -1,10 +1,10 @@
 """Exporters: one module per runtime, the parity check of an export against its simulation, the export folder's
 description, and the loader that runs an export folder."""
 from qat.exporters.folder import ExportInfo, read_export_info
-from qat.exporters.ipex import load_exported
-from qat.exporters.loader import Int8Encoder, load_int8
+from qat.exporters.loader import Int8Encoder, load_int8, runtime_forward
 from qat.exporters.parity import ParityRecord
-from qat.exporters.verify import ExportRecord, export_verified
+from qat.exporters.signature import ExportSignature
+from qat.exporters.verify import ExportRecord, Runtime, RuntimeExport, check_targets, export_verified
 
-__all__ = ["ExportInfo", "ExportRecord", "Int8Encoder", "ParityRecord", "export_verified", "load_exported",
-           "load_int8", "read_export_info"]
+__all__ = ["ExportInfo", "ExportRecord", "ExportSignature", "Int8Encoder", "ParityRecord", "Runtime", "RuntimeExport",
+           "check_targets", "export_verified", "load_int8", "read_export_info", "runtime_forward"]

@@ -20,17 +20,19 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from qat.data import Text
 from qat.base.errors import QatError
 from qat.exporters.folder import ExportInfo, read_export_info
-from qat.exporters.ipex import MODEL_FILE, load_exported
+from qat.exporters.signature import ExportSignature
 from qat.load import model_outputs, text_length, tokenize_inputs
 from qat.base.progress import progress
+from qat.evaluation.metrics import Forward
 from qat.quant.stats import Batch
 
 
 class Int8Encoder:
     """An exported int8 encoder: texts in, pooled embeddings out; or, for a score model, pairs in, scores out."""
 
-    def __init__(self, module: torch.jit.ScriptModule, tokenizer: PreTrainedTokenizerBase, info: ExportInfo) -> None:
-        self.module, self.tokenizer, self.info = module, tokenizer, info
+    def __init__(self, module: Forward, tokenizer: PreTrainedTokenizerBase, info: ExportInfo,
+                 backend: str = "ipex") -> None:
+        self.module, self.tokenizer, self.info, self.backend = module, tokenizer, info, backend
         # A loaded TorchScript runs its first call unfused (it profiles); every call a user makes should run the
         # same fused kernels, so that one text always gets one embedding.
         with torch.no_grad():
@@ -81,8 +83,30 @@ class Int8Encoder:
         return scores if convert_to_tensor or not convert_to_numpy else scores.numpy()
 
 
-def load_int8(folder: str | Path) -> Int8Encoder:
-    """The int8 model of an export folder (IPEX is imported with qat, so its kernels are registered)."""
+def runtime_forward(path: Path, backend: str, signature: ExportSignature, warmup: Batch | None = None) -> Forward:
+    """One runtime's export as a forward on tokenized batches. IPEX's TorchScript runs its first call unfused;
+    `warmup` makes that call here, so every later call runs fused."""
+    if backend == "onnx":
+        from qat.exporters.onnx import load_onnx
+
+        return load_onnx(path, signature)
+    if backend == "openvino":
+        from qat.exporters.openvino import load_openvino
+
+        return load_openvino(path, signature)
+    from qat.exporters.ipex import load_exported   # imports IPEX, which registers the int8 kernels
+
+    return load_exported(path, warmup)
+
+
+def load_int8(folder: str | Path, backend: str | None = None) -> Int8Encoder:
+    """The int8 model of an export folder, run by `backend` (ipex, openvino or onnx; by default the first runtime
+    the folder was exported for)."""
     folder = Path(folder)
     info = read_export_info(folder)
-    return Int8Encoder(load_exported(folder / MODEL_FILE), AutoTokenizer.from_pretrained(folder), info)
+    backend = backend or next(iter(info.runtimes))
+    if backend not in info.runtimes:
+        raise QatError(f"backend={backend!r} is not exported in {str(folder)!r}; expected one of {list(info.runtimes)}")
+    signature = ExportSignature(info.input_names, "logits" if info.kind == "scores" else "last_hidden_state")
+    return Int8Encoder(runtime_forward(folder / info.runtimes[backend], backend, signature),
+                       AutoTokenizer.from_pretrained(folder), info, backend)

@@ -1,6 +1,7 @@
-"""Does the exported int8 model compute what its fake-quant simulation computes?
+"""Does an exported int8 model compute what its fake-quant simulation computes?
 
-IPEX runs one frozen graph two ways, so parity asks two questions. Unfused (the graph as converted), every int8
+OpenVINO and ONNX Runtime run one graph, fused by their own int8 kernels: it passes when it is close to the
+simulation, or as faithful to fp32 as the simulation (below). IPEX runs one frozen graph two ways, so parity asks two questions. Unfused (the graph as converted), every int8
 op is quantize -> dequantize -> the fp32 op: the simulation's own arithmetic, so the two must agree to float
 tolerance; that proves the scales, the weights and the set of int8 ops are the same. Fused (oneDNN Graph and
 IPEX kernels, from the second call on: the first call of a loaded module is warmed up here), GEMMs accumulate in int32 and requantize in their own order: an
@@ -27,7 +28,6 @@ from torch import nn
 from qat.config import ExportConfig
 from qat.data import Text
 from qat.evaluation.metrics import Forward, Table, cosine_fidelity, embed, stack_texts
-from qat.exporters.ipex import load_exported
 from qat.load import Encoder, batches
 from qat.quant.simulate import FakeQuantModel
 
@@ -61,7 +61,7 @@ class ParityRecord:
     cosine_mean: float              # fused export against the simulation
     cosine_min: float
     max_abs_diff: float
-    unfused_max_abs_diff: float     # unfused export against the simulation: must be float tolerance
+    unfused_max_abs_diff: float | None   # unfused export against the simulation: float tolerance (IPEX only)
     rounding_floor: Fidelity        # the simulation against itself with 1-ulp noise on its Linear outputs
     fidelity_to_fp32: FidelityToFp32
     texts: int
@@ -111,15 +111,15 @@ def _max_abs_diff(a: Table, b: Table, texts: list[Text]) -> float:
     return max((a[t] - b[t]).abs().max().item() for t in texts)
 
 
-def judge_parity(fp32: Table, simulated: Table, fused: Table, unfused_export: Table, noisy: Table, texts: list[Text],
-                 cfg: ExportConfig) -> ParityRecord:
+def judge_parity(fp32: Table, simulated: Table, fused: Table, unfused_export: Table | None, noisy: Table,
+                 texts: list[Text], cfg: ExportConfig) -> ParityRecord:
     """The parity record from pooled embeddings of the held-out texts (every table from the same batches, so
-    exactness can be asked): fp32, the simulation, the fused export, the unfused export, and the simulation
-    under rounding noise."""
+    exactness can be asked): fp32, the simulation, the fused export, the unfused export (None for a runtime that
+    has no unfused path), and the simulation under rounding noise."""
     agreement, fidelity = _fidelity(simulated, fused, texts), FidelityToFp32(
         _fidelity(fp32, simulated, texts).cosine_mean, _fidelity(fp32, fused, texts).cosine_mean)
-    unfused_diff = _max_abs_diff(unfused_export, simulated, texts)
-    exact = unfused_diff <= cfg.parity_unfused_atol
+    unfused_diff = None if unfused_export is None else _max_abs_diff(unfused_export, simulated, texts)
+    exact = unfused_diff is None or unfused_diff <= cfg.parity_unfused_atol
     close = agreement.cosine_mean >= cfg.parity_mean_cosine and agreement.cosine_min >= cfg.parity_min_cosine
     as_faithful = fidelity.int8 >= fidelity.fakequant - cfg.parity_fidelity_tolerance
     return ParityRecord(
@@ -130,19 +130,20 @@ def judge_parity(fp32: Table, simulated: Table, fused: Table, unfused_export: Ta
         exact, close, as_faithful, exact and (close or as_faithful))
 
 
-def check_parity(sim: FakeQuantModel, export_path: Path, encoder: Encoder, texts: list[Text], fp32: Table,
-                 cfg: ExportConfig, batch_size: int, seed: int) -> ParityRecord:
-    """Measure the export against its simulation on the held-out texts and judge it. `fp32` holds the fp32
-    embeddings of (at least) these texts."""
-    def embedded(forward: Forward) -> Table:
-        return embed(forward, encoder, texts, batch_size)
+@dataclass
+class Simulated:
+    """The simulation's pooled outputs on the held-out texts, plain and under rounding noise: what every export of
+    it is judged against (measured once per model, whatever the number of runtimes)."""
 
-    warmup = next(batches(encoder, texts[:8], 8))
-    simulated, fused = embedded(sim.eval()), embedded(load_exported(export_path, warmup))
-    unfused_export = embedded(unfused(load_exported(export_path)))   # a fresh module: see unfused()
+    plain: Table
+    noisy: Table
+
+
+def simulated_tables(sim: FakeQuantModel, encoder: Encoder, texts: list[Text], batch_size: int, seed: int) -> Simulated:
+    plain = embed(sim.eval(), encoder, texts, batch_size)
     with rounding_noise(sim, seed):
-        noisy = embedded(sim)
-    return judge_parity(fp32, simulated, fused, unfused_export, noisy, texts, cfg)
+        noisy = embed(sim, encoder, texts, batch_size)
+    return Simulated(plain, noisy)
 
 
-__all__ = ["ParityRecord", "check_parity", "judge_parity", "rounding_noise", "unfused"]
+__all__ = ["ParityRecord", "Simulated", "judge_parity", "rounding_noise", "simulated_tables", "unfused"]

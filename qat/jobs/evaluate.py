@@ -31,8 +31,8 @@ class Evaluation:
     differences: dict[str, dict[str, Difference]]   # 'int8 - fp32' (and 'int8 - baseline') -> task metric -> difference
 
 
-def _export(key: str, folder: str, encoder: Encoder) -> Int8Encoder:
-    target = load_int8(folder)
+def _export(key: str, folder: str, encoder: Encoder, backend: str | None) -> Int8Encoder:
+    target = load_int8(folder, backend)
     if target.info.kind != encoder.kind:
         raise QatError(f"{key}={folder!r} holds a model of kind {target.info.kind!r} but model.* ({encoder.source}) "
                        f"is of kind {encoder.kind!r}; expected an export of model.*")
@@ -41,7 +41,7 @@ def _export(key: str, folder: str, encoder: Encoder) -> Int8Encoder:
 
 def _target(cfg: EvaluateRunConfig, encoder: Encoder) -> Int8Encoder:
     if cfg.target.folder:
-        return _export("target.folder", cfg.target.folder, encoder)
+        return _export("target.folder", cfg.target.folder, encoder, cfg.target.backend)
     path = Path(cfg.target.torchscript)
     if not path.is_file():
         raise QatError(f"target.torchscript={str(path)!r} does not exist; expected a TorchScript file")
@@ -56,7 +56,7 @@ def run_evaluation(cfg: EvaluateRunConfig, run_dir: Path) -> Evaluation:
     fp32 = session.embed(session.fp32(), texts)
     tables: dict[Variant, Table] = {Variant.FP32: fp32, Variant.INT8: _outputs(target, texts, cfg.eval.batch_size)}
     if cfg.target.baseline:
-        baseline = _export("target.baseline", cfg.target.baseline, session.encoder)
+        baseline = _export("target.baseline", cfg.target.baseline, session.encoder, cfg.target.backend)
         tables[Variant.BASELINE] = _outputs(baseline, texts, cfg.eval.batch_size)
     variants = {variant: evaluate(table, fp32, session.data) for variant, table in tables.items()}
     differences = compare_variants(tables, session.data, EVALUATE_COMPARISONS, cfg.seed)

@@ -14,7 +14,7 @@ from qat.config import ExportRunConfig
 from qat.data import load_texts
 from qat.base.errors import QatError
 from qat.evaluation.metrics import Stage, embed
-from qat.exporters.verify import ExportRecord, export_verified
+from qat.exporters.verify import ExportRecord, check_targets, export_verified
 from qat.quant.simulate import FakeQuantModel, simulate
 from qat.quant.wrapper import EncoderModule
 from qat.evaluation import use_threads
@@ -39,6 +39,7 @@ def load_student_weights(sim: FakeQuantModel, weights: Path) -> None:
 
 def run_export(cfg: ExportRunConfig, run_dir: Path) -> ExportRecord:
     use_threads(cfg.threads)
+    check_targets(cfg.export.targets)
     artifact = read_ptq_artifact(Path(cfg.source.artifact))
     sim = simulate(artifact.encoder.model, artifact.qconf).eval()
     if cfg.source.weights:
@@ -49,7 +50,7 @@ def run_export(cfg: ExportRunConfig, run_dir: Path) -> ExportRecord:
     record = export_verified(sim, artifact.encoder, heldout, fp32, cfg.export, run_dir / "export" / stage,
                              cfg.eval.batch_size, cfg.seed)
     write_json(run_dir / RESULT_FILE, asdict(record))
-    if not record.parity.passed:
-        raise QatError(f"parity check failed: the export in {record.path.parent} does not compute its fake-quant "
-                       f"model; see {run_dir / RESULT_FILE}")
+    if not record.passed:
+        raise QatError(f"parity check failed for {[str(r) for r in record.failed]}: the export in {record.folder} does "
+                       f"not compute its fake-quant model; see {run_dir / RESULT_FILE}")
     return record

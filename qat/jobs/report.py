@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from qat.base.atomic import write_json, write_text
-from qat.evaluation.metrics import Metrics, ScoreBuckets, Variant, higher_is_better
+from qat.evaluation.metrics import Metrics, ScoreBuckets, Stage, Variant, higher_is_better
 from qat.exporters.verify import ExportRecord
 from qat.quant.config import CalibConfig, EqualizeConfig, SmoothQuantConfig
 from qat.recovery import RecoveryDecision, TrainingSummary
@@ -50,11 +50,11 @@ class RunReport:
     data: DataSummary
     recovery: RecoveryDecision
     training: TrainingSummary | None
-    final: str          # 'ptq' or 'qat': the model the run delivers
+    final: Stage        # the model the run delivers
     variants: dict[Variant, Metrics]
     differences: dict[str, dict[str, Difference]]   # comparison label -> task metric -> difference and interval
     buckets: ScoreBuckets
-    exports: dict[str, ExportRecord]
+    exports: dict[Stage, ExportRecord]
     weight_range: tuple[int, int] | None
     cpu_has_vnni: bool
     seconds: dict[str, float]
@@ -124,14 +124,24 @@ def _recipe_line(report: RunReport) -> str:
             f"{report.weight_range}; " + source)
 
 
-def _export_line(name: str, export: ExportRecord) -> str:
-    p = export.parity
-    return (f"- {name.upper()} export `{export.path}`: int8 ops in the frozen graph {export.graph_int8_ops}; "
-            f"parity with its fake-quant model ({'passed' if p.passed else 'FAILED'}): unfused graph max |diff| "
-            f"{p.unfused_max_abs_diff:.2e}; fused cosine mean {p.cosine_mean:.6f}, min {p.cosine_min:.6f} "
-            f"(the simulation against itself with 1-ulp noise on Linear outputs: mean {p.rounding_floor.cosine_mean:.6f}, "
-            f"min {p.rounding_floor.cosine_min:.6f}); mean cosine to fp32: fake-quant {p.fidelity_to_fp32.fakequant:.6f}, "
-            f"exported {p.fidelity_to_fp32.int8:.6f}.")
+EVIDENCE = {"ipex": "int8 ops in the frozen graph", "openvino": "GEMM runtime precisions of the compiled model",
+            "onnx": "ONNX Runtime integer kernels"}
+
+
+def _export_lines(stage: Stage, export: ExportRecord) -> list[str]:
+    """One line per runtime: where the model file is, the evidence that the runtime runs it in int8, its parity."""
+    lines = []
+    for runtime, made in export.runtimes.items():
+        p = made.parity
+        unfused = (f"unfused graph max |diff| {p.unfused_max_abs_diff:.2e}; fused "
+                   if p.unfused_max_abs_diff is not None else "")
+        lines.append(
+            f"- {stage.upper()} {runtime} export `{made.path}`: {EVIDENCE[runtime]} {made.int8_ops}; parity with its "
+            f"fake-quant model ({'passed' if p.passed else 'FAILED'}): {unfused}cosine mean {p.cosine_mean:.6f}, min "
+            f"{p.cosine_min:.6f} (the simulation against itself with 1-ulp noise on Linear outputs: mean "
+            f"{p.rounding_floor.cosine_mean:.6f}, min {p.rounding_floor.cosine_min:.6f}); mean cosine to fp32: "
+            f"fake-quant {p.fidelity_to_fp32.fakequant:.6f}, exported {p.fidelity_to_fp32.int8:.6f}.")
+    return lines
 
 
 def variant_table(variants: dict[Variant, Metrics]) -> list[str]:
@@ -207,8 +217,8 @@ def render_markdown(report: RunReport) -> str:
         lines += [*differences, ""]
     lines += ["Held-out score distribution (% per bucket of fp32's range; a score model's outputs, or the similarity "
               "of every pair of held-out texts):", "", *bucket_table(report.buckets), ""]
-    lines += [_export_line(name, export) for name, export in report.exports.items()]
-    lines += ["", f"Final model: {report.final.upper()} (`{report.exports[report.final].path}`).",
+    lines += [line for stage, export in report.exports.items() for line in _export_lines(stage, export)]
+    lines += ["", f"Final model: {report.final.upper()} (`{report.exports[report.final].folder}`).",
               "LayerNorm, GELU and softmax stay fp32: IPEX has no int8 kernel for them.",
               f"CPU has VNNI: {report.cpu_has_vnni} (without VNNI, IPEX's int8 GEMM sums u8 x s8 pairs in saturating"
               " int16, so weights use 7 bits).",
@@ -220,8 +230,8 @@ def summary(report: RunReport) -> str:
     """What a job prints at its end: the recovery decision and every model's metrics (the numbers of report.md)."""
     final = report.exports[report.final]
     return "\n".join(["", _recovery_line(report), "", *variant_table(report.variants), "",
-                      f"Final model: {report.final.upper()}, exported to {final.path.parent} (parity "
-                      f"{'passed' if final.parity.passed else 'FAILED'}).", ""])
+                      f"Final model: {report.final.upper()}, exported to {final.folder} for "
+                      f"{', '.join(final.runtimes)} (parity {'passed' if final.passed else 'FAILED'}).", ""])
 
 
 def write_report(run_dir: Path, report: RunReport) -> Path:

@@ -17,7 +17,7 @@ from qat.base.versions import library_versions
 from qat.config import RunConfig
 from qat.data import training_texts
 from qat.evaluation import Session, Stage, Table, Variant, compare_variants, evaluate, open_session, score_buckets
-from qat.exporters import ExportRecord, export_verified, load_exported
+from qat.exporters import ExportRecord, ExportSignature, check_targets, export_verified, runtime_forward
 from qat.jobs.report import CalibrationRecord, DataSummary, RecipeSummary, RunReport, bucket_chart, write_report
 from qat.jobs.sensitivity import write_outputs
 from qat.load import batches
@@ -94,13 +94,16 @@ def export_and_evaluate(cfg: RunConfig, session: Session, models: dict[Stage, Fa
                                          cfg.export, run_dir / "export" / stage, cfg.eval.batch_size, cfg.seed)
         fakequant, int8 = stage.variants
         tables[fakequant] = session.embed(sim.eval(), texts)
-        tables[int8] = session.embed(load_exported(exports[stage].path, warmup), texts)
+        first = next(iter(exports[stage].runtimes.values()))   # the first target stands for the int8 model
+        tables[int8] = session.embed(runtime_forward(first.path, first.runtime, ExportSignature.of(session.encoder),
+                                                     warmup), texts)
     return exports, tables
 
 
 def run_train(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     """The recovery job; returns its report (None on the other processes of a multi-process launch)."""
     check_given_paths(cfg, run_dir)
+    check_targets(cfg.export.targets)
     metrics = {"recovery.metric": cfg.recovery.metric}
     if cfg.sensitivity.enabled:
         metrics["sensitivity.metric"] = cfg.sensitivity.metric
@@ -167,7 +170,7 @@ def run_train(cfg: RunConfig, run_dir: Path) -> RunReport | None:
         exports=exports, weight_range=ptq_model.qconf.weight_range, cpu_has_vnni=cpu_has_vnni(), seconds=seconds,
         versions=library_versions())
     path = write_report(run_dir, report)
-    failed = [str(stage) for stage, export in exports.items() if not export.parity.passed]
+    failed = [f"{stage}/{runtime}" for stage, export in exports.items() for runtime in export.failed]
     if failed:
         raise QatError(f"parity check failed for {failed}: exported int8 does not compute its fake-quant model "
                        f"(unfused beyond {cfg.export.parity_unfused_atol}, or fused neither within cosine "

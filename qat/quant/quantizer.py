@@ -25,6 +25,7 @@ class FakeQuantizer(nn.Module):
         self.quant_min, self.quant_max = DTYPE_BOUNDS[dtype]
         self.weight_range = weight_range
         self.per_channel = scale is None
+        self.frozen = not self.per_channel   # a weight quantizer is frozen only for an export (freeze_weight)
         self.enabled = True
         self.observer: nn.Module | None = None
         if not self.per_channel:
@@ -35,13 +36,21 @@ class FakeQuantizer(nn.Module):
     def for_weight(cls, weight_range: tuple[int, int]) -> FakeQuantizer:
         return cls(WEIGHT_DTYPE, weight_range=weight_range)
 
+    def freeze_weight(self, weight: torch.Tensor) -> None:
+        """Fix this weight's per-channel scales as buffers: an exporter that traces the model then sees constants,
+        not the observer that computes them (whose running state is no graph op)."""
+        scale, zero_point = weight_qparams(weight, *self.weight_range)
+        self.register_buffer("scale", scale)
+        self.register_buffer("zero_point", zero_point)
+        self.frozen = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
             self.observer(x)
         if not self.enabled:
             return x
         if self.per_channel:
-            scale, zero_point = weight_qparams(x, *self.weight_range)
+            scale, zero_point = (self.scale, self.zero_point) if self.frozen else weight_qparams(x, *self.weight_range)
             return torch.fake_quantize_per_channel_affine(x, scale, zero_point, WEIGHT_AXIS, self.quant_min, self.quant_max)
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.quant_min, self.quant_max)
 

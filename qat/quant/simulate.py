@@ -152,6 +152,14 @@ class FakeQuantModel(nn.Module):
                 delattr(module, OPS_ATTRIBUTE)
         return model
 
+    def frozen(self) -> FakeQuantModel:
+        """A copy whose weight scales are fixed at the current weights: the form a runtime's converter traces."""
+        copied = copy.deepcopy(self).eval()
+        for module in copied.encoder.modules():
+            if isinstance(module, QuantLinear):
+                module.weight_quantizer.freeze_weight(module.weight.detach())
+        return copied
+
     def weight_qparams(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per-channel qparams of every quantized Linear's current weight, keyed by qconf fqn."""
         return {path: weight_qparams(m.weight, *m.weight_quantizer.weight_range)

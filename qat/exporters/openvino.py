@@ -1,0 +1,95 @@
+"""OpenVINO int8: the fake-quant model converted by OpenVINO's PyTorch frontend, which turns torch's fake-quant
+ops into FakeQuantize nodes with qat's own scales; the CPU plugin's low-precision transformations run them as
+int8. The check compiles the model and reads each MatMul / FullyConnected node's runtime precision from the
+compiled (runtime) model: an export whose GEMMs would run in floating point fails."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from qat.base.atomic import TMP_SUFFIX
+from qat.base.errors import QatError
+from qat.exporters.signature import ExportSignature, NamedInputs
+
+log = logging.getLogger(__name__)
+MODEL_DIR = "openvino"
+MODEL_FILE = f"{MODEL_DIR}/openvino_model_qint8.xml"
+GEMM_LAYERS = ("FullyConnected", "MatMul")
+INT8_PRECISIONS = ("u8", "i8")
+
+
+def _rt(node: object, key: str) -> str:
+    """A runtime-model node's info (layerType, runtimePrecision) as text; '' where the node has none."""
+    info = node.get_rt_info()
+    if key not in list(info.keys()):
+        return ""
+    value = info[key]
+    return str(value.astype(str) if hasattr(value, "astype") else value)
+
+
+def gemm_precisions(path: Path) -> dict[str, int]:
+    """'<layer type>:<runtime precision>' -> count, for the GEMM nodes of the model the CPU plugin compiled."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU")
+    runtime = compiled.get_runtime_model()
+    return dict(Counter(f"{_rt(n, 'layerType')}:{_rt(n, 'runtimePrecision')}" for n in runtime.get_ordered_ops()
+                        if _rt(n, "layerType") in GEMM_LAYERS))
+
+
+def int8_gemms(precisions: dict[str, int]) -> int:
+    return sum(count for key, count in precisions.items() if key.split(":")[1] in INT8_PRECISIONS)
+
+
+def export_openvino(model: torch.nn.Module, signature: ExportSignature, example: tuple[torch.Tensor, ...],
+                    out_dir: Path) -> tuple[Path, dict[str, int]]:
+    """Write <out_dir>/openvino/openvino_model_qint8.xml|bin from the fake-quant model and return it with its GEMM
+    precisions; refuse (and write nothing) where no GEMM runs in int8."""
+    import openvino as ov
+
+    named = NamedInputs(model, signature).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ov.convert_model(named, example_input=dict(zip(signature.inputs, example)))
+    for port, name in zip(converted.inputs, signature.inputs):
+        port.get_tensor().set_names({name})
+    converted.outputs[0].get_tensor().set_names({signature.output})
+    path = out_dir / MODEL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR}.", suffix=TMP_SUFFIX, dir=out_dir))
+    try:
+        xml = tmp / path.name
+        ov.save_model(converted, str(xml), compress_to_fp16=False)
+        precisions = gemm_precisions(xml)
+        if not int8_gemms(precisions):
+            raise QatError(f"OpenVINO export {path}: the CPU plugin runs its GEMMs as {precisions}, none in "
+                           f"{INT8_PRECISIONS}; refusing to save an export that stays floating point")
+        for written in (xml.with_suffix(".bin"), xml):   # each file replaced whole (a resumed run exports again)
+            os.replace(written, path.parent / written.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported OpenVINO int8 to %s (GEMM runtime precisions: %s)", path, precisions)
+    return path, precisions
+
+
+def load_openvino(path: Path, signature: ExportSignature):
+    """The OpenVINO export compiled for the CPU, as a forward."""
+    import openvino as ov
+
+    if not path.is_file():
+        raise QatError(f"OpenVINO export {str(path)!r} does not exist; expected {MODEL_FILE} in an export folder")
+    compiled = ov.Core().compile_model(str(path), "CPU")
+    request = compiled.create_infer_request()
+
+    def forward(*inputs: torch.Tensor) -> torch.Tensor:
+        result = request.infer({name: tensor.numpy() for name, tensor in zip(signature.inputs, inputs)})
+        return torch.from_numpy(result[compiled.output(0)].copy())
+
+    return forward
