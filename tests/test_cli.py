@@ -82,3 +82,9 @@ def test_unknown_group_value_fails(tmp_path):
     result = run_train(tmp_path / "run", "quant=nonsense")
     assert result.returncode != 0
     assert "Could not find 'quant/nonsense'" in result.stderr
+
+
+def test_importing_ipex_says_nothing_to_the_user():
+    """IPEX's kernel-override warnings (C++, on stderr) and torch's "No CUDA runtime is found" stay off a terminal."""
+    result = subprocess.run([sys.executable, "-c", "import qat.base.ipex"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stderr[-500:]

@@ -31,6 +31,7 @@ def _session(path: Path, optimized: Path | None = None) -> object:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if optimized is not None:
         options.optimized_model_filepath = str(optimized)
+        options.log_severity_level = 3   # its note that an optimized model is CPU-specific: this one is only read here
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
