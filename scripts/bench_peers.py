@@ -47,15 +47,13 @@ from qat.data import PairSet, load_task, load_texts  # noqa: E402
 from qat.evaluation.metrics import EvalData, Table, evaluate  # noqa: E402
 from qat.exporters.folder import INFO_FILE, read_export_info  # noqa: E402
 from qat.exporters.ipex import load_exported  # noqa: E402
+from qat.exporters.onnx import INTEGER_KERNELS  # noqa: E402
 from qat.load import Encoder, batches, load_encoder  # noqa: E402
 from qat.quant.numerics import cpu_has_vnni  # noqa: E402
 from qat.base.timing import interleaved_rounds, openmp_settings  # noqa: E402
 
 SHAPES = [(1, 128), (32, 128)]
 Run = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]   # (input_ids, attention_mask) -> last hidden state
-# Operators that compute in int8 in the graph ONNX Runtime runs (after its own graph optimisations).
-ORT_INT8_OPS = frozenset({"MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul",
-                          "QGemm", "QAttention", "QLinearAdd", "QLinearMul", "QLinearSoftmax"})
 
 
 @dataclass
@@ -104,7 +102,7 @@ def ort_session(path: Path, threads: int, workdir: Path) -> tuple[Run, dict[str,
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     ops = Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
     return (lambda ids, mask: torch.from_numpy(session.run(None, numpy_feed(ids, mask))[0])), \
-        {op: n for op, n in ops.items() if op in ORT_INT8_OPS}
+        {op: n for op, n in ops.items() if op in INTEGER_KERNELS}
 
 
 def calibration_feeds(encoder: Encoder, texts: list[str], batch_size: int = 16) -> list[dict[str, np.ndarray]]:

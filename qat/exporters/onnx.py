@@ -21,7 +21,7 @@ MODEL_FILE = "onnx/model_qint8.onnx"
 OPSET = 17
 # ONNX Runtime's integer kernels (CPU): what QDQ around a MatMul / Gemm becomes once fused.
 INTEGER_KERNELS = frozenset({"QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
-                             "QGemm", "QAttention", "QLinearAdd", "QLinearSoftmax", "QLinearConv"})
+                             "QGemm", "QAttention", "QLinearAdd", "QLinearMul", "QLinearSoftmax"})
 
 
 def _session(path: Path, optimized: Path | None = None) -> object:
