@@ -176,15 +176,23 @@ class TrainConfig:
 
 @dataclass
 class RecoveryConfig:
-    """When to train: only if PTQ loses more than `threshold` on the dev metric (relative), unless forced."""
+    """When to train: if PTQ loses more than `threshold` on the dev metric (relative), or if its held-out or guard
+    fidelity to fp32 is past the floor (qat.recovery.decision), or if forced."""
 
     metric: str = "auto"   # auto: the first dev task set's measure, else cosine_mean / score_diff_mean (qat.evaluation.session)
     threshold: float = 0.01
+    min_cosine: float | None = 0.98       # embeddings: train if held-out or guard mean cosine to fp32 is below this
+    max_score_diff: float | None = None   # score models: train if held-out or guard mean |score - fp32's| is above
     force: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold < 1.0:
             raise QatError(f"recovery.threshold={self.threshold} is not valid; expected a relative loss in [0, 1)")
+        if self.min_cosine is not None and not (isinstance(self.min_cosine, (int, float)) and -1.0 <= self.min_cosine <= 1.0):
+            raise QatError(f"recovery.min_cosine={self.min_cosine!r} is not valid; expected a cosine in [-1, 1] or null (off)")
+        if self.max_score_diff is not None and not (isinstance(self.max_score_diff, (int, float)) and self.max_score_diff >= 0):
+            raise QatError(f"recovery.max_score_diff={self.max_score_diff!r} is not valid; expected a non-negative "
+                           "score difference or null (off)")
         if is_test_split(self.metric):
             raise QatError(f"recovery.metric={self.metric!r} reads a test split; expected a dev metric (test splits only report)")
 

@@ -11,7 +11,7 @@ from conftest import ONE_TARGET
 from qat.ptq import calibrate
 from qat.quant.config import Recipe
 import qat.recovery
-from qat.config import RunConfig, SensitivityRunConfig
+from qat.config import RecoveryConfig, RunConfig, SensitivityRunConfig
 from qat.jobs.command import job_config
 from qat.base.errors import QatError
 from qat.evaluation.metrics import Variant
@@ -128,3 +128,25 @@ def test_lr_auto_runs_a_trial_per_candidate_continues_the_best_and_a_resume_does
     resumed = run_train(job_config("train", RunConfig, overrides + ["train.resume=auto"]), tmp_path / "run")
     assert trained == [None] and resumed.training.lr_choice == choice and resumed.training.step == 4
     assert resumed.variants[Variant.QAT_FAKEQUANT] == pytest.approx(report.variants[Variant.QAT_FAKEQUANT])
+
+
+def test_the_fidelity_gate_trains_a_model_whose_dev_task_measure_is_level():
+    fp32 = {"sts_dev/spearman": 88.11, "cosine_mean": 1.0, "guard/cosine_mean": 1.0}
+    level = {"sts_dev/spearman": 88.15, "cosine_mean": 0.93, "guard/cosine_mean": 0.99}   # all-mpnet-base-v2's PTQ
+    decision = qat.recovery.decide_recovery(RecoveryConfig(metric="sts_dev/spearman"), True, fp32, level, pairs=False)
+    assert decision.train and decision.gates == ["fidelity"] and decision.fidelity.past_floor() == ["held-out"]
+    assert "Fidelity gate: cosine_mean held-out 0.9300, guard 0.9900 (floor 0.9800)" in decision.describe()
+    faithful = {**level, "cosine_mean": 0.99}
+    assert not qat.recovery.decide_recovery(RecoveryConfig(metric="sts_dev/spearman"), True, fp32, faithful, False).train
+    off = RecoveryConfig(metric="sts_dev/spearman", min_cosine=None)
+    assert not qat.recovery.decide_recovery(off, True, fp32, level, pairs=False).train
+
+
+def test_a_job_trains_when_only_fidelity_is_past_the_floor(tiny_model_dir, tmp_path, fresh_accelerate_state):
+    overrides = tiny_overrides(tiny_model_dir) + [
+        ONE_TARGET, "recovery.threshold=0.99", "recovery.min_cosine=1.0", "train.lr=1e-4", "train.steps=2",
+        "train.eval_every=2", "train.batch_size=8", "teacher=fp32"]
+    report = run_train(job_config("train", RunConfig, overrides), tmp_path / "run")
+    assert report.recovery.gates == ["fidelity"] and report.training is not None and report.final == "qat"
+    assert report.recovery.ptq_loss < 0.99 and report.recovery.fidelity.heldout < 1.0
+    assert "Decision: trained by the fidelity gate." in (tmp_path / "run" / "report.md").read_text()

@@ -25,7 +25,7 @@ from qat.evaluation.metrics import EvalData, embed, evaluate
 from qat.load import batches, pool
 from qat.quant.wrapper import EncoderModule
 from qat.quant.simulate import simulate
-from qat.recovery.trainer import STATE_FILE, LengthGroupedSampler, Trainer, resolve_resume
+from qat.recovery.trainer import STATE_FILE, LengthGroupedSampler, StartingPoint, Trainer, resolve_resume
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def qconf(tiny_encoder, texts):
     return calibrate(tiny_encoder, texts, Recipe(QuantConfig(ops=["linear", "matmul", "add"]), CalibConfig(samples=32, batch_size=16))).qconf
 
 
-def make_trainer(tiny_encoder, qconf, texts, run_dir, settings=None, evaluate_hook=None, start_metrics=None, task=None,
+def make_trainer(tiny_encoder, qconf, texts, run_dir, settings=None, evaluate_hook=None, start=None, task=None,
                  **train):
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
@@ -51,9 +51,10 @@ def make_trainer(tiny_encoder, qconf, texts, run_dir, settings=None, evaluate_ho
             evaluate_hook(metrics)
         return metrics
 
+    metric = train.pop("metric", "cosine_mean")
     cfg = TrainConfig(**{"steps": 6, "batch_size": 8, "lr": 1e-3, "eval_every": 100, "save_every": 3, **train})
     return Trainer(accelerator, student, teacher, tiny_encoder, texts[:64], cfg, run_dir / "checkpoints", Settings(settings or {"calib.algorithm": "histogram"}), 0,
-                   evaluate_dev, "cosine_mean", start_metrics=start_metrics, task=task)
+                   evaluate_dev, metric, start=start, task=task)
 
 
 def test_blocks_are_found_and_loss_is_zero_when_student_equals_teacher(tiny_encoder, qconf, texts):
@@ -213,21 +214,43 @@ def test_length_grouped_batches_are_seeded_by_epoch_and_pad_little():
     assert max(spread) < 30 < 100
 
 
-@pytest.mark.parametrize("guard_drop, best_step", [(0.5, 0), (0.0, 6)])
-def test_a_checkpoint_worse_than_ptq_on_the_guard_is_never_kept(tiny_encoder, qconf, texts, tmp_path, guard_drop, best_step):
-    """The dev metric improves at every evaluation; the guard (scripted here) either falls below PTQ's after the
-    start or stays at it."""
+@pytest.mark.parametrize("heldout_drop, guard_drop, best_step", [(0.0, 0.5, 0), (0.01, 0.0, 0), (0.0, 0.0, 6)])
+def test_a_checkpoint_less_faithful_than_ptq_is_never_kept(tiny_encoder, qconf, texts, tmp_path, heldout_drop,
+                                                            guard_drop, best_step):
+    """The dev task measure improves at every evaluation; held-out and guard fidelity (scripted here) either fall
+    below PTQ's after the start or stay at it."""
     def script(metrics):
         step = len(seen)
         seen.append(step)
-        metrics["cosine_mean"] = 0.5 + 0.1 * step
+        metrics["sts_dev/spearman"] = 50.0 + 10.0 * step
+        metrics["cosine_mean"] = 0.95 - (heldout_drop if step else 0.0)
         metrics["guard/cosine_mean"] = 0.9 - (guard_drop if step else 0.0)
 
     seen = []
-    trainer = make_trainer(tiny_encoder, qconf, texts, tmp_path, evaluate_hook=script, eval_every=3)
+    trainer = make_trainer(tiny_encoder, qconf, texts, tmp_path, evaluate_hook=script, eval_every=3,
+                           metric="sts_dev/spearman")
     result = trainer.train(None)
-    assert seen == [0, 1, 2] and result.state.guard_floor == pytest.approx(0.9)
+    assert seen == [0, 1, 2] and result.state.floors == pytest.approx({"cosine_mean": 0.95, "guard/cosine_mean": 0.9})
     assert result.state.best_step == best_step
+
+
+@pytest.mark.parametrize("noise, best_step", [(0.0, 3), (1.0, 6)])
+def test_where_the_dev_measure_is_level_fidelity_decides(tiny_encoder, qconf, texts, tmp_path, noise, best_step):
+    """Step 3 is 0.5 better on dev than step 6, step 6 is more faithful: with a dev noise of 1.0 the two are level
+    and fidelity decides; without noise the dev measure does."""
+    def script(metrics):
+        step = len(seen)
+        seen.append(step)
+        metrics.update(scripted(step))
+
+    def scripted(step):
+        return {"sts_dev/spearman": [50.0, 60.0, 59.5][step], "cosine_mean": [0.95, 0.96, 0.97][step],
+                "guard/cosine_mean": 0.9}
+
+    seen = [0]   # step 0 is the PTQ model's, measured before training
+    trainer = make_trainer(tiny_encoder, qconf, texts, tmp_path, evaluate_hook=script, eval_every=3,
+                           metric="sts_dev/spearman", start=StartingPoint(scripted(0), noise))
+    assert trainer.train(None).state.best_step == best_step
 
 
 def test_patience_and_max_minutes_stop_early_and_say_why(tiny_encoder, qconf, texts, tmp_path):
@@ -250,11 +273,11 @@ def test_step_0_reuses_the_ptq_metrics_measured_before_training(tiny_encoder, qc
     assert len(measured) == 2   # step 0 and the end
     again = []
     reused = make_trainer(tiny_encoder, qconf, texts, tmp_path / "reused", evaluate_hook=again.append, steps=2,
-                          start_metrics=measured[0])
+                          start=StartingPoint(measured[0]))
     state = reused.train(None).state
     assert again == measured[1:]   # only the end is measured; step 0 is the metrics given
-    assert (state.best_step, state.best_metric, state.guard_floor) == (expected.best_step, expected.best_metric,
-                                                                       expected.guard_floor)
+    assert (state.best_step, state.best_metric, state.floors) == (expected.best_step, expected.best_metric,
+                                                                  expected.floors)
 
 
 def test_the_ranking_loss_asks_only_for_the_order_of_the_labels():

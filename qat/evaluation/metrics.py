@@ -113,6 +113,10 @@ class EvalData:
             return f"{name}/{TASK_METRIC[type(task)]}"
         return self.fidelity_metric
 
+    def fidelity_only(self) -> EvalData:
+        """The held-out texts and the guard without the task sets: what a model's fidelity to fp32 reads."""
+        return EvalData(self.heldout, {}, self.guard, self.scoring)
+
     def for_metrics(self, metrics: list[str]) -> EvalData:
         """Only the task sets (and guard) these metrics read ('<set>/<metric>'): a search or sensitivity trial
         embeds no more."""
@@ -190,10 +194,10 @@ def relative_loss(metric: str, fp32: float, quantized: float) -> float:
 def embed(forward: Forward, encoder: Encoder, texts: list[Text], batch_size: int) -> Table:
     """What each input is compared by (pooled, normalised embeddings, or a score model's outputs); inputs sorted
     by length so that batches carry little padding."""
-    order = sorted(texts, key=text_length)
+    order = sorted(dict.fromkeys(texts), key=text_length)   # each distinct input once
     steps = progress(batches(encoder, order, batch_size), desc="embedding", total=-(-len(order) // batch_size))
     vectors = [outputs(encoder, forward(*batch), batch[1]) for batch in steps]
-    return dict(zip(order, torch.cat(vectors)))
+    return dict(zip(order, torch.cat(vectors))) if vectors else {}
 
 
 def stack_texts(table: Table, texts: list[Text]) -> torch.Tensor:

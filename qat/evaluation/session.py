@@ -12,6 +12,7 @@ from qat.config import DataConfig, EvalConfig, ModelConfig
 from qat.data import Text, calibration_texts
 from qat.base.errors import QatError
 from qat.evaluation.metrics import EvalData, Forward, Measure, Metrics, Table, embed, evaluate, load_eval_data, scoring_of
+from qat.evaluation.significance import task_differences
 from qat.load import Encoder, load_encoder
 from qat.quant.config import AUTO
 from qat.quant.wrapper import EncoderModule
@@ -41,6 +42,15 @@ class Session:
         """Metrics of a model on the dev data (or a part of it) against the fp32 reference."""
         dev = dev or self.dev
         return evaluate(self.embed(forward, dev.texts()), self.fp32_dev, dev)
+
+    def evaluate_dev_with_noise(self, forward: Forward, metric: str) -> tuple[Metrics, float]:
+        """Metrics on the dev data, and the noise of `metric` there: half the width of the 95% paired bootstrap
+        interval of this model against fp32 on the task set it reads (two models whose measures differ by less
+        cannot be told apart by that set); 0 for a fidelity metric, which samples no labelled items."""
+        table = self.embed(forward, self.dev.texts())
+        difference = task_differences(self.fp32_dev, table, self.dev).get(metric)
+        noise = 0.0 if difference is None else (difference.high - difference.low) / 2
+        return evaluate(table, self.fp32_dev, self.dev), noise
 
     def measure(self, metrics: list[str]) -> Measure:
         """A stage's `measure`: a model's metrics on the part of the dev data these metrics read."""

@@ -67,14 +67,9 @@ def _fmt(value: Any) -> str:
 
 def _recovery_line(report: RunReport) -> str:
     decision, training = report.recovery, report.training
-    loss = (f"{decision.ptq_loss:.4%} relative" if higher_is_better(decision.metric)
-            else f"{decision.ptq_loss:.4f} (a distance: absolute)")
-    head = (f"PTQ loss on dev {decision.metric}: {loss} (fp32 {decision.fp32:.4f}, PTQ {decision.ptq:.4f}; "
-            f"threshold {decision.threshold:.4g}).")
+    head = decision.describe()
     if training is None:
-        wanted = decision.force or decision.ptq_loss > decision.threshold
-        return head + (" Training is off (train=none): the PTQ model is the result." if wanted
-                       else " No training needed: the PTQ model is the result.")
+        return head + " The PTQ model is the result."
     stop = {"patience": " (stopped early: no better dev metric in train.patience evaluations)",
             "max_minutes": " (stopped at train.max_minutes)"}.get(training.stopped, "")
     lr = f"lr {training.lr:g}"
@@ -87,7 +82,8 @@ def _recovery_line(report: RunReport) -> str:
             if training.task_pairs else "")
     return (head + f" Trained {training.step} steps{stop}, {lr}, with the {training.teacher} teacher{task} on "
             f"{training.processes} process(es) in {training.seconds:.0f} s ({training.seconds_per_step:.2f} s/step); "
-            f"best dev {decision.metric} {training.best_metric:.4f} at step {training.best_step}.")
+            f"kept step {training.best_step}: dev {decision.metric} {training.best_metric:.4f} (level within "
+            f"{training.dev_noise:.4f}: then held-out fidelity decides), no less faithful than PTQ.")
 
 
 def _alpha(alpha: float, choice: AlphaChoice | None) -> str:

@@ -83,17 +83,19 @@ def prepare_ptq(cfg: RunConfig, session: Session, run_dir: Path, accelerator: Ac
 
 def export_and_evaluate(cfg: RunConfig, session: Session, models: dict[Stage, FakeQuantModel],
                         run_dir: Path) -> tuple[dict[Stage, ExportRecord], dict[Variant, Table]]:
-    """Each int8 model exported with its parity record, then fp32, every simulation and every export embedded on
-    all evaluation texts."""
-    texts = session.data.texts()
+    """Each int8 model exported with its parity record, then embedded: fp32 and every export on all evaluation
+    texts (fp32's dev embeddings reused), each fake-quant simulation on the held-out texts and the guard only (its
+    fidelity; the task sets are scored on the exports, which are what is delivered)."""
+    texts, fidelity_texts = session.data.texts(), session.data.fidelity_only().texts()
     warmup = next(batches(session.encoder, session.data.heldout, 8))
-    tables = {Variant.FP32: session.embed(session.fp32(), texts)}
+    fp32 = {**session.fp32_dev, **session.embed(session.fp32(), [t for t in texts if t not in session.fp32_dev])}
+    tables = {Variant.FP32: fp32}
     exports = {}
     for stage, sim in models.items():
-        exports[stage] = export_verified(sim, session.encoder, session.data.heldout, tables[Variant.FP32],
-                                         cfg.export, run_dir / "export" / stage, cfg.eval.batch_size, cfg.seed)
+        exports[stage] = export_verified(sim, session.encoder, session.data.heldout, fp32, cfg.export,
+                                         run_dir / "export" / stage, cfg.eval.batch_size, cfg.seed)
         fakequant, int8 = stage.variants
-        tables[fakequant] = session.embed(sim.eval(), texts)
+        tables[fakequant] = session.embed(sim.eval(), fidelity_texts)
         first = next(iter(exports[stage].runtimes.values()))   # the first target stands for the int8 model
         tables[int8] = session.embed(runtime_forward(first.path, first.runtime, ExportSignature.of(session.encoder),
                                                      warmup), texts)
@@ -127,15 +129,17 @@ def run_train(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     ptq_model = prepare_ptq(cfg, session, run_dir, accelerator)
     seconds["calibrate"] = time.perf_counter() - start
     models = {Stage.PTQ: simulate(ptq_model.model, ptq_model.qconf).eval()}
-    ptq_dev = session.evaluate_dev(models[Stage.PTQ])
-    decision = recovery.decide_recovery(cfg.recovery, cfg.train.enabled, session.fp32_dev_metrics, ptq_dev)
+    ptq_dev, noise = session.evaluate_dev_with_noise(models[Stage.PTQ], cfg.recovery.metric)
+    decision = recovery.decide_recovery(cfg.recovery, cfg.train.enabled, session.fp32_dev_metrics, ptq_dev,
+                                        session.encoder.pairs)
     training = None
     if decision.train:
         models[Stage.QAT], training = recovery.recover(
             accelerator, ptq_model.model, ptq_model.qconf, encoder=session.encoder, fp32=session.fp32(),
             train=cfg.train, teacher=cfg.teacher, metric=cfg.recovery.metric, seed=cfg.seed,
             settings=Settings.of(cfg), training=training_set, checkpoints=run_dir / recovery.CHECKPOINT_DIR,
-            evaluate_dev=session.evaluate_dev, ptq_dev=ptq_dev)
+            evaluate_dev=session.evaluate_dev,
+            ptq_dev=recovery.StartingPoint(ptq_dev, noise))
         seconds["train"] = training.seconds
     if not accelerator.is_main_process:
         accelerator.end_training()
@@ -144,7 +148,10 @@ def run_train(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     start = time.perf_counter()
     exports, tables = export_and_evaluate(cfg, session, models, run_dir)
     seconds["export_and_evaluate"] = time.perf_counter() - start
-    variants = {variant: evaluate(table, tables[Variant.FP32], session.data) for variant, table in tables.items()}
+    simulated = {variant for stage in models for variant in stage.variants[:1]}
+    variants = {variant: evaluate(table, tables[Variant.FP32],
+                                  session.data.fidelity_only() if variant in simulated else session.data)
+                for variant, table in tables.items()}
     for variant, values in variants.items():
         accelerator.log({f"eval/{variant}/{key}": value for key, value in values.items()}, step=0)
     differences = compare_variants(tables, session.data)

@@ -26,7 +26,7 @@ from qat.load import Encoder
 from qat.quant.config import AUTO, QuantConfig
 from qat.quant.qconf import Qconf
 from qat.quant.simulate import FakeQuantModel, simulate
-from qat.recovery.trainer import BEST_FILE, Trainer, TrainState, latest_checkpoint, resolve_resume
+from qat.recovery.trainer import BEST_FILE, StartingPoint, Trainer, TrainState, latest_checkpoint, resolve_resume
 
 log = logging.getLogger(__name__)
 LR_TRIALS_DIR = "lr_trials"
@@ -45,6 +45,7 @@ class TrainingSummary(TrainState):
     lr_choice: LrChoice | None = None   # how train.lr=auto chose, if it did
     task_weight: float = 0.0            # the task loss's weight (0: distillation only)
     task_pairs: int = 0                 # labelled pairs the task loss drew from
+    dev_noise: float = 0.0              # dev measures closer than this were level (the checkpoint rule)
 
 
 def student_settings(run: Settings, ptq_model: PreTrainedModel, qconf: Qconf) -> Settings:
@@ -137,11 +138,12 @@ def _best_lr(train: TrainConfig, metric: str, trials: dict[str, LrTrial]) -> LrC
 def recover(accelerator: Accelerator, ptq_model: PreTrainedModel, qconf: Qconf, *, encoder: Encoder, fp32: nn.Module,
             train: TrainConfig, teacher: TeacherConfig, metric: str, seed: int, settings: Settings,
             training: TrainingSet, checkpoints: Path, evaluate_dev: Callable[[nn.Module], Metrics],
-            ptq_dev: Metrics) -> tuple[FakeQuantModel, TrainingSummary]:
+            ptq_dev: StartingPoint) -> tuple[FakeQuantModel, TrainingSummary]:
     """Recovery training on the training set (its texts, and its labelled pairs under train.task_weight); returns
     the student with its best dev weights (by `metric`, from `evaluate_dev`) and what the training did. With
     train.lr=auto the candidates' trials run first and the best one continues from its last checkpoint.
-    `ptq_dev` (the PTQ model's dev metrics) is every trainer's step 0, measured once instead of once per trial;
+    `ptq_dev` (the PTQ model's dev metrics and the dev measure's noise) is every trainer's step 0, measured once
+    instead of once per trial;
     `settings` are the run's, recorded in each checkpoint with the PTQ model's content."""
     teacher_model, teacher_kind = build_teacher(teacher, ptq_model, qconf, fp32)
     log.info("teacher: %s", teacher_kind)
@@ -173,5 +175,5 @@ def recover(accelerator: Accelerator, ptq_model: PreTrainedModel, qconf: Qconf, 
     summary = TrainingSummary(**asdict(state), seconds_per_step=result.seconds_per_step, teacher=teacher_kind,
                               processes=accelerator.num_processes, lr=trainer.cfg.lr, lr_choice=choice,
                               task_weight=train.task_weight if training.task else 0.0,
-                              task_pairs=len(training.task.scores) if training.task else 0)
+                              task_pairs=len(training.task.scores) if training.task else 0, dev_noise=ptq_dev.noise)
     return trained, summary

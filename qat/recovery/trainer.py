@@ -9,7 +9,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +56,21 @@ class TrainState:
     best_step: int | None = None
     fingerprint: str = ""
     seconds: float = 0.0            # training time so far, over every process that trained this run
-    guard_floor: float | None = None  # PTQ's guard fidelity: a checkpoint worse than it is never the best
+    floors: dict[str, float] = field(default_factory=dict)  # PTQ's held-out and guard fidelity: never kept below
+    best_fidelity: float | None = None  # the kept checkpoint's held-out fidelity (decides between level dev measures)
     last_metric: float | None = None  # the dev metric at the latest evaluation, if the guard held there
     evaluations_without_gain: int = 0
     stopped: str = ""               # why training ended before train.steps: 'patience' or 'max_minutes'
+
+
+@dataclass
+class StartingPoint:
+    """The untrained student (PTQ) on the dev data, measured once before training: its metrics, and how far apart
+    two dev measures must be to count as different (`noise`: half the width of the 95% paired bootstrap interval
+    of PTQ against fp32 on the dev task set; 0 for a fidelity metric)."""
+
+    metrics: Metrics
+    noise: float = 0.0
 
 
 @dataclass
@@ -140,6 +151,11 @@ def weight_quant_errors(student: FakeQuantModel) -> dict[str, float]:
                 for name, m in student.encoder.named_modules() if isinstance(m, QuantLinear)}
 
 
+def worse(metric: str, value: float, than: float) -> bool:
+    """`value` is strictly worse than `than` on this metric (lower for a quality or similarity, higher for a distance)."""
+    return value < than if higher_is_better(metric) else value > than
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     """The checkpoint with the highest recorded step (read from its state file, not its name)."""
     found = [(json.loads((p / STATE_FILE).read_text())["step"], p) for p in root.glob("step_*") if (p / STATE_FILE).is_file()]
@@ -164,11 +180,11 @@ class Trainer:
     def __init__(self, accelerator: Accelerator, student: FakeQuantModel, teacher: nn.Module, encoder: Encoder,
                  texts: list[Text], cfg: TrainConfig, checkpoints: Path, settings: Settings, seed: int,
                  evaluate_dev: Callable[[FakeQuantModel], Metrics], metric: str, log_prefix: str = "",
-                 start_metrics: Metrics | None = None, task: PairSet | None = None) -> None:
+                 start: StartingPoint | None = None, task: PairSet | None = None) -> None:
         self.accelerator, self.encoder, self.cfg, self.log_prefix = accelerator, encoder, cfg, log_prefix
         self.task, self.seed = task if cfg.task_weight > 0 else None, seed
         self.teacher, self.evaluate_dev, self.metric = teacher.eval(), evaluate_dev, metric
-        self.start_metrics = start_metrics   # the untrained student's dev metrics, when already measured (PTQ's)
+        self.start = start   # the untrained student's dev metrics and noise, when already measured (PTQ's)
         self.checkpoints = checkpoints
         self.best_path = checkpoints / BEST_FILE
         self.settings = settings
@@ -244,32 +260,43 @@ class Trainer:
         # keeps bf16 through the explicit autocast in loss()).
         student = self.accelerator.unwrap_model(self.student, keep_fp32_wrapper=False)
         student.eval()
-        known = self.start_metrics if self.state.step == 0 else None
+        known = self.start.metrics if self.start is not None and self.state.step == 0 else None
         metrics = (known or self.evaluate_dev(student)) if self.accelerator.is_main_process else {}
         student.train(self.cfg.dropout)
         if not self.accelerator.is_main_process:
             return
-        guard_metric = f"{GUARD}/{fidelity_metric(self.encoder.pairs)}"   # no checkpoint worse than PTQ on it is kept
-        value, guard = metrics[self.metric], metrics.get(guard_metric)
+        value = metrics[self.metric]
         if not math.isfinite(value):
             raise QatError(f"dev {self.metric} became {value} at step {self.state.step}; stopped without saving it as best")
         errors = weight_quant_errors(student)
         self.log({**{f"dev/{k}": v for k, v in metrics.items()},
                   **{f"weight_quant_error/{k}": v for k, v in errors.items()}})
+        fidelity = fidelity_metric(self.encoder.pairs)
         if self.state.step == 0:
-            self.state.guard_floor = guard
-        guarded = guard is None or self.state.guard_floor is None or guard == self.state.guard_floor or (
-            (guard > self.state.guard_floor) == higher_is_better(guard_metric))
-        better = guarded and (self.state.best_metric is None or (
-            value > self.state.best_metric if higher_is_better(self.metric) else value < self.state.best_metric))
-        guard_note = "" if guard is None else f", {guard_metric} {guard:.6f}" + ("" if guarded else " (below PTQ: not kept)")
-        log.info("step %d: dev %s = %.6f%s%s", self.state.step, self.metric, value, guard_note, " (best)" if better else "")
+            self.state.floors = {name: metrics[name] for name in (fidelity, f"{GUARD}/{fidelity}") if name in metrics}
+        below = [name for name, floor in self.state.floors.items() if worse(name, metrics[name], floor)]
+        better = not below and self.kept_over(value, metrics[fidelity])
+        notes = "".join(f", {name} {metrics[name]:.6f}" for name in self.state.floors)
+        notes += f" (below PTQ on {' and '.join(below)}: not kept)" if below else ""
+        log.info("step %d: dev %s = %.6f%s%s", self.state.step, self.metric, value, notes, " (best)" if better else "")
         self.state.evaluations_without_gain = 0 if better else self.state.evaluations_without_gain + 1
-        self.state.last_metric = value if guarded else None
+        self.state.last_metric = None if below else value
         if better:
             self.state.best_metric, self.state.best_step = value, self.state.step
+            self.state.best_fidelity = metrics[fidelity]
             with atomic_path(self.best_path) as tmp:
                 save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(tmp))
+
+    def kept_over(self, value: float, fidelity: float) -> bool:
+        """Whether a checkpoint no less faithful than PTQ replaces the kept one: its dev measure is better by more
+        than the noise, or level within it and the checkpoint is more faithful on the held-out texts."""
+        best = self.state.best_metric
+        if best is None:
+            return True
+        noise = self.start.noise if self.start is not None else 0.0
+        if abs(value - best) > noise:
+            return not worse(self.metric, value, best)
+        return worse(fidelity_metric(self.encoder.pairs), self.state.best_fidelity, fidelity)
 
     def log(self, values: dict[str, float]) -> None:
         self.accelerator.log({self.log_prefix + key: value for key, value in values.items()}, step=self.state.step)
