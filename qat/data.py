@@ -259,6 +259,31 @@ def mix_texts(parts: dict[str, MixPart], cycle: bool = False, pairs: bool = Fals
     return texts, origins
 
 
+def read_sources(data: DataConfig, calibration: bool, training: bool) -> dict[str, SourceConfig]:
+    """The sources a job reads, by setting name: held-out, guard and task sets always; the calibration sources
+    (or the mix) and the training sources when the job calibrates or trains."""
+    sources = {"data.heldout": data.heldout, **{f"data.guard.{k}": v for k, v in data.guard.items()},
+               **{f"data.tasks.{k}": v for k, v in data.tasks.items()}}
+    if calibration:
+        sources.update({f"data.mix.{k}": part.source for k, part in data.mix.items()} if data.mix
+                       else {"data.calibration": data.calibration})
+    if training:
+        sources.update({f"data.train.{k}": part.source for k, part in data.train.items()})
+    return sources
+
+
+def check_files(data: DataConfig, calibration: bool = True, training: bool = False) -> None:
+    """Every file or folder the job reads exists, checked before any model is loaded. A missing one is named with
+    its setting and, where its path lies under data.root, with the setting that moves them all."""
+    for setting, source in read_sources(data, calibration, training).items():
+        if source.kind != "file" or Path(source.path).exists():
+            continue
+        root = f"; its folder is data.root={data.root!r} (or QAT_DATA_ROOT): set data.root=<your data folder>" \
+            if data.root and source.path.startswith(data.root) or not data.root and source.path.startswith("/") else ""
+        raise QatError(f"{setting}: {source.path!r} does not exist; expected a "
+                       f"{'BEIR folder' if source.format == 'beir' else 'data file'}{root}")
+
+
 def calibration_texts(data: DataConfig, pairs: bool = False) -> tuple[list[Text], list[str] | None]:
     """The calibration inputs, and each one's source name when they are a mix."""
     return mix_texts(data.mix, pairs=pairs) if data.mix else (load_texts(data.calibration, pairs), None)

@@ -2,9 +2,10 @@
 dropped) or a score model (a sequence-classification head: pooler and classifier kept), eager attention."""
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,7 +24,9 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 
 from qat.config import ModelConfig
 from qat.data import Text
+from qat.base.atomic import write_json
 from qat.base.errors import QatError
+from qat.quant.config import AUTO
 from qat.quant.stats import Batch
 
 log = logging.getLogger(__name__)
@@ -40,10 +43,12 @@ class Encoder:
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    pooling: str
-    max_length: int
+    pooling: str                 # 'mean', 'cls' or 'max' over the token states (embedding models)
+    max_length: int              # tokens; longer inputs are cut
     source: str
     kind: str = "embedding"      # 'embedding' or 'scores'
+    normalize: bool = True       # the model's own output is L2-normalised (sentence-transformers' Normalize module)
+    prompts: dict[str, str] = field(default_factory=dict)   # sentence-transformers' named prompts, if the model has any
 
     @property
     def pairs(self) -> bool:
@@ -100,6 +105,84 @@ def model_kind(name: str, requested: str, config: transformers.PretrainedConfig)
     return found
 
 
+@dataclass
+class ModelSettings:
+    """What a sentence-transformers folder says about serving its model (None: it does not say)."""
+
+    max_length: int | None = None
+    pooling: str | None = None
+    normalize: bool | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+    unsupported_pooling: list[str] = field(default_factory=list)   # pooling modes qat does not run
+
+
+ST_POOLING_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max"}
+
+
+def _json(path: Path) -> dict | list | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def model_settings(path: str) -> ModelSettings:
+    """Max length, pooling, normalisation and prompts from a sentence-transformers folder's modules.json,
+    sentence_bert_config.json, Pooling config and config_sentence_transformers.json; a cross-encoder's max length
+    from its config.json's sentence_transformers section. A folder without them (or a hub name) says nothing."""
+    folder = Path(path)
+    modules = _json(folder / "modules.json") or []
+    settings = ModelSettings()
+    st_config = _json(folder / "sentence_bert_config.json") or {}
+    settings.max_length = st_config.get("max_seq_length")
+    cross = ((_json(folder / "config.json") or {}).get("sentence_transformers") or {})
+    settings.max_length = settings.max_length or cross.get("max_length")
+    for module in modules:
+        kind = module.get("type", "").rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            pooling = _json(folder / module.get("path", "") / "config.json") or {}
+            modes = [name for key, name in ST_POOLING_MODES.items() if pooling.get(key)]
+            other = [key for key, on in pooling.items() if key.startswith("pooling_mode_") and on
+                     and key not in ST_POOLING_MODES]
+            if len(modes) == 1 and not other:
+                settings.pooling = modes[0]
+            else:
+                settings.unsupported_pooling = modes + other
+        if kind == "Normalize":
+            settings.normalize = True
+    if modules:
+        settings.normalize = bool(settings.normalize)
+    settings.prompts = (_json(folder / "config_sentence_transformers.json") or {}).get("prompts") or {}
+    return settings
+
+
+def save_model_settings(out_dir: Path, encoder: Encoder) -> None:
+    """The files sentence-transformers reads (what `model_settings` reads back): the model's config.json (with
+    model_type), and for an embedding model its modules (Transformer -> Pooling [-> Normalize], as the model pools),
+    max length and prompts."""
+    encoder.model.config.save_pretrained(out_dir)
+    if encoder.pairs:
+        return
+    modules = [("", "Transformer"), ("1_Pooling", "Pooling")] + ([("2_Normalize", "Normalize")] if encoder.normalize else [])
+    write_json(out_dir / "modules.json", [{"idx": i, "name": str(i), "path": path,
+                                           "type": f"sentence_transformers.models.{kind}"}
+                                          for i, (path, kind) in enumerate(modules)])
+    write_json(out_dir / "sentence_bert_config.json", {"max_seq_length": encoder.max_length, "do_lower_case": False})
+    modes = {key: encoder.pooling == name for key, name in ST_POOLING_MODES.items()}
+    write_json(out_dir / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": encoder.model.config.hidden_size, **modes,
+        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False, "include_prompt": True})
+    if encoder.normalize:
+        (out_dir / "2_Normalize").mkdir(exist_ok=True)
+    if encoder.prompts:
+        write_json(out_dir / "config_sentence_transformers.json", {"prompts": encoder.prompts})
+
+
+def serving_length(tokenizer: PreTrainedTokenizerBase, config: transformers.PretrainedConfig) -> int:
+    """The longest input a folder without sentence-transformers settings serves: the tokenizer's own limit (512
+    where it has none), within the model's position limit."""
+    limit = tokenizer.model_max_length if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000 else 512
+    return min(int(limit), getattr(config, "max_position_embeddings", limit))
+
+
 def load_encoder(cfg: ModelConfig) -> Encoder:
     path = resolve_model_path(cfg.name_or_path)
     # The load report would list the pooler weights that qat drops on purpose (see below).
@@ -116,15 +199,39 @@ def load_encoder(cfg: ModelConfig) -> Encoder:
     except (OSError, ValueError, SafetensorError) as error:
         raise QatError(f"cannot load model {cfg.name_or_path!r} ({type(error).__name__}: {str(error).splitlines()[0]}); "
                        "expected a complete Hugging Face model folder (config.json, weights, tokenizer)") from None
+    own = model_settings(path)
+    max_length = cfg.max_length or own.max_length or serving_length(tokenizer, config)
     limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and cfg.max_length > limit:
-        raise QatError(f"model.max_length={cfg.max_length} exceeds the model's limit; expected at most {limit}")
+    if limit is not None and max_length > limit:
+        raise QatError(f"model.max_length={max_length} exceeds the model's limit; expected at most {limit}")
+    if cfg.pooling == AUTO and own.unsupported_pooling:
+        raise QatError(f"model {cfg.name_or_path!r} pools by {own.unsupported_pooling}; expected one of "
+                       f"{sorted(ST_POOLING_MODES.values())} (or set model.pooling=mean|cls|max)")
+    pooling = (own.pooling or "mean") if cfg.pooling == AUTO else cfg.pooling
+    log.info("%s: max length %d (%s), pooling %s (%s)", cfg.name_or_path, max_length,
+             "model.max_length" if cfg.max_length else "the model's own" if own.max_length else "its tokenizer's",
+             pooling, "the model's own" if cfg.pooling == AUTO and own.pooling else
+             "model.pooling" if cfg.pooling != AUTO else "mean: the model does not say")
     # Sentence embeddings pool the token states; the unused pooler would only add ops to calibrate and export.
     for name in DROPPED_MODULES if kind == "embedding" else ():
         if getattr(model, name, None) is not None:
             setattr(model, name, None)
     model.eval()
-    return Encoder(model, tokenizer, cfg.pooling, cfg.max_length, cfg.name_or_path, kind)
+    normalize = own.normalize if own.normalize is not None else True
+    return Encoder(model, tokenizer, pooling, max_length, cfg.name_or_path, kind, normalize, own.prompts)
+
+
+def truncated(encoder: Encoder, texts: list[Text]) -> int:
+    """How many of `texts` are longer than the model's max length (and are cut to it)."""
+    pairs = [t for t in texts if isinstance(t, tuple)]
+    singles = [t for t in texts if isinstance(t, str)]
+    lengths = []
+    if singles:
+        lengths += [len(ids) for ids in encoder.tokenizer(singles, truncation=False)["input_ids"]]
+    if pairs:
+        lengths += [len(ids) for ids in encoder.tokenizer([a for a, _ in pairs], [b for _, b in pairs],
+                                                          truncation=False)["input_ids"]]
+    return sum(length > encoder.max_length for length in lengths)
 
 
 def tokenize_inputs(tokenizer: PreTrainedTokenizerBase, texts: list[Text], max_length: int, input_names: list[str],
@@ -164,9 +271,12 @@ def outputs(encoder: Encoder, output: torch.Tensor, attention_mask: torch.Tensor
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str, normalize: bool = True) -> torch.Tensor:
-    """Pooled sentence embeddings (mean over real tokens, or the [CLS] state), L2-normalised unless asked not to."""
+    """Pooled sentence embeddings (mean or max over real tokens, or the [CLS] state), L2-normalised unless asked
+    not to."""
     if pooling == "cls":
         pooled = hidden[:, 0]
+    elif pooling == "max":
+        pooled = hidden.masked_fill(attention_mask.unsqueeze(-1) == 0, torch.finfo(hidden.dtype).min).amax(1)
     else:
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

@@ -73,10 +73,12 @@ def test_search_objective_on_test_is_refused():
 
 
 def test_calib_options_mirror_the_range_algorithms():
-    """One registry of range algorithms: every name has its conf/calib option, and no option names another."""
+    """One list of range algorithms: every name the schema accepts is implemented and has its conf/calib option,
+    and no option names another."""
+    from qat.quant.config import CALIB_ALGORITHMS
     from qat.quant.ranges import RANGE_ALGORITHMS
 
-    assert set(GROUPS["calib"]) == set(RANGE_ALGORITHMS)
+    assert set(GROUPS["calib"]) == set(RANGE_ALGORITHMS) == set(CALIB_ALGORITHMS)
     for name in RANGE_ALGORITHMS:
         assert compose_run(f"calib={name}").calib.algorithm == name
 

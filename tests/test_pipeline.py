@@ -113,7 +113,8 @@ def test_lr_auto_runs_a_trial_per_candidate_continues_the_best_and_a_resume_does
     choice = training.lr_choice
     assert set(choice.trials) == {"0.0001", "0.001"} and choice.trial_steps == 2 and training.lr == choice.lr
     scores = {lr: t.metric for lr, t in choice.trials.items()}
-    assert scores[f"{choice.lr:g}"] == max(scores.values()) and training.step == 4
+    held = {lr: value for lr, value in scores.items() if value is not None}   # None: less faithful than PTQ
+    assert choice.lr == (float(max(held, key=held.get)) if held else min(map(float, scores))) and training.step == 4
     assert training.seconds >= sum(t.seconds for t in choice.trials.values())
     checkpoints = tmp_path / "run" / "checkpoints"
     assert (checkpoints / "lr_trials" / "choice.json").is_file() and (checkpoints / "step_000004").is_dir()

@@ -87,6 +87,12 @@ def test_a_cross_encoder_runs_end_to_end_and_its_export_predicts(score_model, ta
     # One pair alone gets the score it gets in a batch (per-batch padding does not change it).
     alone = model.predict(pairs[:1], show_progress_bar=False)
     assert np.allclose(alone[0], scores[0], atol=1e-3)
+    logits = model.predict(pairs, activation_fn=torch.nn.Identity(), show_progress_bar=False)
+    if labels == 1:   # CrossEncoder.predict's default for one label: Sigmoid; one pair gives one score
+        np.testing.assert_allclose(scores, 1 / (1 + np.exp(-logits)), atol=1e-6)
+        assert np.ndim(model.predict(pairs[0], show_progress_bar=False)) == 0
+    else:
+        np.testing.assert_allclose(scores, logits)
     with pytest.raises(QatError, match="score model; expected predict"):
         model.encode(["a text"])
     # Scoring this export against an embedding model's fp32 is refused before anything is evaluated.

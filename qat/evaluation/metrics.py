@@ -4,6 +4,7 @@ reranking MAP, MRR@10 and NDCG@10, retrieval NDCG@10 and Recall@100). A pair's s
 embeddings, or a score model's output for the pair."""
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -112,6 +113,23 @@ class EvalData:
         for name, task in self.tasks.items():
             return f"{name}/{TASK_METRIC[type(task)]}"
         return self.fidelity_metric
+
+    def sampled(self, items: int | None, seed: int = 0) -> EvalData:
+        """The same data with each STS and reranking task set cut to a fixed random sample of `items` pairs or
+        queries (None, or a set no larger: all of it); held-out texts, guard and retrieval sets whole."""
+        def sample(task: Task) -> Task:
+            size = len(task.scores) if isinstance(task, PairSet) else len(task.queries) \
+                if isinstance(task, RerankSet) else 0
+            if items is None or size <= items:
+                return task
+            chosen = sorted(random.Random(seed).sample(range(size), items))
+            if isinstance(task, PairSet):
+                return PairSet([task.sentence1[i] for i in chosen], [task.sentence2[i] for i in chosen],
+                               [task.scores[i] for i in chosen])
+            return RerankSet([task.queries[i] for i in chosen], [task.positives[i] for i in chosen],
+                             [task.negatives[i] for i in chosen])
+
+        return EvalData(self.heldout, {name: sample(task) for name, task in self.tasks.items()}, self.guard, self.scoring)
 
     def fidelity_only(self) -> EvalData:
         """The held-out texts and the guard without the task sets: what a model's fidelity to fp32 reads."""

@@ -9,7 +9,7 @@ import torch
 from accelerate.utils import set_seed
 
 from qat.config import DataConfig, EvalConfig, ModelConfig
-from qat.data import Text, calibration_texts
+from qat.data import Text, calibration_texts, check_files
 from qat.base.errors import QatError
 from qat.evaluation.metrics import EvalData, Forward, Measure, Metrics, Table, embed, evaluate, load_eval_data, scoring_of
 from qat.evaluation.significance import task_differences
@@ -38,19 +38,24 @@ class Session:
     def embed(self, forward: Forward, texts: list[Text]) -> Table:
         return embed(forward, self.encoder, texts, self.batch_size)
 
+    def fp32_table(self, texts: list[Text]) -> Table:
+        """fp32 outputs of `texts`: the dev reference where it has them, the rest embedded now."""
+        return {**self.fp32_dev, **self.embed(self.fp32(), [t for t in texts if t not in self.fp32_dev])}
+
     def evaluate_dev(self, forward: Forward, dev: EvalData | None = None) -> Metrics:
         """Metrics of a model on the dev data (or a part of it) against the fp32 reference."""
         dev = dev or self.dev
         return evaluate(self.embed(forward, dev.texts()), self.fp32_dev, dev)
 
-    def evaluate_dev_with_noise(self, forward: Forward, metric: str) -> tuple[Metrics, float]:
+    def evaluate_dev_with_noise(self, forward: Forward, metric: str, dev: EvalData | None = None) -> tuple[Metrics, float]:
         """Metrics on the dev data, and the noise of `metric` there: half the width of the 95% paired bootstrap
         interval of this model against fp32 on the task set it reads (two models whose measures differ by less
         cannot be told apart by that set); 0 for a fidelity metric, which samples no labelled items."""
-        table = self.embed(forward, self.dev.texts())
-        difference = task_differences(self.fp32_dev, table, self.dev).get(metric)
+        dev = dev or self.dev
+        table = self.embed(forward, dev.texts())
+        difference = task_differences(self.fp32_dev, table, dev).get(metric)
         noise = 0.0 if difference is None else (difference.high - difference.low) / 2
-        return evaluate(table, self.fp32_dev, self.dev), noise
+        return evaluate(table, self.fp32_dev, dev), noise
 
     def measure(self, metrics: list[str]) -> Measure:
         """A stage's `measure`: a model's metrics on the part of the dev data these metrics read."""
@@ -70,14 +75,17 @@ def use_threads(threads: int | None) -> None:
 
 
 def open_session(model: ModelConfig, data: DataConfig, eval_cfg: EvalConfig, *, seed: int, threads: int | None,
-                 metrics: dict[str, str], only_tasks_of_metrics: bool = False) -> Session:
+                 metrics: dict[str, str], only_tasks_of_metrics: bool = False, calibration: bool = True,
+                 training: bool = False) -> Session:
     """Load everything once. `metrics` maps each setting that names a dev metric to its value; a metric that is
     not measured is an error before any calibration batch runs. A job that reads nothing but those metrics (a
-    search, a sensitivity analysis) keeps only the dev task sets they read, so its trials embed no more."""
+    search, a sensitivity analysis) keeps only the dev task sets they read, so its trials embed no more. A job that
+    does not calibrate (an evaluation) reads no calibration texts; every data file the job reads is checked first."""
+    check_files(data, calibration, training)
     use_threads(threads)
     set_seed(seed)
     encoder = load_encoder(model)
-    texts, origins = calibration_texts(data, encoder.pairs)
+    texts, origins = calibration_texts(data, encoder.pairs) if calibration else ([], None)
     everything, dev = load_eval_data(data, scoring_of(encoder))
     metrics = {setting: resolve_metric(name, dev) for setting, name in metrics.items()}
     if only_tasks_of_metrics:

@@ -4,7 +4,9 @@ from qat.exporters.folder import ExportInfo, read_export_info
 from qat.exporters.loader import Int8Encoder, load_int8, runtime_forward
 from qat.exporters.parity import ParityRecord
 from qat.exporters.signature import ExportSignature
+from qat.exporters.speed import SpeedRecord, measure_speed
 from qat.exporters.verify import ExportRecord, Runtime, RuntimeExport, check_targets, export_verified
 
 __all__ = ["ExportInfo", "ExportRecord", "ExportSignature", "Int8Encoder", "ParityRecord", "Runtime", "RuntimeExport",
-           "check_targets", "export_verified", "load_int8", "read_export_info", "runtime_forward"]
+           "SpeedRecord", "check_targets", "export_verified", "load_int8", "measure_speed", "read_export_info",
+           "runtime_forward"]

@@ -12,7 +12,7 @@ from pathlib import Path
 from qat.base.atomic import write_json
 from qat.base.errors import QatError
 from qat.base.versions import library_versions
-from qat.load import Encoder
+from qat.load import Encoder, save_model_settings
 from qat.quant.qconf import Qconf
 
 INFO_FILE = "qat_model.json"
@@ -26,41 +26,24 @@ class ExportInfo:
 
     format: int
     kind: str                       # 'embedding' (pooled sentence vectors) or 'scores' (a head's outputs for pairs)
-    pooling: str                    # 'mean' or 'cls'
+    pooling: str                    # 'mean', 'cls' or 'max'
     max_length: int
     input_names: list[str]
     int8_ops: dict[str, int]        # the recipe: op kind -> how many run in int8
     versions: dict[str, str] = field(default_factory=dict)
     runtimes: dict[str, str] = field(default_factory=lambda: {"ipex": IPEX_FILE})   # runtime -> its model file
-
-
-def _sentence_transformers_layout(out_dir: Path, encoder: Encoder) -> None:
-    """The files sentence-transformers reads: the model's config.json (with model_type), and for an embedding
-    model its modules (Transformer -> Pooling -> Normalize, as qat pools) and max length."""
-    encoder.model.config.save_pretrained(out_dir)
-    if encoder.pairs:
-        return
-    modules = [("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Normalize", "Normalize")]
-    write_json(out_dir / "modules.json", [{"idx": i, "name": str(i), "path": path,
-                                           "type": f"sentence_transformers.models.{kind}"}
-                                          for i, (path, kind) in enumerate(modules)])
-    write_json(out_dir / "sentence_bert_config.json", {"max_seq_length": encoder.max_length, "do_lower_case": False})
-    write_json(out_dir / "1_Pooling" / "config.json", {
-        "word_embedding_dimension": encoder.model.config.hidden_size,
-        "pooling_mode_cls_token": encoder.pooling == "cls", "pooling_mode_mean_tokens": encoder.pooling == "mean",
-        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False, "include_prompt": True})
-    (out_dir / "2_Normalize").mkdir(exist_ok=True)
+    normalize: bool = True          # the model's output is L2-normalised (its own Normalize module)
+    prompts: dict[str, str] = field(default_factory=dict)   # named prompts, as sentence-transformers keeps them
 
 
 def write_export_folder(out_dir: Path, encoder: Encoder, qconf: Qconf, runtimes: dict[str, Path]) -> None:
     """Make an export folder self-contained: the tokenizer beside the model files, qat_model.json, and the
     sentence-transformers layout. `runtimes` maps each runtime to its model file, relative to the folder."""
     encoder.tokenizer.save_pretrained(out_dir)
-    _sentence_transformers_layout(out_dir, encoder)
+    save_model_settings(out_dir, encoder)
     info = ExportInfo(EXPORT_FORMAT, encoder.kind, encoder.pooling, encoder.max_length, encoder.input_names,
                       qconf.int8_counts(), library_versions(("onnxruntime", "openvino")),
-                      {runtime: str(path) for runtime, path in runtimes.items()})
+                      {runtime: str(path) for runtime, path in runtimes.items()}, encoder.normalize, encoder.prompts)
     write_json(out_dir / INFO_FILE, asdict(info))
 
 

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from qat.config import to_run_config
 from qat.base.errors import QatError, reported_as_one_line
 from qat.base.settings import Settings
-from qat.jobs.kinds import JobKind
+from qat.jobs.kinds import JobKind, job_help
 from qat.jobs.run_folder import (
     RunLock,
     attach_log,
@@ -62,23 +62,27 @@ def _one_line(message: str) -> str:
     return lines[0] + (f"; expected one of {options}" if options else "") + (f" ({hint})" if hint else "")
 
 
-def _precheck(config_name: str, schema: type) -> None:
+def _precheck(config_name: str, schema: type) -> bool:
     """What must fail before Hydra makes the run folder: a bad override or value, or a folder that cannot be made.
-    Command lines with Hydra's own flags (--help, --cfg, --multirun, --config-dir, ...) go to Hydra as they are."""
+    Command lines with Hydra's own flags (--cfg, --multirun, --config-dir, ...) go to Hydra as they are. Returns
+    whether the run folder exists already (a folder this run makes is removed again if the run is refused)."""
     arguments = sys.argv[1:]
     if any(argument.startswith("-") for argument in arguments):
-        return
+        return True
     cfg = _compose(config_name, arguments, hydra_config=True)
     run_dir = Path(OmegaConf.select(cfg, "hydra.run.dir")).absolute()
     with open_dict(cfg):
         del cfg["hydra"]
     to_run_config(cfg, schema)
     check_writable(run_dir)
+    return run_dir.exists()
 
 
 @contextmanager
-def _claimed(run_dir: Path, kind: JobKind, config: Any, cfg: DictConfig, resume: bool) -> Iterator[None]:
-    """Check the folder, lock it, clear a killed job's leftovers, record a fresh run; release at the end."""
+def _claimed(run_dir: Path, kind: JobKind, config: Any, cfg: DictConfig, resume: bool,
+             made_here: bool) -> Iterator[None]:
+    """Check the folder, lock it, clear a killed job's leftovers, record a fresh run; release at the end. A fresh
+    run that fails before any output takes its record back, and the folder too if this run made it."""
     if not _is_main_process():
         yield
         return
@@ -100,12 +104,17 @@ def _claimed(run_dir: Path, kind: JobKind, config: Any, cfg: DictConfig, resume:
         if failed and not continues:
             undo_fresh_start(run_dir, kind.name)
         lock.release()
+        if failed and made_here and not any(run_dir.iterdir()):
+            run_dir.rmdir()
 
 
 def run_job(kind: JobKind, resumes: Callable[[Any], bool] = lambda config: False) -> tuple[Any, Path]:
     """`python -m qat.<job> [overrides]`: returns the job's result and its run folder."""
+    if any(argument in ("--help", "-h") for argument in sys.argv[1:]):
+        print(job_help(kind, CONF_DIR))
+        sys.exit(0)
     with reported_as_one_line():
-        _precheck(kind.name, kind.schema)
+        existed = _precheck(kind.name, kind.schema)
     outcome: dict[str, Any] = {}
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=kind.name)
@@ -113,7 +122,7 @@ def run_job(kind: JobKind, resumes: Callable[[Any], bool] = lambda config: False
         with reported_as_one_line():
             config = to_run_config(cfg, kind.schema)
             run_dir = Path(HydraConfig.get().runtime.output_dir)
-            with _claimed(run_dir, kind, config, cfg, resumes(config)):
+            with _claimed(run_dir, kind, config, cfg, resumes(config), made_here=not existed):
                 outcome["result"] = kind.run(config, run_dir), run_dir
 
     main()

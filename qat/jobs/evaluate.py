@@ -5,6 +5,8 @@ evaluation.md)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+import logging
+import time
 from pathlib import Path
 
 from qat.base.atomic import write_json, write_text
@@ -21,6 +23,7 @@ from qat.evaluation.session import open_session
 from qat.evaluation.significance import EVALUATE_COMPARISONS, Difference, compare_variants
 
 RESULT_FILE = "evaluation.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,15 +48,17 @@ def _target(cfg: EvaluateRunConfig, encoder: Encoder) -> Int8Encoder:
     path = Path(cfg.target.torchscript)
     if not path.is_file():
         raise QatError(f"target.torchscript={str(path)!r} does not exist; expected a TorchScript file")
-    info = ExportInfo(EXPORT_FORMAT, encoder.kind, encoder.pooling, encoder.max_length, encoder.input_names, {})
+    info = ExportInfo(EXPORT_FORMAT, encoder.kind, encoder.pooling, encoder.max_length, encoder.input_names, {},
+                      normalize=encoder.normalize, prompts=encoder.prompts)
     return Int8Encoder(load_exported(path), encoder.tokenizer, info)
 
 
 def run_evaluation(cfg: EvaluateRunConfig, run_dir: Path) -> Evaluation:
-    session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads, metrics={})
+    session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads, metrics={},
+                           calibration=False)
     target = _target(cfg, session.encoder)
     texts = session.data.texts()
-    fp32 = session.embed(session.fp32(), texts)
+    fp32 = session.fp32_table(texts)
     tables: dict[Variant, Table] = {Variant.FP32: fp32, Variant.INT8: _outputs(target, texts, cfg.eval.batch_size)}
     if cfg.target.baseline:
         baseline = _export("target.baseline", cfg.target.baseline, session.encoder, cfg.target.backend)
@@ -70,4 +75,7 @@ def run_evaluation(cfg: EvaluateRunConfig, run_dir: Path) -> Evaluation:
 
 
 def _outputs(model: Int8Encoder, texts: list[Text], batch_size: int) -> Table:
-    return dict(zip(texts, model.outputs(texts, batch_size=batch_size)))
+    start = time.perf_counter()
+    table = dict(zip(texts, model.outputs(texts, batch_size=batch_size, normalize_embeddings=True)))   # scored by cosine
+    log.info("int8 (%s): %d texts in %.1f s", model.backend, len(texts), time.perf_counter() - start)
+    return table

@@ -6,9 +6,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from qat.base.atomic import write_json, write_text
+from qat.base.atomic import atomic_path, write_json, write_text
 from qat.evaluation.metrics import Metrics, ScoreBuckets, Stage, Variant, higher_is_better
-from qat.exporters.verify import ExportRecord
+from qat.exporters import ExportRecord, SpeedRecord
+from qat.exporters.speed import FP32
 from qat.quant.config import CalibConfig, EqualizeConfig, SmoothQuantConfig
 from qat.recovery import RecoveryDecision, TrainingSummary
 from qat.evaluation.significance import CONFIDENCE, RESAMPLES, Difference
@@ -33,6 +34,8 @@ class DataSummary:
     tasks: list[str]
     calibration_texts: int
     train_texts: dict[str, int]   # distinct training texts per source
+    max_length: int               # tokens the model reads (its own, or model.max_length)
+    truncated: int                # calibration, training and evaluation texts longer than that, cut to it
 
 
 @dataclass
@@ -59,6 +62,12 @@ class RunReport:
     cpu_has_vnni: bool
     seconds: dict[str, float]
     versions: dict[str, str]
+    speed: SpeedRecord | None = None   # the final model's exports against fp32 on this CPU (export.speed_rounds > 0)
+
+    @property
+    def pairs(self) -> bool:
+        """A score model's run (its fidelity is a score difference, not a cosine)."""
+        return "score_diff_mean" in self.variants[Variant.FP32]
 
 
 def _fmt(value: Any) -> str:
@@ -205,16 +214,18 @@ def bucket_chart(buckets: ScoreBuckets):
 
 def render_markdown(report: RunReport) -> str:
     lines = [f"# qat run: {report.model}", "", _recipe_line(report), "", _recovery_line(report), "",
-             *variant_table(report.variants)]
+             "![training curve and score distributions](report.png)", "", *variant_table(report.variants)]
     lines += ["", "Cosine and EMD compare with fp32 (pooled embeddings of the held-out and guard texts; EMD between"
               " similarity-score distributions). Spearman, MAP, NDCG and recall are x100. Training texts (distinct, by "
-              f"source): {report.data.train_texts or 'none'}.", ""]
+              f"source): {report.data.train_texts or 'none'}. Inputs are cut at {report.data.max_length} tokens: "
+              f"{report.data.truncated} of the calibration, training and evaluation texts were longer.", ""]
     if differences := difference_table(report.differences):
         lines += [*differences, ""]
     lines += ["Held-out score distribution (% per bucket of fp32's range; a score model's outputs, or the similarity "
               "of every pair of held-out texts):", "", *bucket_table(report.buckets), ""]
     lines += [line for stage, export in report.exports.items() for line in _export_lines(stage, export)]
-    lines += ["", f"Final model: {report.final.upper()} (`{report.exports[report.final].folder}`).",
+    lines += ["", *speed_lines(report.speed), *next_steps(report),
+              f"Final model: {report.final.upper()} (`{report.exports[report.final].folder}`).",
               "LayerNorm, GELU and softmax stay fp32: IPEX has no int8 kernel for them.",
               f"CPU has VNNI: {report.cpu_has_vnni} (without VNNI, IPEX's int8 GEMM sums u8 x s8 pairs in saturating"
               " int16, so weights use 7 bits).",
@@ -222,16 +233,91 @@ def render_markdown(report: RunReport) -> str:
     return "\n".join(lines)
 
 
+def speed_lines(speed: SpeedRecord | None) -> list[str]:
+    """The speed table: throughput at batch 32 and latency at batch 1 of fp32 and each export, and the ratios."""
+    if speed is None:
+        return []
+    shape = f"x{speed.length}"
+    lines = [f"Speed on this CPU ({speed.cpu}; random tokens, {speed.rounds} interleaved rounds; scripts/bench_peers.py "
+             "measures longer):", "", f"| model | b32{shape} seq/s | b1{shape} ms | x fp32 (b32 / b1) |", "|---|---|---|---|"]
+    base = speed.seconds.get(FP32)
+    for name, seconds in speed.seconds.items():
+        ratio = (f"{base['throughput'] / seconds['throughput']:.2f} / {base['latency'] / seconds['latency']:.2f}"
+                 if base else "")
+        lines.append(f"| {'fp32 (PyTorch)' if name == FP32 else f'int8 {name}'} | {speed.per_second(name):.1f} | "
+                     f"{speed.latency_ms(name):.1f} | {ratio} |")
+    lines += [f"| {name} | not timed: {error} | | |" for name, error in speed.errors.items()]
+    return lines + [""]
+
+
+def next_steps(report: RunReport) -> list[str]:
+    """The commands that load, evaluate and serve the final model."""
+    final = report.exports[report.final]
+    folder = final.folder
+    lines = ["Next:", "", f"- load it: `from qat import load_int8; model = load_int8(\"{folder}\", "
+             f"backend=\"{next(iter(final.runtimes))}\")`, then `model.{'predict' if report.pairs else 'encode'}(...)`"]
+    files = {"onnx": "onnx/model_qint8.onnx", "openvino": "openvino/openvino_model_qint8.xml"}
+    served = [runtime for runtime in files if runtime in final.runtimes]
+    if served:
+        kind = "CrossEncoder" if report.pairs else "SentenceTransformer"
+        lines.append(f"- serve it with sentence-transformers: `{kind}(\"{folder}\", backend=\"{served[0]}\", "
+                     f"model_kwargs={{\"file_name\": \"{files[served[0]]}\"}})`")
+    lines.append(f"- evaluate it on other data: `python -m qat.evaluate model.name_or_path={report.model} "
+                 f"target.folder={folder} data=<set>`")
+    return lines + [""]
+
+
+def report_picture(report: RunReport, path: Path) -> Path:
+    """report.png: the training curve (dev measure and guard fidelity by step, PTQ and fp32 as lines) where the
+    run trained, and the held-out score distributions of fp32, PTQ and QAT."""
+    from matplotlib import pyplot
+
+    history = report.training.history if report.training else []
+    panels = 3 if history else 1
+    figure, axes = pyplot.subplots(1, panels, figsize=(4.2 * panels, 3.4))
+    axes = list(axes) if panels > 1 else [axes]
+    if history:
+        decision = report.recovery
+        curves = [(decision.metric, decision.fp32), *((name, 1.0 if "cosine" in name else 0.0)
+                                                       for name in history[0] if name not in ("step", decision.metric))]
+        for ax, (name, fp32) in zip(axes, curves[:2]):
+            steps = [row["step"] for row in history]
+            ax.plot(steps, [row[name] for row in history], marker="o", label="QAT (dev)" if name == decision.metric
+                    else "QAT")
+            ax.axhline(history[0][name], linestyle="--", color="grey", label="PTQ")
+            ax.axhline(fp32, linestyle=":", color="black", label="fp32")
+            ax.set_xlabel("step")
+            ax.set_title(name, fontsize=9)
+            ax.legend(fontsize=7)
+    buckets = report.buckets
+    ax = axes[-1]
+    centres = [(low + high) / 2 for low, high in zip(buckets.edges, buckets.edges[1:])]
+    for variant, counts in buckets.counts.items():
+        if variant in (Variant.FP32, Variant.PTQ_INT8, Variant.QAT_INT8):
+            ax.plot(centres, [100 * c / max(sum(counts), 1) for c in counts], marker=".", label=variant.title)
+    ax.set_xlabel("held-out score")
+    ax.set_ylabel("% of scores")
+    ax.set_title("score distributions", fontsize=9)
+    ax.legend(fontsize=7)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    pyplot.close(figure)
+    return path
+
+
 def summary(report: RunReport) -> str:
     """What a job prints at its end: the recovery decision and every model's metrics (the numbers of report.md)."""
     final = report.exports[report.final]
     return "\n".join(["", _recovery_line(report), "", *variant_table(report.variants), "",
                       f"Final model: {report.final.upper()}, exported to {final.folder} for "
-                      f"{', '.join(final.runtimes)} (parity {'passed' if final.passed else 'FAILED'}).", ""])
+                      f"{', '.join(final.runtimes)} (parity {'passed' if final.passed else 'FAILED'}).", "",
+                      *speed_lines(report.speed), *next_steps(report)])
 
 
 def write_report(run_dir: Path, report: RunReport) -> Path:
     write_json(run_dir / "report.json", asdict(report))
+    report_picture(report, run_dir / "report.png")
     path = run_dir / "report.md"
     write_text(path, render_markdown(report))
     return path

@@ -15,7 +15,7 @@ from qat.base.atomic import new_directory, write_json
 from qat.base.errors import QatError
 from qat.base.versions import library_versions
 from qat.config import ModelConfig, SourceConfig
-from qat.load import Encoder, load_encoder
+from qat.load import Encoder, load_encoder, save_model_settings
 from qat.ptq.trials import AlphaChoice
 from qat.quant.config import CalibConfig, EqualizeConfig, QuantConfig, SmoothQuantConfig
 from qat.quant.equalize import Equalization
@@ -125,6 +125,7 @@ def write_ptq_artifact(path: Path, encoder: Encoder, qconf: Qconf, metadata: Ptq
     with new_directory(path) as tmp:
         encoder.model.save_pretrained(tmp / MODEL_DIR, safe_serialization=True)
         encoder.tokenizer.save_pretrained(tmp / MODEL_DIR)
+        save_model_settings(tmp / MODEL_DIR, encoder)
         qconf.write(tmp / QCONF_FILE)
         write_json(tmp / METADATA_FILE, asdict(metadata))
     return path

@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qat.base.errors import QatError, check_choice, check_positive
-from qat.quant.ranges import RANGE_ALGORITHMS
 
 # The op kinds a recipe can put in int8 (qconf.py classifies every IPEX op into one of them, or another kind
 # that never goes int8, such as the attention-mask add).
 OP_KINDS = ("linear", "matmul", "residual_add", "embedding_add")
 OP_ALIASES = {"add": ("residual_add", "embedding_add")}
-CALIB_ALGORITHMS = tuple(RANGE_ALGORITHMS)
+# The range algorithms by name (qat.quant.ranges.RANGE_ALGORITHMS implements each; conf/calib/ has one option per
+# name); named here so that reading a config does not import torch.
+CALIB_ALGORITHMS = ("minmax", "moving_average", "histogram", "percentile", "entropy", "mse")
 AUTO = "auto"
 
 

@@ -29,6 +29,15 @@ def cpu_has_vnni() -> bool:
     return any(flag in flags for flag in VNNI_FLAGS)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True if this CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
 def resolve_weight_bits(setting: str) -> int:
     """'auto' -> 8 on CPUs with VNNI, 7 elsewhere; '8' or '7' as given."""
     return (8 if cpu_has_vnni() else 7) if setting == "auto" else int(setting)

@@ -126,7 +126,7 @@ def _mse(stats: TensorStats, batches: int, options: RangeOptions) -> tuple[float
     return best
 
 
-# The one list of range algorithms: CalibConfig validates against it and conf/calib/ has one option per name.
+# Each of qat.quant.config.CALIB_ALGORITHMS (tests/test_config.py checks that the two agree).
 RANGE_ALGORITHMS: dict[str, Callable[[TensorStats, int, RangeOptions], tuple[float, float]]] = {
     "minmax": _min_max,
     "moving_average": _moving_average,

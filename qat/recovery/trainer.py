@@ -58,6 +58,7 @@ class TrainState:
     seconds: float = 0.0            # training time so far, over every process that trained this run
     floors: dict[str, float] = field(default_factory=dict)  # PTQ's held-out and guard fidelity: never kept below
     best_fidelity: float | None = None  # the kept checkpoint's held-out fidelity (decides between level dev measures)
+    history: list[dict[str, float]] = field(default_factory=list)   # each evaluation: step, dev and fidelity values
     last_metric: float | None = None  # the dev metric at the latest evaluation, if the guard held there
     evaluations_without_gain: int = 0
     stopped: str = ""               # why training ended before train.steps: 'patience' or 'max_minutes'
@@ -208,7 +209,7 @@ class Trainer:
 
     def loss(self, batch: Batch) -> DistillLoss:
         mask = batch[1]
-        with torch.no_grad(), record_blocks(self.teacher) as teacher_blocks:
+        with torch.no_grad(), record_blocks(self.teacher) as teacher_blocks, self.accelerator.autocast():
             teacher_outputs = outputs(self.encoder, self.teacher(*batch), mask)
         with record_blocks(self.accelerator.unwrap_model(self.student)) as student_blocks, \
                 self.accelerator.autocast():
@@ -274,6 +275,8 @@ class Trainer:
         fidelity = fidelity_metric(self.encoder.pairs)
         if self.state.step == 0:
             self.state.floors = {name: metrics[name] for name in (fidelity, f"{GUARD}/{fidelity}") if name in metrics}
+        self.state.history.append({"step": self.state.step, self.metric: value,
+                                   **{name: metrics[name] for name in self.state.floors}})
         below = [name for name, floor in self.state.floors.items() if worse(name, metrics[name], floor)]
         better = not below and self.kept_over(value, metrics[fidelity])
         notes = "".join(f", {name} {metrics[name]:.6f}" for name in self.state.floors)
