@@ -141,6 +141,9 @@ CASES = [
      "data.guard.sts_test reads a test split"),
     ("BEIR folder without qrels", "train", ["+data.tasks.r_dev={{kind: file, path: '{foreign}', format: beir, split: dev}}"],
      "has no qrels/dev.tsv"),
+    ("data root moved", "train", ["data=stsb", "data.root=/nonexistent/data"],
+     "data.heldout: '/nonexistent/data/stsb/dev.tsv' does not exist; expected a data file; its folder is "
+     "data.root='/nonexistent/data' (or QAT_DATA_ROOT): set data.root=<your data folder>"),
     ("search on test", "search", ["search.objective=stsb_test/spearman"], "search.objective='stsb_test/spearman' reads a test split"),
     ("sensitivity metric", "sensitivity", ["sensitivity.metric=nope"], "sensitivity.metric='nope' is not measured"),
     ("finished search folder", "search", ["hydra.run.dir={finished}"], "holds no qat search run"),
@@ -160,7 +163,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_no_finished_run(case, job, ove
         with open(os.environ["QAT_BAD_INPUT_TABLE"], "a") as table:
             table.write(f"| {case} | `{' '.join(overrides)}` | {errors[0]} |\n")
     assert snapshot(files["finished"]) == before
-    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir()), "a refused fresh run left files"
+    assert not (tmp_path / "run").exists(), "a refused fresh run left its folder"
 
 
 def test_a_full_disk_is_one_line(files, tmp_path, capsys, monkeypatch):

@@ -88,3 +88,28 @@ def test_importing_ipex_says_nothing_to_the_user():
     """IPEX's kernel-override warnings (C++, on stderr) and torch's "No CUDA runtime is found" stay off a terminal."""
     result = subprocess.run([sys.executable, "-c", "import qat.base.ipex"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stderr[-500:]
+
+
+@pytest.mark.parametrize("job, arguments, expected", [
+    ("export", ["--help"], "Required:\n  source.artifact=<run>/ptq"),
+    ("evaluate", ["--help"], "Required:\n  target.folder="),
+    ("train", ["--help"], "Groups (group=option):\n  model=minilm"),
+    ("export", [], "error: source.artifact is required; expected source.artifact=<value>"),
+    ("train", ["calib.samples=-1"], "error: calib.samples=-1 is not valid"),
+])
+def test_help_and_a_refused_command_import_neither_torch_nor_ipex(job, arguments, expected, tmp_path):
+    """`--help` gives the purpose, groups and required keys from the config files; a command refused for its
+    values says so; neither loads torch (seconds) or IPEX."""
+    argv = arguments if arguments == ["--help"] else [*arguments, f"hydra.run.dir={tmp_path / 'run'}"]
+    probe = textwrap.dedent(f"""
+        import runpy, sys
+        sys.argv = ["qat.{job}", *{argv!r}]
+        try:
+            runpy.run_module("qat.{job}", run_name="__main__")
+        except SystemExit as stop:
+            print("loaded:", sorted({{"torch", "intel_extension_for_pytorch"}} & set(sys.modules)), "exit:", stop.code)
+        """)
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert expected in result.stdout + result.stderr, result.stdout + result.stderr
+    assert "loaded: [] exit:" in result.stdout, result.stdout[-500:]
+    assert not (tmp_path / "run").exists()

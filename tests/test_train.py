@@ -317,3 +317,36 @@ def test_the_task_loss_is_added_drawn_the_same_for_a_batch_and_learnt(tiny_encod
     # off by default: no task term
     plain = make_trainer(tiny_encoder, qconf, texts, tmp_path / "plain", task=task)
     assert plain.loss(next(iter(plain.loader))).task is None
+
+
+def test_a_base_size_encoder_trains_one_step_under_the_bf16_path(tmp_path, texts, fresh_accelerate_state):
+    """A 12-layer, 768-wide BERT (random weights, base-model size): one training step under bf16 autocast where
+    the CPU computes bf16 natively (train.bf16=auto), fp32 elsewhere; the loss is finite and the weights move."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from qat.config import ModelConfig
+    from qat.jobs.train import training_bf16
+    from qat.load import load_encoder, resolve_model_path
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("bundled:all-MiniLM-L6-v2"))
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                         intermediate_size=3072)).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    encoder = load_encoder(ModelConfig(str(tmp_path / "base"), max_length=32))
+    qconf = calibrate(encoder, texts, Recipe(QuantConfig(), CalibConfig(samples=8, batch_size=8))).qconf
+    bf16 = training_bf16("auto")
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16" if bf16 else "no",
+                              dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True))
+    student = simulate(encoder.model, qconf)
+    weight = "encoder.model.encoder.layer.0.attention.self.query.weight"
+    before = student.get_parameter(weight).detach().clone()
+    dev = EvalData(texts[200:204])
+    reference = embed(EncoderModule(encoder.model).eval(), encoder, dev.texts(), 4)
+    trainer = Trainer(accelerator, student, EncoderModule(encoder.model).eval(), encoder, texts[:4],
+                      TrainConfig(steps=1, batch_size=4, lr=1e-4, eval_every=100, save_every=100, bf16=bf16),
+                      tmp_path / "checkpoints", Settings({}), 0,
+                      lambda model: evaluate(embed(model, encoder, dev.texts(), 4), reference, dev), "cosine_mean")
+    result = trainer.train(None)
+    assert result.state.step == 1 and torch.isfinite(torch.tensor(result.state.history[-1]["cosine_mean"]))
+    assert not torch.equal(before, accelerator.unwrap_model(trainer.student).get_parameter(weight).detach())
