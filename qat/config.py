@@ -149,9 +149,11 @@ class TrainConfig:
     resume: str | None = None
     dev_items: int | None = 500   # dev task pairs (or queries) each evaluation during training reads: a fixed sample
     bf16: Any = "auto"            # bf16 autocast for student and teacher: true, false, or auto (where the CPU has native bf16)
+    device: str = "auto"          # auto: a CUDA GPU where there is one (training only; the int8 model runs on CPUs), or cpu
 
     def __post_init__(self) -> None:
         check_positive("train.dev_items", self.dev_items)
+        check_choice("train.device", self.device, (AUTO, "cpu"))
         if self.bf16 not in (True, False, AUTO):
             raise QatError(f"train.bf16={self.bf16!r} is not valid; expected true, false or auto")
         for name in ("steps", "batch_size", "grad_accum", "max_grad_norm", "eval_every", "save_every", "trial_steps"):

@@ -168,7 +168,9 @@ def recover(accelerator: Accelerator, ptq_model: PreTrainedModel, qconf: Qconf, 
             final = dataclasses.replace(final, max_minutes=max(final.max_minutes - other_seconds / 60, 1e-9))
     trainer = make_trainer(choice.lr if choice else train.lr, checkpoints, config=final)
     result = trainer.train(start)
-    trained = accelerator.unwrap_model(trainer.student, keep_fp32_wrapper=False)   # fp32, as exported
+    # fp32 and on the CPU, as exported (a GPU trains, the CPU runs the int8 model)
+    trained = accelerator.unwrap_model(trainer.student, keep_fp32_wrapper=False).cpu()
+    teacher_model.cpu()   # the fp32 teacher is the session's fp32 model, which the evaluation runs on the CPU
     if result.best_weights is not None:
         trained.load_state_dict(load_file(str(result.best_weights)))
     state = dataclasses.replace(result.state, seconds=result.state.seconds + other_seconds)

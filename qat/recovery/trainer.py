@@ -152,6 +152,12 @@ def weight_quant_errors(student: FakeQuantModel) -> dict[str, float]:
                 for name, m in student.encoder.named_modules() if isinstance(m, QuantLinear)}
 
 
+def on_device(model: nn.Module, device: torch.device) -> Callable[..., torch.Tensor]:
+    """`model` (on `device`, a GPU when training there) as a forward on CPU batches with CPU outputs, as the
+    evaluation calls it."""
+    return lambda *batch: model(*(tensor.to(device) for tensor in batch)).float().cpu()
+
+
 def worse(metric: str, value: float, than: float) -> bool:
     """`value` is strictly worse than `than` on this metric (lower for a quality or similarity, higher for a distance)."""
     return value < than if higher_is_better(metric) else value > than
@@ -184,7 +190,7 @@ class Trainer:
                  start: StartingPoint | None = None, task: PairSet | None = None) -> None:
         self.accelerator, self.encoder, self.cfg, self.log_prefix = accelerator, encoder, cfg, log_prefix
         self.task, self.seed = task if cfg.task_weight > 0 else None, seed
-        self.teacher, self.evaluate_dev, self.metric = teacher.eval(), evaluate_dev, metric
+        self.teacher, self.evaluate_dev, self.metric = teacher.eval().to(accelerator.device), evaluate_dev, metric
         self.start = start   # the untrained student's dev metrics and noise, when already measured (PTQ's)
         self.checkpoints = checkpoints
         self.best_path = checkpoints / BEST_FILE
@@ -231,13 +237,16 @@ class Trainer:
         labels = torch.tensor([self.task.scores[i] for i in chosen])
         with self.accelerator.autocast():
             if self.encoder.pairs:
-                batch = tokenize(self.encoder, list(zip(first, second)))
+                batch = self.to_device(tokenize(self.encoder, list(zip(first, second))))
                 similarity = head_scores(outputs(self.encoder, self.student(*batch), batch[1]), LOGIT)   # as evaluated
             else:
                 embedded = [outputs(self.encoder, self.student(*batch), batch[1])
-                            for batch in (tokenize(self.encoder, first), tokenize(self.encoder, second))]
+                            for batch in map(self.to_device, (tokenize(self.encoder, first), tokenize(self.encoder, second)))]
                 similarity = (embedded[0] * embedded[1]).sum(-1)   # cosine: the embeddings are normalised
-        return ranking_loss(similarity, labels, output_kind(self.encoder))
+        return ranking_loss(similarity, labels.to(similarity.device), output_kind(self.encoder))
+
+    def to_device(self, batch: Batch) -> Batch:
+        return tuple(tensor.to(self.accelerator.device) for tensor in batch)
 
     def save_checkpoint(self) -> Path:
         """accelerate's full state plus ours, written under a temporary name and renamed when complete."""
@@ -262,7 +271,8 @@ class Trainer:
         student = self.accelerator.unwrap_model(self.student, keep_fp32_wrapper=False)
         student.eval()
         known = self.start.metrics if self.start is not None and self.state.step == 0 else None
-        metrics = (known or self.evaluate_dev(student)) if self.accelerator.is_main_process else {}
+        metrics = (known or self.evaluate_dev(on_device(student, self.accelerator.device))) \
+            if self.accelerator.is_main_process else {}
         student.train(self.cfg.dropout)
         if not self.accelerator.is_main_process:
             return
