@@ -162,6 +162,8 @@ def run_train(cfg: RunConfig, run_dir: Path) -> RunReport | None:
         train_dev = session.dev.sampled(cfg.train.dev_items, cfg.seed)   # what each evaluation during training reads
         start = (ptq_dev, noise) if train_dev.tasks == session.dev.tasks else \
             session.evaluate_dev_with_noise(models[Stage.PTQ], cfg.recovery.metric, train_dev)
+        log.info("dev %s during training: %s; level within %.4f (half its 95%% bootstrap interval)",
+                 cfg.recovery.metric, "a fixed sample" if train_dev.tasks != session.dev.tasks else "all of it", start[1])
         models[Stage.QAT], training = recovery.recover(
             accelerator, ptq_model.model, ptq_model.qconf, encoder=session.encoder, fp32=session.fp32(),
             train=cfg.train, teacher=cfg.teacher, metric=cfg.recovery.metric, seed=cfg.seed,

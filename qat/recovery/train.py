@@ -21,7 +21,7 @@ from qat.base.errors import QatError
 from qat.base.settings import Settings
 from qat.config import TeacherConfig, TrainConfig
 from qat.data import TrainingSet
-from qat.evaluation.metrics import Metrics, best_of
+from qat.evaluation.metrics import Metrics, best_of, fidelity_metric
 from qat.load import Encoder
 from qat.quant.config import AUTO, QuantConfig
 from qat.quant.qconf import Qconf
@@ -75,8 +75,9 @@ def build_teacher(teacher: TeacherConfig, ptq_model: PreTrainedModel, qconf: Qco
 
 @dataclass
 class LrTrial:
-    metric: float | None    # the dev metric at the trial's end (None: the guard fell below PTQ's there)
+    metric: float | None    # the dev metric at the trial's end (None: less faithful than PTQ there)
     seconds: float
+    fidelity: float | None = None   # held-out fidelity at the trial's end (decides between level dev metrics)
 
 
 @dataclass
@@ -95,7 +96,7 @@ def _trial_dir(checkpoints: Path, lr: float) -> Path:
 
 
 def choose_lr(train: TrainConfig, metric: str, make_trainer: Callable[[float, Path, str], Trainer],
-              checkpoints: Path, accelerator: Accelerator) -> LrChoice:
+              checkpoints: Path, accelerator: Accelerator, noise: float, fidelity: str) -> LrChoice:
     """Run (or, on a resume, read) the lr trials. A finished trial is recorded in its folder and not run again;
     a trial killed halfway starts over. The choice is made on the main process (which evaluates) and broadcast."""
     choice_file = checkpoints / LR_TRIALS_DIR / CHOICE_FILE
@@ -114,10 +115,11 @@ def choose_lr(train: TrainConfig, metric: str, make_trainer: Callable[[float, Pa
         log.info("train.lr=auto: trial of lr %g for %d steps", lr, train.trial_steps)
         state = make_trainer(lr, folder, f"lr_trial/{lr:g}/").train(None, stop_at=train.trial_steps).state
         accelerator.free_memory()
-        trials[f"{lr:g}"] = LrTrial(state.last_metric, state.seconds)
+        trials[f"{lr:g}"] = LrTrial(state.last_metric, state.seconds, state.history[-1].get(fidelity))
         if accelerator.is_main_process:
             write_json(folder / TRIAL_FILE, asdict(trials[f"{lr:g}"]))
-    [choice] = broadcast_object_list([_best_lr(train, metric, trials) if accelerator.is_main_process else None])
+    [choice] = broadcast_object_list([_best_lr(train, metric, trials, noise, fidelity) if accelerator.is_main_process
+                                      else None])
     if accelerator.is_main_process:
         write_json(choice_file, asdict(choice))
         accelerator.log({f"lr_trial/{lr}/final_dev_{metric}": t.metric for lr, t in trials.items()
@@ -127,11 +129,17 @@ def choose_lr(train: TrainConfig, metric: str, make_trainer: Callable[[float, Pa
     return choice
 
 
-def _best_lr(train: TrainConfig, metric: str, trials: dict[str, LrTrial]) -> LrChoice:
-    """The candidate with the best dev metric at its trial's end among those whose guard held (the smallest lr if
-    none held: the continuation still keeps no checkpoint below PTQ on the guard)."""
+def _best_lr(train: TrainConfig, metric: str, trials: dict[str, LrTrial], noise: float, fidelity: str) -> LrChoice:
+    """The checkpoint rule applied to the trials' ends: among the candidates no less faithful than PTQ, those
+    within `noise` of the best dev metric are level, and the most faithful of them on the held-out texts wins
+    (the smallest lr if none held: the continuation still keeps nothing less faithful than PTQ)."""
     held = {lr: t.metric for lr, t in trials.items() if t.metric is not None}
-    best = best_of(held, metric) if held else min(trials, key=float)
+    if not held:
+        return LrChoice(metric, train.trial_steps, trials, float(min(trials, key=float)))
+    top = held[best_of(held, metric)]
+    level = {lr: trials[lr].fidelity for lr, value in held.items() if abs(value - top) <= noise}
+    known = {lr: value for lr, value in level.items() if value is not None}
+    best = best_of(known, fidelity) if known else best_of(held, metric)
     return LrChoice(metric, train.trial_steps, trials, float(best))
 
 
@@ -157,7 +165,8 @@ def recover(accelerator: Accelerator, ptq_model: PreTrainedModel, qconf: Qconf, 
     start, choice, other_seconds = resolve_resume(train.resume, checkpoints), None, 0.0
     final = train
     if train.lr == AUTO:
-        choice = choose_lr(train, metric, make_trainer, checkpoints, accelerator)
+        choice = choose_lr(train, metric, make_trainer, checkpoints, accelerator, ptq_dev.noise,
+                           fidelity_metric(encoder.pairs))
         winner = _trial_dir(checkpoints, choice.lr)
         other_seconds = sum(t.seconds for lr, t in choice.trials.items() if float(lr) != choice.lr)
         if start is None:
