@@ -264,6 +264,7 @@ def test_patience_and_max_minutes_stop_early_and_say_why(tiny_encoder, qconf, te
     assert (tmp_path / "patience" / "checkpoints" / "step_000002").is_dir()
     timed = make_trainer(tiny_encoder, qconf, texts, tmp_path / "timed", max_minutes=1e-6).train(None).state
     assert (timed.step, timed.stopped) == (1, "max_minutes")
+    assert [row["step"] for row in timed.history] == [0, 1]   # the step it stopped at is evaluated, a candidate too
 
 
 def test_step_0_reuses_the_ptq_metrics_measured_before_training(tiny_encoder, qconf, texts, tmp_path):

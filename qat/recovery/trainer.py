@@ -378,6 +378,8 @@ class Trainer:
                 if self.state.step < end and (cfg.patience is not None or cfg.max_minutes is not None):
                     # the main process decides (only it evaluates, and clocks differ): every process stops together
                     [self.state.stopped] = broadcast_object_list([self._stop_reason(self.state.seconds)])
+                    if self.state.stopped and self.state.step % cfg.eval_every:
+                        self.evaluate()   # the weights trained since the last evaluation are a candidate too
                 if self.state.step % cfg.save_every == 0 or self.state.step == end or self.state.stopped:
                     last_checkpoint = self.save_checkpoint()
                 if self.state.step >= end or self.state.stopped:
