@@ -141,8 +141,9 @@ CASES = [
      "data.guard.sts_test reads a test split"),
     ("BEIR folder without qrels", "train", ["+data.tasks.r_dev={{kind: file, path: '{foreign}', format: beir, split: dev}}"],
      "has no qrels/dev.tsv"),
-    ("data root moved", "train", ["data=stsb", "data.root=/nonexistent/data"],
-     "data.heldout: '/nonexistent/data/stsb/dev.tsv' does not exist; expected a data file; its folder is "
+    ("data root moved", "train", ["+data.root=/nonexistent/data",
+                                  "+data.tasks.x_dev={{kind: file, path: '/nonexistent/data/x.tsv', format: pairs}}"],
+     "data.tasks.x_dev: '/nonexistent/data/x.tsv' does not exist; expected a data file; its folder is "
      "data.root='/nonexistent/data' (or QAT_DATA_ROOT): set data.root=<your data folder>"),
     ("search on test", "search", ["search.objective=stsb_test/spearman"], "search.objective='stsb_test/spearman' reads a test split"),
     ("sensitivity metric", "sensitivity", ["sensitivity.metric=nope"], "sensitivity.metric='nope' is not measured"),

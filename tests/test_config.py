@@ -39,7 +39,7 @@ def test_defaults_are_ipex_default_recipe():
     ("quant.ops=[conv]", "quant.ops entry='conv'"),
     ("quant.ops=[]", "quant.ops is empty"),
     ("+calib.sampels=3", "invalid config: Key 'sampels' not in 'CalibConfig'"),
-    ("model.pooling=max", "model.pooling='max'"),
+    ("model.pooling=weighted", "model.pooling='weighted'"),
     ("export.parity_min_cosine=1.5", "export.parity_min_cosine=1.5"),
     ("export.parity_unfused_atol=-1", "export.parity_unfused_atol=-1.0 is not valid; expected a number >= 0"),
     ("calib.samples=0", "calib.samples=0"),
