@@ -277,17 +277,22 @@ def report_picture(report: RunReport, path: Path) -> Path:
     figure, axes = pyplot.subplots(1, panels, figsize=(4.2 * panels, 3.4))
     axes = list(axes) if panels > 1 else [axes]
     if history:
-        decision = report.recovery
-        curves = [(decision.metric, decision.fp32), *((name, 1.0 if "cosine" in name else 0.0)
-                                                       for name in history[0] if name not in ("step", decision.metric))]
-        for ax, (name, fp32) in zip(axes, curves[:2]):
-            steps = [row["step"] for row in history]
-            ax.plot(steps, [row[name] for row in history], marker="o", label="QAT (dev)" if name == decision.metric
-                    else "QAT")
-            ax.axhline(history[0][name], linestyle="--", color="grey", label="PTQ")
-            ax.axhline(fp32, linestyle=":", color="black", label="fp32")
+        decision, training = report.recovery, report.training
+        steps = [row["step"] for row in history]
+        ax = axes[0]
+        ax.plot(steps, [row[decision.metric] for row in history], marker="o", label="QAT")
+        ax.axhline(history[0][decision.metric], linestyle="--", color="grey", label="PTQ")
+        if training.fp32_dev is not None:
+            ax.axhline(training.fp32_dev, linestyle=":", color="black", label="fp32")
+        ax.set_title(f"dev {decision.metric}" + (" (the sample read in training)" if training.dev_sampled else ""),
+                     fontsize=9)
+        ax = axes[1]
+        for name in (key for key in history[0] if key not in ("step", decision.metric)):
+            line, = ax.plot(steps, [row[name] for row in history], marker="o", label=f"QAT {name}")
+            ax.axhline(history[0][name], linestyle="--", color=line.get_color(), alpha=0.6, label=f"PTQ {name}")
+        ax.set_title("fidelity to fp32 (held-out texts, guard)", fontsize=9)
+        for ax in axes[:2]:
             ax.set_xlabel("step")
-            ax.set_title(name, fontsize=9)
             ax.legend(fontsize=7)
     buckets = report.buckets
     ax = axes[-1]

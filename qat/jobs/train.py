@@ -160,16 +160,18 @@ def run_train(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     training = None
     if decision.train:
         train_dev = session.dev.sampled(cfg.train.dev_items, cfg.seed)   # what each evaluation during training reads
-        start = (ptq_dev, noise) if train_dev.tasks == session.dev.tasks else \
-            session.evaluate_dev_with_noise(models[Stage.PTQ], cfg.recovery.metric, train_dev)
+        sampled = train_dev.tasks != session.dev.tasks
+        start = session.evaluate_dev_with_noise(models[Stage.PTQ], cfg.recovery.metric, train_dev) if sampled \
+            else (ptq_dev, noise)
+        fp32_sample = evaluate(session.fp32_dev, session.fp32_dev, train_dev)
         log.info("dev %s during training: %s; level within %.4f (half its 95%% bootstrap interval)",
-                 cfg.recovery.metric, "a fixed sample" if train_dev.tasks != session.dev.tasks else "all of it", start[1])
+                 cfg.recovery.metric, "a fixed sample" if sampled else "all of it", start[1])
         models[Stage.QAT], training = recovery.recover(
             accelerator, ptq_model.model, ptq_model.qconf, encoder=session.encoder, fp32=session.fp32(),
             train=cfg.train, teacher=cfg.teacher, metric=cfg.recovery.metric, seed=cfg.seed,
             settings=Settings.of(cfg), training=training_set, checkpoints=run_dir / recovery.CHECKPOINT_DIR,
             evaluate_dev=lambda forward: session.evaluate_dev(forward, train_dev),
-            ptq_dev=recovery.StartingPoint(*start))
+            ptq_dev=recovery.StartingPoint(*start, fp32=fp32_sample[cfg.recovery.metric], sampled=sampled))
         seconds["train"] = training.seconds
     if not accelerator.is_main_process:
         accelerator.end_training()

@@ -72,6 +72,8 @@ class StartingPoint:
 
     metrics: Metrics
     noise: float = 0.0
+    fp32: float | None = None     # fp32's value of the dev metric on the same data (the training curve's top line)
+    sampled: bool = False         # the evaluations read a fixed sample of the dev task sets
 
 
 @dataclass
