@@ -47,12 +47,12 @@ class Session:
         dev = dev or self.dev
         return evaluate(self.embed(forward, dev.texts()), self.fp32_dev, dev)
 
-    def evaluate_dev_with_noise(self, forward: Forward, metric: str, dev: EvalData | None = None) -> tuple[Metrics, float]:
-        """Metrics on the dev data, and the noise of `metric` there: half the width of the 95% paired bootstrap
-        interval of this model against fp32 on the task set it reads (two models whose measures differ by less
-        cannot be told apart by that set); 0 for a fidelity metric, which samples no labelled items."""
+    def dev_metrics_and_noise(self, table: Table, metric: str, dev: EvalData | None = None) -> tuple[Metrics, float]:
+        """Metrics of a model's dev outputs (`table`, which holds at least `dev`'s texts), and the noise of `metric`
+        there: half the width of the 95% paired bootstrap interval of this model against fp32 on the task set it
+        reads (two models whose measures differ by less cannot be told apart by that set); 0 for a fidelity
+        metric, which samples no labelled items."""
         dev = dev or self.dev
-        table = self.embed(forward, dev.texts())
         difference = task_differences(self.fp32_dev, table, dev).get(metric)
         noise = 0.0 if difference is None else (difference.high - difference.low) / 2
         return evaluate(table, self.fp32_dev, dev), noise

@@ -154,15 +154,15 @@ def run_train(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     ptq_model = prepare_ptq(cfg, session, run_dir, accelerator)
     seconds["calibrate"] = time.perf_counter() - start
     models = {Stage.PTQ: simulate(ptq_model.model, ptq_model.qconf).eval()}
-    ptq_dev, noise = session.evaluate_dev_with_noise(models[Stage.PTQ], cfg.recovery.metric)
+    ptq_table = session.embed(models[Stage.PTQ], session.dev.texts())
+    ptq_dev, noise = session.dev_metrics_and_noise(ptq_table, cfg.recovery.metric)
     decision = recovery.decide_recovery(cfg.recovery, cfg.train.enabled, session.fp32_dev_metrics, ptq_dev,
                                         session.encoder.pairs)
     training = None
     if decision.train:
         train_dev = session.dev.sampled(cfg.train.dev_items, cfg.seed)   # what each evaluation during training reads
         sampled = train_dev.tasks != session.dev.tasks
-        start = session.evaluate_dev_with_noise(models[Stage.PTQ], cfg.recovery.metric, train_dev) if sampled \
-            else (ptq_dev, noise)
+        start = session.dev_metrics_and_noise(ptq_table, cfg.recovery.metric, train_dev) if sampled else (ptq_dev, noise)
         fp32_sample = evaluate(session.fp32_dev, session.fp32_dev, train_dev)
         log.info("dev %s during training: %s; level within %.4f (half its 95%% bootstrap interval)",
                  cfg.recovery.metric, "a fixed sample" if sampled else "all of it", start[1])
