@@ -291,7 +291,7 @@ class Trainer:
                                    **{name: metrics[name] for name in self.state.floors}})
         below = [name for name, floor in self.state.floors.items() if worse(name, metrics[name], floor)]
         better = not below and self.kept_over(value, metrics[fidelity])
-        notes = "".join(f", {name} {metrics[name]:.6f}" for name in self.state.floors)
+        notes = "".join(f", {name} {metrics[name]:.6f}" for name in self.state.floors if name != self.metric)
         notes += f" (below PTQ on {' and '.join(below)}: not kept)" if below else ""
         log.info("step %d: dev %s = %.6f%s%s", self.state.step, self.metric, value, notes, " (best)" if better else "")
         self.state.evaluations_without_gain = 0 if better else self.state.evaluations_without_gain + 1
