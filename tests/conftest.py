@@ -22,16 +22,21 @@ REPO = Path(__file__).resolve().parents[1]
 ONE_TARGET = "export.targets=[ipex]"
 
 
+def save_bert(path: Path, **config) -> Path:
+    """A BERT with random weights (2 layers, 32 wide unless `config` says otherwise) and the bundled MiniLM
+    tokenizer, saved as a Hugging Face folder."""
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("bundled:all-MiniLM-L6-v2"))
+    sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, **config}
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **sizes)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide BERT with random weights and the bundled MiniLM tokenizer."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("bundled:all-MiniLM-L6-v2"))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    path = save_bert(tmp_path_factory.mktemp("tiny_bert"), max_position_embeddings=64)
     return path
 
 

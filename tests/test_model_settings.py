@@ -6,28 +6,21 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel
 
-from conftest import ONE_TARGET
+from conftest import ONE_TARGET, save_bert
 from qat import load_int8
 from qat.base.errors import QatError
 from qat.config import ModelConfig, RunConfig
 from qat.jobs.command import job_config
 from qat.jobs.train import run_train
-from qat.load import load_encoder, model_settings, resolve_model_path, truncated
+from qat.load import load_encoder, model_settings, truncated
 
 
 @pytest.fixture(scope="module")
 def st_folder(tmp_path_factory):
     """A tiny BERT saved the way sentence-transformers saves a model: 256 tokens, [CLS] pooling, no Normalize
     module, and a named prompt."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("st_model")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("bundled:all-MiniLM-L6-v2"))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    path = save_bert(tmp_path_factory.mktemp("st_model"), max_position_embeddings=512)
     (path / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))

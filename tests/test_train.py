@@ -323,17 +323,12 @@ def test_the_task_loss_is_added_drawn_the_same_for_a_batch_and_learnt(tiny_encod
 def test_a_base_size_encoder_trains_one_step_under_the_bf16_path(tmp_path, texts, fresh_accelerate_state):
     """A 12-layer, 768-wide BERT (random weights, base-model size): one training step under bf16 autocast where
     the CPU computes bf16 natively (train.bf16=auto), fp32 elsewhere; the loss is finite and the weights move."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
+    from conftest import save_bert
     from qat.config import ModelConfig
     from qat.jobs.train import training_bf16
-    from qat.load import load_encoder, resolve_model_path
+    from qat.load import load_encoder
 
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("bundled:all-MiniLM-L6-v2"))
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                         intermediate_size=3072)).save_pretrained(tmp_path / "base")
-    tokenizer.save_pretrained(tmp_path / "base")
+    save_bert(tmp_path / "base", hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
     encoder = load_encoder(ModelConfig(str(tmp_path / "base"), max_length=32))
     qconf = calibrate(encoder, texts, Recipe(QuantConfig(), CalibConfig(samples=8, batch_size=8))).qconf
     bf16 = training_bf16("auto")

@@ -13,17 +13,23 @@ OPENMP_SETTINGS = ("OMP_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES", "OMP_SCHEDU
                    "GOMP_CPU_AFFINITY", "KMP_AFFINITY", "KMP_BLOCKTIME", "LD_PRELOAD")
 
 
+def cpu_info() -> str:
+    try:
+        return open("/proc/cpuinfo").read()
+    except OSError:
+        return ""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (avx512_vnni, avx512_bf16, amx_int8, ...); empty where /proc/cpuinfo is missing."""
+    return set(next((line.split(":", 1)[1].split() for line in cpu_info().splitlines() if line.startswith("flags")), []))
+
+
 def cpu_name() -> str:
     """The CPU's model name and whether it has VNNI / native bf16 (what decides int8 and bf16 speed)."""
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
-        import platform
-
-        return platform.processor() or "unknown CPU"
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    extras = [flag for flag in ("avx512_vnni", "avx512_bf16", "amx_int8") if flag in flags]
+    name = next((line.split(":", 1)[1].strip() for line in cpu_info().splitlines() if line.startswith("model name")),
+                "unknown CPU")
+    extras = [flag for flag in ("avx512_vnni", "avx512_bf16", "amx_int8") if flag in cpu_flags()]
     return f"{name} ({', '.join(extras) if extras else 'no VNNI'}), {os.cpu_count()} cores"
 
 

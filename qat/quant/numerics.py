@@ -5,6 +5,7 @@ import torch
 from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
 from qat.base.errors import QatError
+from qat.base.timing import cpu_flags
 
 DTYPE_BOUNDS: dict[torch.dtype, tuple[int, int]] = {
     torch.quint8: (0, 255),
@@ -22,20 +23,12 @@ VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 def cpu_has_vnni() -> bool:
     """True if this CPU multiplies u8 x s8 without int16 saturation (VNNI or AMX)."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return any(flag in flags for flag in VNNI_FLAGS)
+    return bool(cpu_flags() & set(VNNI_FLAGS))
 
 
 def cpu_has_native_bf16() -> bool:
     """True if this CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slower."""
-    try:
-        flags = open("/proc/cpuinfo").read().split()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_weight_bits(setting: str) -> int:
