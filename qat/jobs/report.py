@@ -91,8 +91,9 @@ def _recovery_line(report: RunReport) -> str:
             if training.task_pairs else "")
     return (head + f" Trained {training.step} steps{stop}, {lr}, with the {training.teacher} teacher{task} on "
             f"{training.processes} process(es) in {training.seconds:.0f} s ({training.seconds_per_step:.2f} s/step); "
-            f"kept step {training.best_step}: dev {decision.metric} {training.best_metric:.4f} (level within "
-            f"{training.dev_noise:.4f}: then held-out fidelity decides), no less faithful than PTQ.")
+            f"kept step {training.best_step}: dev {decision.metric} {training.best_metric:.4f}"
+            + (f" (dev measures within {training.dev_noise:.4f} of each other are level: then held-out fidelity "
+               "decides)" if training.dev_noise else "") + ", no less faithful than PTQ on held-out and guard.")
 
 
 def _alpha(alpha: float, choice: AlphaChoice | None) -> str:
