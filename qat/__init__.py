@@ -1,4 +1,4 @@
-"""qat: quantization-aware training for transformer encoders, exported to Intel Extension for PyTorch int8."""
+"""qat: quantization-aware training for transformer encoders, exported to OpenVINO, ONNX Runtime and IPEX int8."""
 from __future__ import annotations
 
 from typing import Any

@@ -2,6 +2,7 @@
 schemas (recipe, calibration, SmoothQuant) live in qat/quant/config.py and are composed here."""
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,15 @@ def reads_test_split(name: str, source: SourceConfig) -> bool:
 BUILTIN_SETS = ("sentences", "passages", "guard")
 # The runtimes an int8 model is exported for (qat/exporters/ has one module each).
 EXPORT_TARGETS = ("ipex", "openvino", "onnx")
+# The packages each export target needs on this machine.
+RUNTIME_PACKAGES = {"ipex": ("intel_extension_for_pytorch",), "openvino": ("openvino",), "onnx": ("onnx", "onnxruntime")}
+
+
+def installed_targets() -> list[str]:
+    """The export targets whose packages are installed here, in EXPORT_TARGETS order (what `export.targets=[auto]`
+    means): IPEX's where IPEX is installed (torch 2.8 only), OpenVINO's and ONNX Runtime's with the runtimes extra."""
+    return [target for target in EXPORT_TARGETS
+            if all(importlib.util.find_spec(name) is not None for name in RUNTIME_PACKAGES[target])]
 
 
 @dataclass
@@ -219,9 +229,10 @@ class TeacherConfig:
 
 @dataclass
 class ExportConfig:
-    """The int8 exports (`targets`: ipex, openvino, onnx) and their parity check against the fake-quant simulation."""
+    """The int8 exports (`targets`: ipex, openvino, onnx, or [auto]: every one installed here) and their parity check
+    against the fake-quant simulation."""
 
-    targets: list[str] = field(default_factory=lambda: list(EXPORT_TARGETS))
+    targets: list[str] = field(default_factory=lambda: [AUTO])
     parity_mean_cosine: float = 0.995
     parity_min_cosine: float = 0.98
     parity_unfused_atol: float = 1e-4
@@ -232,8 +243,13 @@ class ExportConfig:
         if isinstance(self.speed_rounds, bool) or not isinstance(self.speed_rounds, int) or self.speed_rounds < 0:
             raise QatError(f"export.speed_rounds={self.speed_rounds!r} is not valid; expected a count >= 0 (0: no speed "
                            "measurement)")
+        if list(self.targets) == [AUTO]:
+            self.targets = installed_targets()
+            if not self.targets:
+                raise QatError("export.targets=[auto] finds no export runtime installed; expected openvino, onnx and "
+                               "onnxruntime (pip install -e '.[runtimes]') or IPEX (pip install -e '.[ipex]')")
         if not self.targets:
-            raise QatError(f"export.targets is empty; expected one or more of {list(EXPORT_TARGETS)}")
+            raise QatError(f"export.targets is empty; expected one or more of {list(EXPORT_TARGETS)}, or [auto]")
         for target in self.targets:
             check_choice("export.targets entry", target, EXPORT_TARGETS)
         for name in ("parity_unfused_atol", "parity_fidelity_tolerance"):

@@ -9,7 +9,7 @@ def main() -> None:
     result, run_dir = run_job(EVALUATE)
     from qat.jobs.report import difference_table, variant_table
 
-    print("\n".join([*variant_table(result.variants), "", *difference_table(result.differences),
+    print("\n".join([*variant_table(result.variants, result.runtime), "", *difference_table(result.differences),
                      f"results: {run_dir / 'evaluation.md'}"]))
 
 

@@ -11,4 +11,4 @@ if [ "$version" != "3.11" ]; then
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 echo "installing qat and its stack into .venv (a few minutes on a fresh machine; torch alone is a large download)"
-.venv/bin/python -m pip install --disable-pip-version-check --progress-bar on -e '.[test,runtimes]'
+.venv/bin/python -m pip install --disable-pip-version-check --progress-bar on -e '.[test,runtimes,ipex]'

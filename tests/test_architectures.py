@@ -21,9 +21,9 @@ from transformers import (
     XLMRobertaConfig,
 )
 
-from conftest import ONE_TARGET
+from conftest import HAS_IPEX, ONE_RUNTIME, ONE_TARGET
 from qat.ptq.artifact import METADATA_FILE, read_ptq_artifact
-from qat.config import ModelConfig, RunConfig
+from qat.config import ModelConfig, RunConfig, installed_targets
 from qat.jobs.command import job_config
 from qat.exporters.openvino import int8_gemms
 from qat.exporters.folder import read_export_info
@@ -78,6 +78,8 @@ def test_every_architecture_trains_and_exports_what_it_simulates(model_dirs, nam
                                                                  fresh_accelerate_state):
     """Every Linear of the model (a score head's too) runs in int8, the export is the simulation exactly when
     unfused, and a score model's export takes token_type_ids where the architecture has segment embeddings."""
+    if kind == "scores" and not HAS_IPEX:
+        pytest.skip("a random score head's parity is judged on IPEX's exact unfused graph (see below)")
     folder = model_dirs[name, kind]
     overrides = ["quant=ipex_default"] if recipe == "default" else full_recipe(name)
     # A random score head's outputs are flat (they spread by about 1e-4, the size of the int8 error itself), so the
@@ -91,17 +93,22 @@ def test_every_architecture_trains_and_exports_what_it_simulates(model_dirs, nam
     encoder = load_encoder(ModelConfig(folder, max_length=32))
     linears = sum(isinstance(m, nn.Linear) for m in encoder.model.modules())
     for export in report.exports.values():
-        assert export.runtimes["ipex"].parity.unfused_max_abs_diff == 0.0 and export.runtimes["ipex"].parity.passed
-        assert export.runtimes["ipex"].int8_ops["linear"] == linears and export.runtimes["ipex"].int8_ops["matmul"] == 4
-        assert (export.runtimes["ipex"].int8_ops["add"] > 0) == (recipe == "full")
-        # every runtime runs it in int8 and computes its simulation
-        assert set(export.runtimes) == ({"ipex", "openvino", "onnx"} if every_runtime else {"ipex"}) and export.passed
+        # every runtime (all installed ones by default) runs it in int8 and computes its simulation
+        assert set(export.runtimes) == (set(installed_targets()) if every_runtime else {ONE_RUNTIME}) and export.passed
+        if "ipex" in export.runtimes:   # IPEX's unfused graph is the simulation exactly, op for op
+            ipex = export.runtimes["ipex"]
+            assert ipex.parity.unfused_max_abs_diff == 0.0 and ipex.parity.passed
+            assert ipex.int8_ops["linear"] == linears and ipex.int8_ops["matmul"] == 4
+            assert (ipex.int8_ops["add"] > 0) == (recipe == "full")
+        if "onnx" in export.runtimes:
+            assert export.runtimes["onnx"].int8_ops   # ONNX Runtime's integer kernels ran it
         if every_runtime:
-            assert export.runtimes["onnx"].int8_ops and int8_gemms(export.runtimes["openvino"].int8_ops) > 0
+            assert int8_gemms(export.runtimes["openvino"].int8_ops) > 0
             sample = [f"a sentence about {topic}" for topic in ("rain", "tea", "trains", "cats")]
-            ipex = load_int8(export.folder, backend="ipex").encode(sample)
-            for backend in ("openvino", "onnx"):   # load_int8 runs every runtime of the folder alike
-                assert (load_int8(export.folder, backend=backend).encode(sample) * ipex).sum(-1).min() > 0.98, backend
+            first, *others = export.runtimes
+            reference = load_int8(export.folder, backend=first).encode(sample)
+            for backend in others:   # load_int8 runs every runtime of the folder alike
+                assert (load_int8(export.folder, backend=backend).encode(sample) * reference).sum(-1).min() > 0.98, backend
     info = read_export_info(tmp_path / "run" / "export" / "qat")
     segments = kind == "scores" and getattr(ARCHITECTURES[name], "type_vocab_size", 0) > 1   # segment embeddings
     assert info.kind == kind and ("token_type_ids" in info.input_names) == segments

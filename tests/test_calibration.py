@@ -5,7 +5,8 @@ from torch.ao.quantization.observer import HistogramObserver
 
 from qat.ptq import calibrate
 from qat.quant.config import Recipe
-from qat.ptq.calibration import Statistics, apply_calibration, calibration_batches, ipex_skeleton
+from qat.ptq.calibration import Statistics, apply_calibration, calibration_batches
+from qat.quant.sites import find_sites
 from qat.config import MixPart, SourceConfig
 from qat.quant.config import CalibConfig, QuantConfig
 from qat.data import mix_texts
@@ -71,7 +72,7 @@ def test_symmetric_activations_center_the_zero_point():
 def test_statistics_cover_every_quantizable_tensor_once(tiny_encoder, texts):
     calib = CalibConfig(samples=32, batch_size=16)
     calib_batches = calibration_batches(tiny_encoder, texts, calib)
-    skeleton = ipex_skeleton(tiny_encoder.model, calib_batches[0])
+    skeleton = find_sites(tiny_encoder.model, calib_batches[0])
     stats = collect_statistics(tiny_encoder.model, skeleton, calib_batches, bins=64)
     # embeddings: 2 adds (3 embeddings + the first sum); per layer: the QKV input (shared by the 3 Linears and
     # the attention residual add), 4 matmul inputs, 3 more Linear inputs, the first input of each residual add
@@ -88,7 +89,7 @@ def test_bias_correction_absorbs_the_weight_error_and_keeps_the_original(tiny_en
     corrected = calibration.model.encoder.layer[0].intermediate.dense
     assert calibration.model is not tiny_encoder.model and torch.equal(original.weight, corrected.weight)
     calib_batches = calibration_batches(tiny_encoder, texts, calib)
-    stats = collect_statistics(tiny_encoder.model, ipex_skeleton(tiny_encoder.model, calib_batches[0]), calib_batches, bins=64)
+    stats = collect_statistics(tiny_encoder.model, find_sites(tiny_encoder.model, calib_batches[0]), calib_batches, bins=64)
     op = next(op for op in calibration.qconf.ops if op.name == "encoder.layer.0.intermediate.dense")
     mean = stats[op.info["input_tensor_infos"][0]["id"]].channel_mean(2).float()
     expected = (original.weight - FakeQuantizer.for_weight((-64, 63))(original.weight)) @ mean

@@ -16,6 +16,7 @@ def run_train(run_dir, *overrides):
                           cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.ipex
 @pytest.mark.slow
 def test_default_job_end_to_end_on_the_bundled_model(tmp_path):
     run_dir = tmp_path / "run"
@@ -33,7 +34,7 @@ def test_default_job_end_to_end_on_the_bundled_model(tmp_path):
     for name in ("model/model.safetensors", "qconf.json", "metadata.json"):
         assert (run_dir / "ptq" / name).is_file()
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
-    assert "| PTQ int8 (exported IPEX) |" in (run_dir / "report.md").read_text()
+    assert "| PTQ int8 (exported ipex) |" in (run_dir / "report.md").read_text()
 
     # A fresh process loads the exported TorchScript (with IPEX imported) and reproduces the reported fidelity.
     check = textwrap.dedent(f"""
@@ -84,6 +85,7 @@ def test_unknown_group_value_fails(tmp_path):
     assert "Could not find 'quant/nonsense'" in result.stderr
 
 
+@pytest.mark.ipex
 def test_importing_ipex_says_nothing_to_the_user():
     """IPEX's kernel-override warnings (C++, on stderr) and torch's "No CUDA runtime is found" stay off a terminal."""
     result = subprocess.run([sys.executable, "-c", "import qat.base.ipex"], capture_output=True, text=True, timeout=300)

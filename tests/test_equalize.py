@@ -126,6 +126,7 @@ def test_equalize_alpha_auto_equalizes_a_stressed_model_and_records_the_choice(t
     assert "attention equalization (qk/vo) alpha 0.5 (auto" in (tmp_path / "run" / "report.md").read_text()
 
 
+@pytest.mark.ipex
 def test_a_recovery_run_on_an_equalized_model_exports_what_it_trained(tiny_model_dir, tmp_path, fresh_accelerate_state):
     cfg = job_config("train", RunConfig, [f"model.name_or_path={tiny_model_dir}", "model.max_length=32", "calib.samples=64", ONE_TARGET,
                                           "+data.heldout.limit=40", "equalize=on", "equalize.alpha=0.5", "smoothquant=on", "quant=full_int8",

@@ -27,6 +27,7 @@ def tiny_overrides(tiny_model_dir) -> list[str]:
             "+data.heldout.limit=40", "eval.batch_size=32"]
 
 
+@pytest.mark.ipex
 def test_sensitivity_stage_reuses_the_calibration_and_the_job_never_rereads_its_artifact(
         tiny_model_dir, tmp_path, monkeypatch, fresh_accelerate_state):
     collections = []

@@ -14,6 +14,8 @@ from qat.base.errors import QatError
 from qat.quant.qconf import Qconf
 from qat.ptq.restore import restore_qconf
 
+pytestmark = pytest.mark.ipex   # the qconfs are INC's, made through its IPEX path
+
 
 def inc_qconf(model_dir, out_dir, texts):
     """Quantize with INC 3.7's IPEX path (static, default config) and return its saved qconfig.json."""

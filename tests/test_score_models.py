@@ -56,6 +56,7 @@ def task_files(task_folder):
             f"+data.tasks.rerank_dev={{kind: file, path: {task_folder / 'rerank_dev.jsonl'}, format: rerank}}"]
 
 
+@pytest.mark.ipex
 @pytest.mark.parametrize("labels", [1, 3])
 def test_a_cross_encoder_runs_end_to_end_and_its_export_predicts(score_model, task_files, labels, tmp_path,
                                                                  tiny_model_dir, fresh_accelerate_state):
@@ -102,6 +103,7 @@ def test_a_cross_encoder_runs_end_to_end_and_its_export_predicts(score_model, ta
         run_evaluation(evaluation, tmp_path / "evaluation")
 
 
+@pytest.mark.ipex
 def test_a_task_loss_ranks_the_labelled_training_pairs_of_a_one_score_model(score_model, task_files, tmp_path,
                                                                             fresh_accelerate_state):
     sentences = builtin_sentences()
@@ -120,6 +122,7 @@ def test_a_task_loss_ranks_the_labelled_training_pairs_of_a_one_score_model(scor
     assert not (tmp_path / "refused" / "ptq").exists()
 
 
+@pytest.mark.ipex
 def test_a_score_model_calibrates_on_a_mix_of_pair_and_rerank_data(score_model, task_folder, tmp_path,
                                                                     fresh_accelerate_state):
     """A multi-task relevance model calibrates on the equal mix of its sub-tasks' data: STS pairs and

@@ -8,7 +8,6 @@ from qat.ptq.artifact import read_ptq_artifact, write_ptq_artifact
 from qat.ptq import calibrate
 from qat.quant.config import Recipe
 from qat.base.errors import QatError
-from qat.exporters.ipex import export_ipex, load_exported
 from qat.load import batches
 from qat.quant.config import CalibConfig, QuantConfig, SmoothQuantConfig
 from qat.quant.simulate import simulate
@@ -85,14 +84,15 @@ def test_smoothquant_rescues_int8_from_an_activation_outlier(tiny_encoder, texts
     assert naive > 0.2 and smoothed < naive / 4, (naive, smoothed)
 
 
-def test_smoothed_full_operator_export_matches_its_simulation(tiny_encoder, texts, tmp_path):
+def test_smoothed_full_operator_export_matches_its_simulation(tiny_encoder, texts, tmp_path, ipex_export):
     calibration = calibrate(tiny_encoder, texts, Recipe(FULL, CALIB, smoothquant=SMOOTH))
     sim = simulate(calibration.model, calibration.qconf).eval()
-    result = export_ipex(sim.to_float(), calibration.qconf, sim.weight_qparams(), next(batches(tiny_encoder, texts[:4], 4)), tmp_path)
+    result = ipex_export.export_ipex(sim.to_float(), calibration.qconf, sim.weight_qparams(),
+                                     next(batches(tiny_encoder, texts[:4], 4)), tmp_path)
     assert result.graph_int8_ops["linear"] == 12 and result.graph_int8_ops["add"] == 6
     ids, mask = next(batches(tiny_encoder, texts[40:52], 12))
     with torch.no_grad(), torch.jit.optimized_execution(False):
-        torch.testing.assert_close(load_exported(result.path)(ids, mask), sim(ids, mask), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ipex_export.load_exported(result.path)(ids, mask), sim(ids, mask), atol=1e-5, rtol=0)
 
 
 def test_the_ptq_artifact_carries_the_migration(tiny_encoder, texts, tmp_path):

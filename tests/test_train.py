@@ -143,6 +143,7 @@ def test_resume_from_another_config_is_refused(tiny_encoder, qconf, texts, tmp_p
         resolve_resume(str(tmp_path), tmp_path / "checkpoints")
 
 
+@pytest.mark.ipex
 @pytest.mark.slow
 def test_recovery_run_end_to_end(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
@@ -162,6 +163,7 @@ def test_recovery_run_end_to_end(tiny_model_dir, tmp_path):
     assert report["exports"]["qat"]["runtimes"]["ipex"]["parity"]["unfused_max_abs_diff"] == 0.0
 
 
+@pytest.mark.ipex
 def test_layer_norm_gradients_are_right_with_ipex_imported():
     """IPEX registers a layer_norm kernel without autograd and torch warns; the gradients must still be exact."""
     import qat.base.ipex  # noqa: F401
@@ -179,6 +181,7 @@ def test_layer_norm_gradients_are_right_with_ipex_imported():
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.ipex
 @pytest.mark.slow
 def test_sensitivity_stage_and_smoothquant_in_the_job(tiny_model_dir, tmp_path):
     """`sensitivity.enabled=true` runs the stage first and its skip list joins the recipe; SmoothQuant migrates;

@@ -8,6 +8,8 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
 
+from conftest import HAS_IPEX
+
 import qat.base.progress
 from qat import load_int8
 from qat.config import ModelConfig, RunConfig
@@ -17,7 +19,6 @@ from qat.evaluation.metrics import embed
 from qat.evaluate import main as evaluate_main
 from qat.export import main as export_main
 from qat.exporters.folder import INFO_FILE
-from qat.exporters.ipex import load_exported
 from qat.load import batches, load_encoder
 from qat.jobs.train import run_train
 
@@ -42,7 +43,9 @@ def trained_run(tmp_path_factory, tiny_model_dir):
     return run_dir, report
 
 
-def test_an_export_folder_is_self_contained_and_encode_matches_the_pipeline(trained_run, tiny_model_dir, texts):
+@pytest.mark.ipex
+def test_an_export_folder_is_self_contained_and_encode_matches_the_pipeline(trained_run, tiny_model_dir, texts,
+                                                                             ipex_export):
     run_dir, report = trained_run
     folder = run_dir / "export" / "qat"
     info = json.loads((folder / INFO_FILE).read_text())
@@ -54,7 +57,7 @@ def test_an_export_folder_is_self_contained_and_encode_matches_the_pipeline(trai
     encoder = load_encoder(ModelConfig(str(tiny_model_dir), max_length=32))
     # One batch both ways (the same padding), so the int8 kernels see the same shapes; both warmed up, so fused.
     warmup = next(batches(encoder, sample[:2], 2))
-    expected = embed(load_exported(folder / "model_int8.pt", warmup), encoder, sample, 64)
+    expected = embed(ipex_export.load_exported(folder / "model_int8.pt", warmup), encoder, sample, 64)
     got = model.encode(sample, batch_size=64)
     assert isinstance(got, np.ndarray) and got.shape == (16, 32)
     np.testing.assert_allclose(got, torch.stack([expected[t] for t in sample]).numpy(), atol=1e-5)
@@ -67,6 +70,7 @@ def test_an_export_folder_is_self_contained_and_encode_matches_the_pipeline(trai
     assert model.encode(sample[0]).shape == (32,)
 
 
+@pytest.mark.ipex
 def test_an_export_of_another_format_is_refused(trained_run, tmp_path):
     import shutil
 
@@ -86,6 +90,7 @@ def run_main(main, argv, monkeypatch, capsys) -> str:
     return capsys.readouterr().out
 
 
+@pytest.mark.ipex
 def test_export_and_evaluate_stand_alone(trained_run, tmp_path, monkeypatch, capsys):
     run_dir, report = trained_run
     out = run_main(export_main, [f"hydra.run.dir={tmp_path / 'export'}", f"source.artifact={run_dir / 'ptq'}",
@@ -103,7 +108,7 @@ def test_export_and_evaluate_stand_alone(trained_run, tmp_path, monkeypatch, cap
                                    f"model.name_or_path={run_dir / 'ptq' / 'model'}", "model.max_length=32",
                                    "+data.heldout.limit=40", "eval.batch_size=32"], monkeypatch, capsys)
     evaluation = json.loads((tmp_path / "evaluate" / "evaluation.json").read_text())
-    assert set(evaluation["variants"]) == {"fp32", "int8"} and "| int8 (exported IPEX) |" in out
+    assert set(evaluation["variants"]) == {"fp32", "int8"} and "| int8 (exported ipex) |" in out
     assert 0.5 < evaluation["variants"]["int8"]["cosine_mean"] < 1.0
 
     # Against a baseline export on a labelled set: each model's metrics, and the differences with intervals.
@@ -131,6 +136,7 @@ def test_progress_is_off_when_not_a_terminal(monkeypatch):
     assert not qat.base.progress.progress(range(3), desc="x").disable
 
 
+@pytest.mark.ipex
 def test_every_runtime_of_an_export_folder_runs_int8_and_encodes_alike(trained_run, texts):
     """The folder holds an IPEX and an ONNX export of the one trained model (OpenVINO's: tests/test_architectures.py),
     each checked to run int8 (the report's evidence) and to compute its simulation; load_int8 runs either."""
@@ -148,6 +154,7 @@ def test_every_runtime_of_an_export_folder_runs_int8_and_encodes_alike(trained_r
         load_int8(folder, backend="openvino")
 
 
+@pytest.mark.ipex
 def test_an_export_folder_has_the_sentence_transformers_layout(trained_run):
     """config.json with model_type, modules Transformer -> Pooling -> Normalize, the max length and the pooling:
     what SentenceTransformer(folder, backend="onnx" | "openvino") reads before it loads the model file."""
@@ -169,11 +176,13 @@ def test_a_target_this_machine_cannot_build_is_one_line_before_any_work(tiny_mod
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else find_spec(name, *a))
-    cfg = job_config("train", RunConfig, [f"model.name_or_path={tiny_model_dir}", *TINY])
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={tiny_model_dir}", *TINY, "export.targets=[openvino,onnx]"])
     with pytest.raises(QatError, match="export target 'openvino' cannot be built on this machine: openvino is not "
                                        "installed"):
         run_train(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "ptq").exists()
+    # the default, [auto], is every target installed here
+    assert job_config("train", RunConfig, []).export.targets == ["ipex", "onnx"] if HAS_IPEX else ["onnx"]
     with pytest.raises(QatError, match=r"export.targets entry='tflite' is not valid; expected one of \['ipex', "
                                        r"'openvino', 'onnx'\]"):
         job_config("train", RunConfig, ["export.targets=[ipex,tflite]"])

@@ -50,14 +50,21 @@ class Variant(StrEnum):
 
     @property
     def title(self) -> str:
-        return VARIANT_TITLES[self]
+        return self.title_on(None)
+
+    def title_on(self, runtime: str | None) -> str:
+        """The column heading; an exported model's names the runtime that ran it, where known."""
+        if self not in EXPORTED_VARIANTS:
+            return VARIANT_TITLES[self]
+        return f"{VARIANT_TITLES[self]} (exported{' ' + runtime if runtime else ''})"
 
 
 VARIANT_TITLES = {
-    Variant.FP32: "fp32", Variant.PTQ_FAKEQUANT: "PTQ int8 (fake-quant)", Variant.PTQ_INT8: "PTQ int8 (exported IPEX)",
-    Variant.QAT_FAKEQUANT: "QAT int8 (fake-quant)", Variant.QAT_INT8: "QAT int8 (exported IPEX)",
-    Variant.INT8: "int8 (exported IPEX)", Variant.BASELINE: "baseline int8 (exported IPEX)",
+    Variant.FP32: "fp32", Variant.PTQ_FAKEQUANT: "PTQ int8 (fake-quant)", Variant.PTQ_INT8: "PTQ int8",
+    Variant.QAT_FAKEQUANT: "QAT int8 (fake-quant)", Variant.QAT_INT8: "QAT int8", Variant.INT8: "int8",
+    Variant.BASELINE: "baseline int8",
 }
+EXPORTED_VARIANTS = frozenset({Variant.PTQ_INT8, Variant.QAT_INT8, Variant.INT8, Variant.BASELINE})
 
 
 class Stage(StrEnum):

@@ -1,7 +1,9 @@
-"""Export to IPEX int8 TorchScript: qconf with current weight scales -> prepare -> load -> convert -> trace -> freeze."""
+"""Export to IPEX int8 TorchScript: qconf with current weight scales, carried onto IPEX's own skeleton of the
+model -> prepare -> load -> convert -> trace -> freeze."""
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from qat.base.atomic import atomic_path
 from qat.base.errors import QatError
 from qat.base.ipex import convert, ipex, prepare
 from qat.quant.qconf import Qconf
+from qat.quant.transplant import transplant
 from qat.quant.wrapper import EncoderModule
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,19 @@ def expected_graph_counts(qconf: Qconf) -> dict[str, int]:
             "add": counts["residual_add"] + counts["embedding_add"], "linear_weight_only": 0}
 
 
+def ipex_skeleton(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> Qconf:
+    """The qconf IPEX's own `prepare` records for the module: its op records and tensor ids, which its
+    `load_qconf_summary` reads back. Made on a prepared copy of its own: a prepared model whose observers have
+    run would have its scales recomputed by `convert`."""
+    prepared = prepare(module, ipex.quantization.default_static_qconfig_mapping, example_inputs=example, inplace=False)
+    with torch.no_grad():
+        prepared(*example)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "qconf.json"
+        prepared.save_qconf_summary(qconf_summary=str(path))
+        return Qconf.read(path)
+
+
 def export_ipex(model: PreTrainedModel, qconf: Qconf, weight_qparams: dict[str, tuple[torch.Tensor, torch.Tensor]],
                 example: tuple[torch.Tensor, torch.Tensor], out_dir: Path) -> ExportResult:
     """Convert the fp32 model with the qconf's activation scales and the weights' own per-channel scales.
@@ -69,10 +85,11 @@ def export_ipex(model: PreTrainedModel, qconf: Qconf, weight_qparams: dict[str, 
     qconf = qconf.copy()
     qconf.set_weight_scales(weight_qparams)
     out_dir.mkdir(parents=True, exist_ok=True)
+    module = EncoderModule(model).eval()
+    qconf = transplant(qconf, ipex_skeleton(module, example))
+    prepared = prepare(module, ipex.quantization.default_static_qconfig_mapping, example_inputs=example, inplace=False)
     qconf_path = out_dir / "qconf.json"
     qconf.write(qconf_path)
-    module = EncoderModule(model).eval()
-    prepared = prepare(module, ipex.quantization.default_static_qconfig_mapping, example_inputs=example, inplace=False)
     try:
         prepared.load_qconf_summary(qconf_summary=str(qconf_path))
     except (AssertionError, KeyError, IndexError) as error:

@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from qat.base.errors import QatError
-from qat.config import ExportConfig
+from qat.config import RUNTIME_PACKAGES, ExportConfig
 from qat.data import Text
 from qat.evaluation.metrics import Forward, Table, embed
 from qat.exporters import onnx, openvino
@@ -28,19 +28,15 @@ class Runtime(StrEnum):
     ONNX = "onnx"
 
 
-# The packages each runtime's export needs on this machine.
-PACKAGES = {Runtime.IPEX: ("intel_extension_for_pytorch",), Runtime.OPENVINO: ("openvino",),
-            Runtime.ONNX: ("onnx", "onnxruntime")}
-
-
 def check_targets(targets: list[str]) -> None:
     """Every export target can be built here: checked before a job calibrates or trains, not after."""
     for runtime in map(Runtime, targets):
-        missing = [name for name in PACKAGES[runtime] if importlib.util.find_spec(name) is None]
+        missing = [name for name in RUNTIME_PACKAGES[runtime] if importlib.util.find_spec(name) is None]
         if missing:
+            extra = "ipex" if runtime is Runtime.IPEX else "runtimes"
             raise QatError(f"export target {str(runtime)!r} cannot be built on this machine: {', '.join(missing)} "
-                           "is not installed; expected the runtimes extra (pip install -e '.[runtimes]', or IPEX for "
-                           "ipex) or export.targets without it")
+                           f"is not installed; expected the {extra} extra (pip install -e '.[{extra}]') or "
+                           "export.targets without it ([auto]: every target installed here)")
 
 
 @dataclass
@@ -88,6 +84,10 @@ def export_verified(sim: FakeQuantModel, encoder: Encoder, heldout: list[Text], 
     sentence-transformers layout), with each export's parity record. `fp32` holds fp32 outputs of `heldout`."""
     example = next(batches(encoder, heldout, 8))
     signature = ExportSignature.of(encoder)
+    if Runtime.IPEX in map(Runtime, cfg.targets):
+        # Importing IPEX replaces some of torch's CPU kernels: the simulation that IPEX's unfused graph must equal
+        # exactly runs on the same kernels.
+        from qat.exporters import ipex  # noqa: F401
     simulated = simulated_tables(sim, encoder, heldout, batch_size, seed)
     runtimes = {}
     for runtime in map(Runtime, cfg.targets):

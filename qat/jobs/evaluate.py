@@ -15,7 +15,6 @@ from qat.data import Text
 from qat.base.errors import QatError
 from qat.evaluation.metrics import Metrics, Table, Variant, evaluate
 from qat.exporters.folder import EXPORT_FORMAT, ExportInfo
-from qat.exporters.ipex import load_exported
 from qat.exporters.loader import Int8Encoder, load_int8
 from qat.load import Encoder
 from qat.jobs.report import difference_table, variant_table
@@ -29,6 +28,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Evaluation:
     target: str
+    runtime: str                        # the runtime that ran the int8 models
     model: str                          # the fp32 reference
     variants: dict[Variant, Metrics]    # fp32, the int8 target and the baseline, if given
     differences: dict[str, dict[str, Difference]]   # 'int8 - fp32' (and 'int8 - baseline') -> task metric -> difference
@@ -48,6 +48,8 @@ def _target(cfg: EvaluateRunConfig, encoder: Encoder) -> Int8Encoder:
     path = Path(cfg.target.torchscript)
     if not path.is_file():
         raise QatError(f"target.torchscript={str(path)!r} does not exist; expected a TorchScript file")
+    from qat.exporters.ipex import load_exported   # an IPEX TorchScript: IPEX registers its int8 kernels
+
     info = ExportInfo(EXPORT_FORMAT, encoder.kind, encoder.pooling, encoder.max_length, encoder.input_names, {},
                       normalize=encoder.normalize, prompts=encoder.prompts)
     return Int8Encoder(load_exported(path), encoder.tokenizer, info)
@@ -65,11 +67,12 @@ def run_evaluation(cfg: EvaluateRunConfig, run_dir: Path) -> Evaluation:
         tables[Variant.BASELINE] = _outputs(baseline, texts, cfg.eval.batch_size)
     variants = {variant: evaluate(table, fp32, session.data) for variant, table in tables.items()}
     differences = compare_variants(tables, session.data, EVALUATE_COMPARISONS, cfg.seed)
-    result = Evaluation(cfg.target.folder or cfg.target.torchscript, session.encoder.source, variants, differences)
+    result = Evaluation(cfg.target.folder or cfg.target.torchscript, target.backend, session.encoder.source, variants,
+                        differences)
     write_json(run_dir / RESULT_FILE, asdict(result))
     heading = f"# {result.target} against fp32 {result.model}" + (f" and {cfg.target.baseline}" if cfg.target.baseline
                                                                     else "")
-    write_text(run_dir / "evaluation.md", "\n".join([heading, "", *variant_table(variants), "",
+    write_text(run_dir / "evaluation.md", "\n".join([heading, "", *variant_table(variants, result.runtime), "",
                                                      *difference_table(differences), ""]))
     return result
 

@@ -150,12 +150,12 @@ def _export_lines(stage: Stage, export: ExportRecord) -> list[str]:
     return lines
 
 
-def variant_table(variants: dict[Variant, Metrics]) -> list[str]:
+def variant_table(variants: dict[Variant, Metrics], runtime: str | None = None) -> list[str]:
     """One markdown table of every set (held-out texts, the guard, each task set) and metric by row, every evaluated
-    model by column, and what QAT changed against PTQ (both exported) where a run has both: a regression on any set
-    shows in one place."""
+    model by column (the exported ones as `runtime` ran them), and what QAT changed against PTQ (both exported)
+    where a run has both: a regression on any set shows in one place."""
     delta = Variant.PTQ_INT8 in variants and Variant.QAT_INT8 in variants
-    header = ["set", "metric", *(variant.title for variant in variants)] + (["QAT - PTQ (exported)"] if delta else [])
+    header = ["set", "metric", *(variant.title_on(runtime) for variant in variants)] + (["QAT - PTQ (exported)"] if delta else [])
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for key in dict.fromkeys(k for metrics in variants.values() for k in metrics):
         set_name, _, metric = key.rpartition("/")
@@ -215,7 +215,8 @@ def bucket_chart(buckets: ScoreBuckets):
 
 def render_markdown(report: RunReport) -> str:
     lines = [f"# qat run: {report.model}", "", _recipe_line(report), "", _recovery_line(report), "",
-             "![training curve and score distributions](report.png)", "", *variant_table(report.variants)]
+             "![training curve and score distributions](report.png)", "",
+             *variant_table(report.variants, evaluated_runtime(report))]
     lines += ["", "Cosine and EMD compare with fp32 (pooled embeddings of the held-out and guard texts; EMD between"
               " similarity-score distributions). Spearman, MAP, NDCG and recall are x100. Training texts (distinct, by "
               f"source): {report.data.train_texts or 'none'}. Inputs are cut at {report.data.max_length} tokens: "
@@ -312,10 +313,15 @@ def report_picture(report: RunReport, path: Path) -> Path:
     return path
 
 
+def evaluated_runtime(report: RunReport) -> str:
+    """The runtime whose exports the tables score: the first of export.targets."""
+    return str(next(iter(report.exports[report.final].runtimes)))
+
+
 def summary(report: RunReport) -> str:
     """What a job prints at its end: the recovery decision and every model's metrics (the numbers of report.md)."""
     final = report.exports[report.final]
-    return "\n".join(["", _recovery_line(report), "", *variant_table(report.variants), "",
+    return "\n".join(["", _recovery_line(report), "", *variant_table(report.variants, evaluated_runtime(report)), "",
                       f"Final model: {report.final.upper()}, exported to {final.folder} for "
                       f"{', '.join(final.runtimes)} (parity {'passed' if final.passed else 'FAILED'}).", "",
                       *speed_lines(report.speed), *next_steps(report)])

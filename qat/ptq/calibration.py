@@ -1,21 +1,18 @@
-"""PTQ calibration: IPEX's own qconf skeleton (so the op list is exactly what IPEX will convert), activation
-statistics collected once, then a range algorithm, the recipe, weight scales and optional bias correction."""
+"""PTQ calibration: qat's site map of the model (`qat.quant.sites`, the ops any runtime's int8 graph can hold),
+activation statistics collected once, then a range algorithm, the recipe, weight scales and optional bias
+correction."""
 from __future__ import annotations
 
 import copy
 import logging
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping
 from transformers import PreTrainedModel
 
 from qat.data import Text
 from qat.base.errors import QatError
-from qat.base.ipex import prepare
 from qat.load import Encoder, batches
 from qat.quant.numerics import WEIGHT_RANGES, resolve_weight_bits, weight_qparams
 from qat.base.progress import progress
@@ -24,22 +21,19 @@ from qat.quant.equalize import Equalization, equalize
 from qat.quant.observe import collect_statistics
 from qat.quant.qconf import Qconf
 from qat.quant.quantizer import FakeQuantizer
+from qat.quant.sites import find_sites
 from qat.quant.ranges import activation_qparams, activation_range
 from qat.quant.smoothquant import migrate, smoothed_buffers
 from qat.quant.stats import Batch, TensorStats
 from qat.quant.wrapper import WRAPPER_PREFIX, EncoderModule
 
 log = logging.getLogger(__name__)
-# IPEX's static recipe: quint8 per-tensor activations, qint8 per-channel symmetric weights.
-SKELETON_QCONFIG = QConfigMapping().set_global(QConfig(
-    activation=MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=False),
-    weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)))
 
 
 @dataclass
 class Statistics:
-    """What calibration observed, once: the model it observed (migrated if SmoothQuant is on), IPEX's qconf
-    skeleton of that model, and the activation statistics of every tensor any recipe could put in int8."""
+    """What calibration observed, once: the model it observed (migrated if SmoothQuant is on), its site
+    map (the qconf skeleton), and the activation statistics of every tensor any recipe could put in int8."""
 
     model: PreTrainedModel
     skeleton: Qconf
@@ -63,19 +57,6 @@ def calibration_batches(encoder: Encoder, texts: list[Text], calib: CalibConfig)
     return list(batches(encoder, texts[:calib.samples], calib.batch_size))
 
 
-def ipex_skeleton(model: PreTrainedModel, example: Batch) -> Qconf:
-    """The qconf IPEX's prepare writes for this model: every quantizable op, tensor ids, observer settings."""
-    prepared = prepare(EncoderModule(model).eval(), SKELETON_QCONFIG, example_inputs=example, inplace=False)
-    with torch.no_grad():
-        prepared(*example)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "qconf.json"
-        prepared.save_qconf_summary(qconf_summary=str(path))
-        qconf = Qconf.read(path)
-    qconf.source = "calibration"
-    return qconf
-
-
 def calibrate(encoder: Encoder, texts: list[Text], calib: CalibConfig, quant: QuantConfig,
               smoothquant: SmoothQuantConfig | None = None, equalization: EqualizeConfig | None = None) -> Calibration:
     """Observe activations on `calib.samples` texts (after SmoothQuant migration, if enabled) and return the qconf
@@ -93,8 +74,8 @@ def _track(calib_batches: list[Batch], what: str) -> Iterable[Batch]:
 
 def observe(model: PreTrainedModel, calib_batches: list[Batch], calib: CalibConfig, quant: QuantConfig,
             smoothquant: SmoothQuantConfig | None, equalization: EqualizeConfig | None = None) -> Statistics:
-    """The model to calibrate (equalized inside attention, then migrated by SmoothQuant, where enabled), its IPEX
-    skeleton and its activation statistics."""
+    """The model to calibrate (equalized inside attention, then migrated by SmoothQuant, where enabled), its site
+    map and its activation statistics."""
     return smooth(observe_unsmoothed(model, calib_batches, calib, equalization), calib_batches, calib, quant, smoothquant)
 
 
@@ -107,7 +88,7 @@ def observe_unsmoothed(model: PreTrainedModel, calib_batches: list[Batch], calib
         model, record = equalize(model, calib_batches, equalization)
         log.info("equalized %s pairs of %d attention blocks (alpha %.2f)", "/".join(equalization.pairs),
                  len(record.qk or record.vo), equalization.alpha)
-    skeleton = ipex_skeleton(model, calib_batches[0])
+    skeleton = find_sites(model, calib_batches[0])
     return Statistics(model, skeleton, collect_statistics(model, skeleton, calib_batches, calib.bins, _track), record)
 
 
@@ -122,7 +103,7 @@ def smooth(observed: Statistics, calib_batches: list[Batch], calib: CalibConfig,
     migration = migrate(observed.model, observed.skeleton, observed.stats, calib.batches, quant, smoothquant,
                         calib_batches[0])
     model = migration.model
-    skeleton = ipex_skeleton(model, calib_batches[0])
+    skeleton = find_sites(model, calib_batches[0])
     stats = collect_statistics(model, skeleton, calib_batches, calib.bins, _track)
     log.info("SmoothQuant alpha %.2f: %d modules smoothed", smoothquant.alpha, len(smoothed_buffers(model)))
     if migration.unsmoothed:

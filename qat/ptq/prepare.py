@@ -22,12 +22,13 @@ from qat.ptq.artifact import (
     SmoothQuantRecord,
     read_ptq_artifact,
 )
-from qat.ptq.calibration import apply_calibration, calibration_batches, ipex_skeleton
+from qat.ptq.calibration import apply_calibration, calibration_batches
 from qat.ptq.restore import restore_qconf
 from qat.ptq.sensitivity import SensitivityResult, analyse_sensitivity
 from qat.ptq.trials import observe_with_alphas
 from qat.quant.config import QuantConfig, Recipe
 from qat.quant.qconf import Qconf
+from qat.quant.sites import find_sites
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,11 @@ def calibrate(encoder: Encoder, texts: list[Text], recipe: Recipe, measure: Meas
 
 def check_recipe(encoder: Encoder, texts: list[Text], quant: QuantConfig) -> None:
     """A recipe whose skip list names modules the model lacks is an error before any calibration batch runs."""
-    ipex_skeleton(encoder.model, next(batches(encoder, texts[:2], 2))).with_recipe(quant)
+    find_sites(encoder.model, next(batches(encoder, texts[:2], 2))).with_recipe(quant)
 
 
 def restore(encoder: Encoder, qconf_path: str, texts: list[Text], quant: QuantConfig) -> PtqModel:
-    """A foreign qconf (INC's qconfig.json, IPEX's save_qconf_summary) carried onto qat's skeleton of `encoder`."""
+    """A foreign qconf (INC's qconfig.json, IPEX's save_qconf_summary) carried onto qat's site map of `encoder`."""
     qconf = restore_qconf(encoder, Qconf.read(qconf_path), texts, quant)
     metadata = PtqMetadata(encoder.source, encoder.pooling, encoder.max_length, restored_from=qconf_path)
     return PtqModel(encoder.model, qconf, metadata)

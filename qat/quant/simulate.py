@@ -1,8 +1,9 @@
 """Simulate a qconf's int8 recipe on the fp32 model with fake quantization (the trainable student).
 
 Linear layers are swapped for QuantLinear. Functional ops (attention matmuls, adds) are intercepted with a
-TorchFunctionMode and matched to the qconf by their order inside the owning module's forward, the same
-bookkeeping IPEX uses, so a qconf that does not fit the model fails loudly instead of quantizing the wrong op.
+TorchFunctionMode and matched to the qconf by their order inside the owning module's forward, as the site map
+(`qat.quant.sites`) records them, so a qconf that does not fit the model fails loudly instead of quantizing the
+wrong op.
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from torch.overrides import TorchFunctionMode
 from transformers import PreTrainedModel
 
 from qat.base.errors import QatError
-from qat.base.ipex import QUANTIZABLE_FUNCTIONS
 from qat.quant.numerics import weight_qparams
 from qat.quant.modules import QuantFunctionalOp, QuantLinear
 from qat.quant.qconf import Qconf, QuantOp
 from qat.quant.quantizer import FakeQuantizer
+from qat.quant.sites import QUANTIZABLE_FUNCTIONS
 from qat.quant.wrapper import EncoderModule
 
 OPS_ATTRIBUTE = "qat_functional_ops"
@@ -33,7 +34,7 @@ def _family(op_type: str) -> str:
 
 
 def _is_float_op(args: tuple) -> bool:
-    """IPEX tracks only ops on floating-point tensors (integer index arithmetic is never quantized)."""
+    """Only ops on floating-point tensors are quantized (integer index arithmetic never is)."""
     tensors = [a for a in args[:2] if isinstance(a, torch.Tensor)]
     return bool(tensors) and all(t.is_floating_point() for t in tensors)
 
@@ -123,7 +124,7 @@ class FakeQuantModel(nn.Module):
             self._submodule(parent_path, op).register_module(child, QuantLinear.from_float(module, input_quantizer, op.weight_range))
 
     def frame_lookup(self) -> dict[nn.Module, tuple[str, list[QuantFunctionalOp] | None]]:
-        """Module -> (path, functional ops it must run), for modules that IPEX tracks (the qconf's keys)."""
+        """Module -> (path, functional ops it must run), for the modules the qconf keys."""
         lookup: dict[nn.Module, tuple[str, list[QuantFunctionalOp] | None]] = {}
         for path, module in self.encoder.named_modules():
             if path in self._keyed_paths:
