@@ -4,6 +4,7 @@ steps -> IPEX export -> parity, for the default and the full-operator recipe (wi
 architecture allows it, SmoothQuant)."""
 import json
 
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -100,8 +101,11 @@ def test_every_architecture_trains_and_exports_what_it_simulates(model_dirs, nam
             assert ipex.parity.unfused_max_abs_diff == 0.0 and ipex.parity.passed
             assert ipex.int8_ops["linear"] == linears and ipex.int8_ops["matmul"] == 4
             assert (ipex.int8_ops["add"] > 0) == (recipe == "full")
-        if "onnx" in export.runtimes:
-            assert export.runtimes["onnx"].int8_ops   # ONNX Runtime's integer kernels ran it
+        if "onnx" in export.runtimes:   # ONNX Runtime's integer kernels ran it, on the int8 weights stored in the file
+            graph = onnx.load(str(export.runtimes["onnx"].path)).graph
+            assert export.runtimes["onnx"].int8_ops and not any(
+                node.op_type == "QuantizeLinear" and node.input[0].endswith(".weight") for node in graph.node)
+            assert sum(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2 for t in graph.initializer) == linears
         if every_runtime:
             assert int8_gemms(export.runtimes["openvino"].int8_ops) > 0
             sample = [f"a sentence about {topic}" for topic in ("rain", "tea", "trains", "cats")]
