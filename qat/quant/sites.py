@@ -10,6 +10,7 @@ installed) and the IPEX qconf format stays an import and an export format only.
 from __future__ import annotations
 
 import itertools
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,10 +80,28 @@ class _SiteRecorder(TorchFunctionMode):
         self.owners, self.paths = owners, paths
         self.stack: list[nn.Module] = []
         self.ids = itertools.count()
+        self.touched: list[weakref.ref] = []
+
+    def _set(self, tensor: torch.Tensor, name: str, value: object) -> None:
+        setattr(tensor, name, value)
+        self.touched.append(weakref.ref(tensor))
+
+    def clean(self) -> None:
+        """Take the marks off every tensor still alive (a parameter read by a site keeps none for the next trace)."""
+        for ref in self.touched:
+            tensor = ref()
+            for name in (ID, TRACKED):
+                if tensor is not None and hasattr(tensor, name):
+                    delattr(tensor, name)
+
+    def mark(self, output: Any) -> None:
+        for tensor in tree_flatten(output)[0]:
+            if isinstance(tensor, torch.Tensor):
+                self._set(tensor, TRACKED, True)
 
     def _id(self, tensor: torch.Tensor) -> int:
         if not hasattr(tensor, ID):
-            setattr(tensor, ID, next(self.ids))
+            self._set(tensor, ID, next(self.ids))
         return getattr(tensor, ID)
 
     def _record(self, op_type: object, is_module: bool, fqn: str | None, inputs: list[Any], output: Any,
@@ -101,7 +120,7 @@ class _SiteRecorder(TorchFunctionMode):
         outputs = [t for t in ([output] if isinstance(output, torch.Tensor) else output if isinstance(output, tuple)
                                else []) if isinstance(t, torch.Tensor)]
         for tensor in outputs:
-            setattr(tensor, ID, next(self.ids))
+            self._set(tensor, ID, next(self.ids))
         weights = [] if weight is None else [{"orig_dtype": str(weight.dtype), "inf_dtype": str(weight.dtype)}]
         owner.ops.append({
             "op_type": str(op_type), "op_type_is_module": is_module, "fqn": fqn, "input_tensor_infos": infos,
@@ -126,7 +145,7 @@ class _SiteRecorder(TorchFunctionMode):
         if _tracked(args, kwargs):
             if func in QUANTIZABLE_FUNCTIONS and not _adds_a_scalar(func, args):
                 self._record(func, False, self.paths.get(self.stack[-1]) if self.stack else None, _flat(args), output)
-            _mark(output)
+            self.mark(output)
         return output
 
 
@@ -137,12 +156,6 @@ def _flat(args: tuple) -> list[Any]:
 
 def _tracked(args: tuple, kwargs: dict) -> bool:
     return any(isinstance(a, torch.Tensor) and getattr(a, TRACKED, False) for a in tree_flatten((args, kwargs))[0])
-
-
-def _mark(output: Any) -> None:
-    for tensor in tree_flatten(output)[0]:
-        if isinstance(tensor, torch.Tensor):
-            setattr(tensor, TRACKED, True)
 
 
 def _adds_a_scalar(func: object, args: tuple) -> bool:
@@ -161,7 +174,7 @@ def find_sites(model: PreTrainedModel, example: tuple[torch.Tensor, ...]) -> Qco
     owners = {module: _Owner(_state_key(path)) for module, path in paths.items() if module not in inside_leaves}
     recorder = _SiteRecorder(owners, paths)
     example = tuple(t.clone() for t in example)
-    _mark(example)
+    recorder.mark(example)
     pre = nn.modules.module.register_module_forward_pre_hook(recorder.pre_hook)
     post = nn.modules.module.register_module_forward_hook(recorder.post_hook)
     try:
@@ -170,6 +183,7 @@ def find_sites(model: PreTrainedModel, example: tuple[torch.Tensor, ...]) -> Qco
     finally:
         pre.remove()
         post.remove()
+        recorder.clean()
     data = {owner.key: {"q_op_infos": {str(i): op for i, op in enumerate(owner.ops)}, "nonq_op_infos": {},
                         "layer_output_infos": []} for owner in owners.values()}
     qconf = Qconf(data, "qat sites")
