@@ -52,7 +52,7 @@ def store_int8_weights(path: Path, weight_range: tuple[int, int]) -> int:
     """Replace each QuantizeLinear of a constant weight by the int8 tensor it computes, rounded and clamped as the
     simulation does (x * (1 / scale), half to even, into `weight_range`: 7-bit weights stay in [-64, 63], where
     QuantizeLinear alone would saturate at the int8 bounds). The file then holds the trained integers, not fp32
-    weights (all-MiniLM-L6-v2: 90.6 MB -> 60 MB). Returns how many weights were stored as int8."""
+    weights (all-MiniLM-L6-v2: 90.6 MB -> 58.8 MB). Returns how many weights were stored as int8."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -105,13 +105,13 @@ def export_onnx(model: FakeQuantModel, signature: ExportSignature, example: tupl
         torch.onnx.export(named, example, str(tmp), dynamo=False, opset_version=OPSET,
                           input_names=signature.inputs, output_names=[signature.output],
                           dynamic_axes={name: {0: "batch", 1: "sequence"} for name in signature.inputs})
-        if model.qconf.weight_range is not None:
-            store_int8_weights(tmp, model.qconf.weight_range)
+        stored = store_int8_weights(tmp, model.qconf.weight_range) if model.qconf.weight_range is not None else 0
         kernels = integer_kernels(tmp)
         if not kernels:
             raise QatError(f"ONNX export {path}: ONNX Runtime runs no integer kernel for it (expected "
                            f"{sorted(INTEGER_KERNELS)[:3]}...); refusing to save an export that stays fp32")
-    log.info("exported ONNX QDQ int8 to %s (ONNX Runtime integer kernels: %s)", path, kernels)
+    log.info("exported ONNX QDQ int8 to %s (%d int8 weights stored; ONNX Runtime integer kernels: %s)", path, stored,
+             kernels)
     return path, kernels
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,7 +27,7 @@ from torch import nn
 from qat.config import ExportConfig
 from qat.data import Text
 from qat.evaluation.metrics import Forward, Table, cosine_fidelity, embed, stack_texts
-from qat.load import Encoder, batches
+from qat.load import Encoder
 from qat.quant.simulate import FakeQuantModel
 
 

@@ -25,7 +25,7 @@ from qat.quant.sites import find_sites
 from qat.quant.ranges import activation_qparams, activation_range
 from qat.quant.smoothquant import migrate, smoothed_buffers
 from qat.quant.stats import Batch, TensorStats
-from qat.quant.wrapper import WRAPPER_PREFIX, EncoderModule
+from qat.quant.wrapper import WRAPPER_PREFIX
 
 log = logging.getLogger(__name__)
 

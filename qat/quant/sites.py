@@ -186,9 +186,7 @@ def find_sites(model: PreTrainedModel, example: tuple[torch.Tensor, ...]) -> Qco
         recorder.clean()
     data = {owner.key: {"q_op_infos": {str(i): op for i, op in enumerate(owner.ops)}, "nonq_op_infos": {},
                         "layer_output_infos": []} for owner in owners.values()}
-    qconf = Qconf(data, "qat sites")
-    qconf.source = "calibration"
-    return qconf
+    return Qconf(data, "calibration")
 
 
 __all__ = ["QUANTIZABLE_FUNCTIONS", "find_sites"]
