@@ -386,7 +386,7 @@ class RunConfig(QuantJobConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("smoothquant", "equalize"):
-            if getattr(self, name).enabled and self.ptq.qconf:
+            if getattr(self, name).enabled is True and self.ptq.qconf:
                 raise QatError(f"{name}=on with ptq.qconf: a restored qconf keeps its own calibration; expected "
                                f"{name}=off, or no ptq.qconf so that qat rescales and calibrates")
 
@@ -396,6 +396,12 @@ class SearchRunConfig(QuantJobConfig):
     """`python -m qat.search`: statistics on calib.samples texts (the most any trial uses), then the search."""
 
     search: SearchConfig = field(default_factory=SearchConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.smoothquant.enabled == AUTO:
+            raise QatError("smoothquant=auto in a search: its alpha is one of the searched parameters; expected "
+                           "smoothquant=on (alpha searched) or off")
 
 
 @dataclass

@@ -129,7 +129,7 @@ CASES = [
     ("too few calibration texts", "train", ["calib.samples=100000"], "calib.samples=100000 but the calibration set has only"),
     ("resume from a non-checkpoint", "train", ["train.resume={root}", "recovery.force=true", "teacher=fp32"],
      "is not a checkpoint"),
-    ("alpha auto, smoothquant off", "train", ["smoothquant.alpha=auto"], "smoothquant.alpha=auto with smoothquant off"),
+    ("alpha auto, smoothquant off", "train", ["smoothquant=off", "smoothquant.alpha=auto"], "smoothquant.alpha=auto with smoothquant off"),
     ("lr not a number", "train", ["train.lr=fast"], "train.lr='fast' is not valid; expected a positive number or 'auto'"),
     ("lr trials as long as the run", "train", ["train.lr=auto", "train.trial_steps=300"],
      "expected candidates and trial_steps < steps"),

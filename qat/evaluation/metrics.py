@@ -202,6 +202,34 @@ def higher_is_better(metric: str) -> bool:
     return direction(metric) is Direction.HIGHER
 
 
+@dataclass(frozen=True)
+class FidelityFloor:
+    """How far from fp32 a quantized model may be on the held-out texts and the guard: a mean cosine of at least
+    `floor` (embeddings) or a mean |score difference| of at most `floor` (score models); None: no floor. The
+    recovery decision trains past it, and `smoothquant.enabled=auto` migrates past it."""
+
+    metric: str                # cosine_mean or score_diff_mean
+    floor: float | None
+
+    def sets(self, metrics: Metrics) -> dict[str, float]:
+        """The held-out and (where measured) guard values of the metric."""
+        values = {"held-out": metrics[self.metric], "guard": metrics.get(f"{GUARD}/{self.metric}")}
+        return {name: value for name, value in values.items() if value is not None}
+
+    def past(self, metrics: Metrics) -> list[str]:
+        """The sets ('held-out', 'guard') whose fidelity is past the floor."""
+        if self.floor is None:
+            return []
+        higher = higher_is_better(self.metric)
+        return [name for name, value in self.sets(metrics).items()
+                if (value < self.floor if higher else value > self.floor)]
+
+    def describe(self, metrics: Metrics) -> str:
+        bound = "off" if self.floor is None else ("floor" if higher_is_better(self.metric) else "ceiling") + f" {self.floor:.4f}"
+        return f"{self.metric} " + ", ".join(f"{name} {value:.4f}" for name, value in self.sets(metrics).items()) \
+            + f" ({bound})"
+
+
 def best_of(scores: dict[K, float], metric: str) -> K:
     """The key whose score is best for this metric (the highest, or the lowest for a distance)."""
     return (max if higher_is_better(metric) else min)(scores, key=scores.__getitem__)

@@ -63,6 +63,7 @@ class RunReport:
     seconds: dict[str, float]
     versions: dict[str, str]
     speed: SpeedRecord | None = None   # the final model's exports against fp32 on this CPU (export.speed_rounds > 0)
+    smoothquant_auto: str = ""         # why smoothquant.enabled=auto resolved as it did ('': not auto)
 
     @property
     def pairs(self) -> bool:
@@ -122,6 +123,8 @@ def _recipe_line(report: RunReport) -> str:
               + (", bias correction" if calibration.bias_correction else "")
               + (f", SmoothQuant alpha {_alpha(report.smoothquant.alpha, report.smoothquant_choice)}"
                  if report.smoothquant.enabled else "")
+              + (f" (SmoothQuant {'on' if report.smoothquant.enabled else 'off'} by smoothquant=auto: "
+                 f"{report.smoothquant_auto})" if report.smoothquant_auto else "")
               + (f" (not smoothed, no module input of their own: {', '.join(report.smoothquant_unsmoothed)})"
                  if report.smoothquant_unsmoothed else "")
               + _equalize(report)

@@ -15,6 +15,7 @@ from qat.config import SensitivityRunConfig
 from qat.evaluation import open_session
 from qat.ptq import SensitivityResult
 from qat.quant.config import QuantConfig
+from qat.recovery import fidelity_floor
 
 matplotlib.use("Agg")
 from matplotlib import pyplot  # noqa: E402  (after choosing the non-interactive backend)
@@ -32,7 +33,8 @@ def run_sensitivity(cfg: SensitivityRunConfig, run_dir: Path) -> SensitivityResu
     measure = session.measure([recovery.metric, cfg.sensitivity.metric])
     observed = ptq.observe_with_alphas(session.encoder.model,
                                        ptq.calibration_batches(session.encoder, session.calibration, cfg.calib),
-                                       cfg.recipe, session.measure(list(ptq.ALPHA_OBJECTIVES)))
+                                       cfg.recipe, session.measure(list(ptq.ALPHA_OBJECTIVES)),
+                                       fidelity_floor(cfg.recovery, session.encoder.pairs))
     result = ptq.analyse_sensitivity(observed.statistics, cfg.calib, cfg.quant, cfg.sensitivity, recovery, measure,
                                      measure(session.fp32()))
     write_outputs(result, session.encoder.source, cfg.quant, run_dir)

@@ -23,7 +23,7 @@ from qat.exporters import (ExportRecord, ExportSignature, check_targets, export_
 from qat.jobs.report import CalibrationRecord, DataSummary, RecipeSummary, RunReport, bucket_chart, write_report
 from qat.jobs.sensitivity import write_outputs
 from qat.load import batches, truncated
-from qat.quant.config import AUTO
+from qat.quant.config import AUTO, SmoothQuantConfig
 from qat.quant.numerics import cpu_has_native_bf16, cpu_has_vnni
 from qat.quant.qconf import Qconf
 from qat.quant.simulate import FakeQuantModel, simulate
@@ -62,7 +62,7 @@ def make_ptq(cfg: RunConfig, session: Session, run_dir: Path) -> ptq.PtqModel:
         request = ptq.SensitivityRequest(cfg.sensitivity, cfg.recovery, measure, measure(session.fp32()))
     data = ptq.calibration_data(cfg.calib.samples, cfg.data.calibration, cfg.data.mix, session.origins)
     model = ptq.calibrate(session.encoder, session.calibration, cfg.recipe, session.measure(list(ptq.ALPHA_OBJECTIVES)),
-                          request, data)
+                          request, data, recovery.fidelity_floor(cfg.recovery, session.encoder.pairs))
     if model.sensitivity is not None:
         write_outputs(model.sensitivity, session.encoder.source, cfg.quant, run_dir / "sensitivity")
     return model
@@ -192,15 +192,17 @@ def run_train(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     accelerator.end_training()
 
     metadata = ptq_model.metadata
-    smoothquant = ptq.as_made(cfg.smoothquant, metadata.smoothquant.choice if metadata.smoothquant else None)
+    made = metadata.smoothquant   # as the PTQ model was made ('auto' resolved); none for a restored qconf
+    smoothquant = (SmoothQuantConfig(made.enabled, made.alpha, made.candidates, made.modules) if made
+                   else SmoothQuantConfig())
     equalize = ptq.as_made(cfg.equalize, metadata.equalize.choice if metadata.equalize else None)
     report = RunReport(
         model=session.encoder.source, run_dir=str(run_dir), ptq_source=metadata.source,
         recipe=RecipeSummary(sorted(k for k, n in ptq_model.qconf.int8_counts().items() if n),
                              ptq_model.skip if metadata.recipe else cfg.quant.skip),
         calibration=CalibrationRecord(**vars(cfg.calib), texts=cfg.calib.samples),
-        smoothquant=smoothquant, smoothquant_choice=metadata.smoothquant.choice if metadata.smoothquant else None,
-        smoothquant_unsmoothed=metadata.smoothquant.unsmoothed if metadata.smoothquant else [],
+        smoothquant=smoothquant, smoothquant_choice=made.choice if made else None,
+        smoothquant_unsmoothed=made.unsmoothed if made else [], smoothquant_auto=made.auto if made else "",
         equalize=equalize, equalize_choice=metadata.equalize.choice if metadata.equalize else None,
         data=DataSummary(len(session.data.heldout), len(session.data.guard), list(session.data.tasks),
                          len(session.calibration), training_set.counts() if training_set else {},

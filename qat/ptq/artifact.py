@@ -27,10 +27,12 @@ MODEL_DIR, QCONF_FILE, METADATA_FILE = "model", "qconf.json", "metadata.json"
 
 @dataclass
 class SmoothQuantRecord(SmoothQuantConfig):
-    """SmoothQuant as made ('auto' resolved), how 'auto' chose, and the int8 Linears it could not reach."""
+    """SmoothQuant as made ('auto' resolved), how 'auto' chose, why `enabled=auto` resolved as it did, and the int8
+    Linears it could not reach."""
 
     choice: AlphaChoice | None = None
     unsmoothed: list[str] = field(default_factory=list)
+    auto: str = ""
 
 
 @dataclass

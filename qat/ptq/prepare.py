@@ -12,7 +12,7 @@ from transformers import PreTrainedModel
 
 from qat.config import MixPart, RecoveryConfig, SensitivityConfig, SourceConfig
 from qat.data import Text
-from qat.evaluation.metrics import Measure, Metrics
+from qat.evaluation.metrics import FidelityFloor, Measure, Metrics
 from qat.load import Encoder, batches
 from qat.ptq.artifact import (
     CalibrationData,
@@ -68,14 +68,16 @@ def calibration_data(texts: int, source: SourceConfig, mix: dict[str, MixPart],
 
 
 def calibrate(encoder: Encoder, texts: list[Text], recipe: Recipe, measure: Measure | None = None,
-              sensitivity: SensitivityRequest | None = None, data: CalibrationData | None = None) -> PtqModel:
+              sensitivity: SensitivityRequest | None = None, data: CalibrationData | None = None,
+              floor: FidelityFloor | None = None) -> PtqModel:
     """qat's PTQ: statistics of the recipe's sites on `calib.samples` texts (after equalization and SmoothQuant,
-    with 'auto' alphas chosen by `measure` on held-out and guard texts), optionally the sensitivity analysis on the
-    same statistics, then the ranges, the recipe and the weight scales."""
+    with 'auto' alphas chosen by `measure` on held-out and guard texts, and `smoothquant.enabled=auto` reading
+    `floor`), optionally the sensitivity analysis on the same statistics, then the ranges, the recipe and the
+    weight scales."""
     calib_batches = calibration_batches(encoder, texts, recipe.calib)
     log.info("calibrating %s on %d texts in %d batches (%s)", encoder.source, recipe.calib.samples,
              len(calib_batches), recipe.calib.algorithm)
-    observed = observe_with_alphas(encoder.model, calib_batches, recipe, measure)
+    observed = observe_with_alphas(encoder.model, calib_batches, recipe, measure, floor)
     quant, analysis = recipe.quant, None
     if sensitivity is not None:
         analysis = analyse_sensitivity(observed.statistics, recipe.calib, quant, sensitivity.config,
@@ -86,7 +88,7 @@ def calibrate(encoder: Encoder, texts: list[Text], recipe: Recipe, measure: Meas
     metadata = PtqMetadata(
         encoder.source, encoder.pooling, encoder.max_length, recipe=quant, calibration=recipe.calib,
         smoothquant=SmoothQuantRecord(**vars(observed.smoothquant), choice=observed.smoothquant_choice,
-                                      unsmoothed=observed.statistics.unsmoothed),
+                                      unsmoothed=observed.statistics.unsmoothed, auto=observed.smoothquant_auto),
         equalize=EqualizeRecord(**vars(observed.equalize), choice=observed.equalize_choice,
                                 factors=observed.statistics.equalization),
         calibration_data=data)

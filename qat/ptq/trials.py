@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from transformers import PreTrainedModel
 
 from qat.base.errors import QatError
-from qat.evaluation.metrics import GUARD, Measure, Metrics
+from qat.evaluation.metrics import GUARD, FidelityFloor, Measure, Metrics
 from qat.ptq.calibration import Statistics, apply_calibration, observe_unsmoothed, smooth
 from qat.quant.config import AUTO, CalibConfig, EqualizeConfig, QuantConfig, Recipe, SmoothQuantConfig
 from qat.quant.simulate import simulate
@@ -78,13 +78,15 @@ class AlphaChoice:
 @dataclass
 class Observed:
     """The statistics a job calibrates from, and the SmoothQuant and equalization they were made with ('auto'
-    resolved to the chosen alpha; equalization disabled where 'auto' chose to leave it off)."""
+    resolved to the chosen alpha; equalization disabled where 'auto' chose to leave it off; SmoothQuant's
+    `enabled='auto'` resolved, with the sentence that says why)."""
 
     statistics: Statistics
     smoothquant: SmoothQuantConfig
     equalize: EqualizeConfig
     smoothquant_choice: AlphaChoice | None
     equalize_choice: AlphaChoice | None
+    smoothquant_auto: str = ""
 
 
 def _ratio(distance: float, best: float) -> float:
@@ -116,17 +118,41 @@ def as_made(config: SmoothQuantConfig | EqualizeConfig, choice: AlphaChoice | No
     return dataclasses.replace(config, alpha=choice.alpha)
 
 
+def smoothquant_where_needed(trials: CalibrationTrials, calib: CalibConfig, smoothquant: SmoothQuantConfig,
+                             equalize_alpha: float | None, floor: FidelityFloor | None
+                             ) -> tuple[SmoothQuantConfig, AlphaChoice | None, str]:
+    """`smoothquant.enabled=auto`: SmoothQuant stays off where the PTQ model without it keeps the fidelity floor on
+    the held-out texts and the guard (a model without activation outliers: it would only trade the guard's score
+    distribution for cosine); past the floor, 'off' and every alpha candidate (or the one alpha given) are trials,
+    and the closest to fp32 wins by AlphaChoice's rule. Returns the resolved config, the choice and why."""
+    plain = trials.metrics(calib, None, equalize_alpha)
+    floor = floor or FidelityFloor("cosine_mean", None)
+    past = floor.past(plain)
+    if not past:
+        why = f"PTQ without it keeps the fidelity floor, {floor.describe(plain)}"
+        log.info("SmoothQuant auto: off, %s", why)
+        return dataclasses.replace(smoothquant, enabled=False, alpha=SmoothQuantConfig().alpha), None, why
+    alphas = smoothquant.candidates if smoothquant.alpha == AUTO else [smoothquant.alpha]
+    choice = _choose("smoothquant", [None, *alphas],
+                     lambda alpha: plain if alpha is None else trials.metrics(calib, alpha, equalize_alpha))
+    why = f"PTQ without it is past the fidelity floor on {' and '.join(past)}, {floor.describe(plain)}"
+    log.info("SmoothQuant auto: %s; chose %s", why, "off" if choice.alpha is None else choice.alpha)
+    return as_made(dataclasses.replace(smoothquant, enabled=True, alpha=AUTO), choice), choice, why
+
+
 def observe_with_alphas(model: PreTrainedModel, calib_batches: list[Batch], recipe: Recipe,
-                        measure: Measure | None = None) -> Observed:
+                        measure: Measure | None = None, floor: FidelityFloor | None = None) -> Observed:
     """The statistics a PTQ model is calibrated from, with the alphas as configured or, for 'auto', the candidate
     whose PTQ model is closest to fp32 on the held-out texts and the guard (`measure` scores a model on them, never
     on a task set; see AlphaChoice): equalization first, judged on its own, then SmoothQuant's alpha on the
-    equalized model. The chosen statistics are the ones already collected for the trial; the others are let go."""
+    equalized model; `smoothquant.enabled=auto` reads `floor` (see smoothquant_where_needed). The chosen
+    statistics are the ones already collected for the trial; the others are let go."""
     calib, smoothquant, equalize = recipe.calib, recipe.smoothquant, recipe.equalize
     automatic = [name for name, group in (("smoothquant", smoothquant), ("equalize", equalize))
-                 if group.enabled and group.alpha == AUTO]
+                 if group.enabled == AUTO or group.enabled and group.alpha == AUTO]
     if automatic and measure is None:
-        raise QatError(f"{automatic[0]}.alpha=auto needs a measure of each candidate; expected a number for the alpha")
+        raise QatError(f"{automatic[0]}=auto needs a measure of each candidate; expected a number for the alpha and "
+                       f"{automatic[0]}.enabled true or false")
     trials = CalibrationTrials(model, calib_batches, calib, recipe.quant, smoothquant, equalize, measure)
     equalize_choice = smoothquant_choice = None
     if "equalize" in automatic:
@@ -134,9 +160,13 @@ def observe_with_alphas(model: PreTrainedModel, calib_batches: list[Batch], reci
     equalize = as_made(equalize, equalize_choice)
     equalize_alpha = equalize.alpha if equalize.enabled else None
     trials.keep_only(equalize_alpha)
-    if "smoothquant" in automatic:
+    why = ""
+    if smoothquant.enabled == AUTO:
+        smoothquant, smoothquant_choice, why = smoothquant_where_needed(trials, calib, smoothquant, equalize_alpha,
+                                                                        floor)
+    elif "smoothquant" in automatic:
         smoothquant_choice = _choose("smoothquant", smoothquant.candidates,
                                      lambda alpha: trials.metrics(calib, alpha, equalize_alpha))
-    smoothquant = as_made(smoothquant, smoothquant_choice)
+        smoothquant = as_made(smoothquant, smoothquant_choice)
     statistics = trials.statistics(smoothquant.alpha if smoothquant.enabled else None, equalize_alpha)
-    return Observed(statistics, smoothquant, equalize, smoothquant_choice, equalize_choice)
+    return Observed(statistics, smoothquant, equalize, smoothquant_choice, equalize_choice, why)

@@ -88,15 +88,18 @@ def check_alpha(group: str, alpha: Any, enabled: bool) -> None:
 class SmoothQuantConfig:
     """SmoothQuant migration before calibration (smoothquant.py): `alpha` in [0, 1] moves that much of each input
     channel's range into the weights; `modules` (regular expressions) choose the owner modules whose int8 Linears
-    are smoothed ('.*': all of them)."""
+    are smoothed ('.*': all of them). `enabled='auto'`: only where the PTQ model without it is past the fidelity
+    floor, and then 'off' is one more candidate (see qat.ptq.trials)."""
 
-    enabled: bool = False
+    enabled: Any = False   # true, false, or 'auto'
     alpha: Any = 0.5    # a number, or 'auto': the job picks one of `candidates` before calibration
     candidates: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     modules: list[str] = field(default_factory=lambda: [".*"])
 
     def __post_init__(self) -> None:
-        check_alpha("smoothquant", self.alpha, self.enabled)
+        if self.enabled not in (True, False, AUTO):
+            raise QatError(f"smoothquant.enabled={self.enabled!r} is not valid; expected true, false or auto")
+        check_alpha("smoothquant", self.alpha, bool(self.enabled))
         if not self.candidates or not all(0.0 <= a <= 1.0 for a in self.candidates):
             raise QatError(f"smoothquant.candidates={self.candidates} is not valid; expected one or more alphas in "
                            "[0, 1]")

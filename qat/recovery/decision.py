@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from qat.config import RecoveryConfig
-from qat.evaluation.metrics import GUARD, Metrics, fidelity_metric, higher_is_better, relative_loss
+from qat.evaluation.metrics import GUARD, FidelityFloor, Metrics, fidelity_metric, higher_is_better, relative_loss
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +22,12 @@ class FidelityGate:
     guard: float | None
     floor: float | None
 
+    def values(self) -> Metrics:
+        return {self.metric: self.heldout, **({} if self.guard is None else {f"{GUARD}/{self.metric}": self.guard})}
+
     def past_floor(self) -> list[str]:
         """The sets ('held-out', 'guard') whose fidelity is past the floor."""
-        if self.floor is None:
-            return []
-        values = {"held-out": self.heldout, "guard": self.guard}
-        higher = higher_is_better(self.metric)
-        return [name for name, value in values.items()
-                if value is not None and (value < self.floor if higher else value > self.floor)]
+        return FidelityFloor(self.metric, self.floor).past(self.values())
 
 
 @dataclass
@@ -52,16 +50,15 @@ class RecoveryDecision:
         loss = (f"{100 * self.ptq_loss:.2f}% below fp32 (threshold {100 * self.threshold:.2f}%)"
                 if higher_is_better(self.metric) else f"{self.ptq_loss:.4f} from fp32 (threshold {self.threshold:.4f})")
         gate = self.fidelity
-        guard = "" if gate.guard is None else f", guard {gate.guard:.4f}"
-        bound = "off" if gate.floor is None else ("floor" if higher_is_better(gate.metric) else "ceiling") + f" {gate.floor:.4f}"
         decided = ("trained by " + " and ".join(f"the {g} gate" for g in self.gates) if self.train and self.gates
                    else "training is off (train=none)" if self.gates else "both gates pass")
         return (f"Task gate: dev {self.metric} {self.ptq:.4f} against fp32 {self.fp32:.4f}, {loss}. "
-                f"Fidelity gate: {gate.metric} held-out {gate.heldout:.4f}{guard} ({bound}). Decision: {decided}.")
+                f"Fidelity gate: {FidelityFloor(gate.metric, gate.floor).describe(gate.values())}. Decision: {decided}.")
 
 
-def fidelity_floor(recovery: RecoveryConfig, pairs: bool) -> float | None:
-    return recovery.max_score_diff if pairs else recovery.min_cosine
+def fidelity_floor(recovery: RecoveryConfig, pairs: bool) -> FidelityFloor:
+    """The floor the fidelity gate reads for this kind of model (recovery.min_cosine or recovery.max_score_diff)."""
+    return FidelityFloor(fidelity_metric(pairs), recovery.max_score_diff if pairs else recovery.min_cosine)
 
 
 def decide_recovery(recovery: RecoveryConfig, train_enabled: bool, fp32: Metrics, ptq: Metrics,
@@ -69,9 +66,9 @@ def decide_recovery(recovery: RecoveryConfig, train_enabled: bool, fp32: Metrics
     """Train if PTQ loses more than recovery.threshold on the dev task measure, or if its held-out or guard
     fidelity is past the floor (recovery.min_cosine for embeddings, recovery.max_score_diff for score models),
     or if forced; `train_enabled` false (train=none) only records what the gates said."""
-    metric, measure = recovery.metric, fidelity_metric(pairs)
+    metric, floor = recovery.metric, fidelity_floor(recovery, pairs)
     loss = relative_loss(metric, fp32[metric], ptq[metric])
-    gate = FidelityGate(measure, ptq[measure], ptq.get(f"{GUARD}/{measure}"), fidelity_floor(recovery, pairs))
+    gate = FidelityGate(floor.metric, ptq[floor.metric], ptq.get(f"{GUARD}/{floor.metric}"), floor.floor)
     gates = (["task"] if loss > recovery.threshold else []) + (["fidelity"] if gate.past_floor() else []) \
         + (["force"] if recovery.force else [])
     decision = RecoveryDecision(metric, fp32[metric], ptq[metric], loss, recovery.threshold, gate, recovery.force,
