@@ -152,6 +152,7 @@ class TrainConfig:
     block_weight: float = 1.0
     output_weight: float = 1.0
     task_weight: float = 0.0   # > 0: add a ranking loss on the training sources' labelled pairs (qat.recovery.distill)
+    rounding_only: bool = False   # each weight only chooses its rounding within PTQ's step (qat.recovery.trainer.RoundingCells)
     eval_every: int = 100
     save_every: int = 100
     patience: int | None = None        # stop after this many evaluations without a better (guarded) dev metric

@@ -24,6 +24,8 @@ from qat.base.errors import QatError
 from qat.evaluation.metrics import EvalData, embed, evaluate
 from qat.load import batches, pool
 from qat.quant.wrapper import EncoderModule
+from qat.quant.modules import QuantLinear
+from qat.quant.numerics import weight_qparams
 from qat.quant.simulate import simulate
 from qat.recovery.trainer import STATE_FILE, LengthGroupedSampler, StartingPoint, Trainer, resolve_resume
 
@@ -79,6 +81,23 @@ def test_training_changes_weights_not_scales(tiny_encoder, qconf, texts, tmp_pat
     assert result.state.step == 6
     assert not torch.equal(weights, student.encoder.model.encoder.layer[0].output.dense.weight)
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in buffers.items()) and buffers
+
+
+def test_rounding_only_training_moves_each_weight_at_most_to_the_other_rounding_of_its_ptq_step(
+        tiny_encoder, qconf, texts, tmp_path):
+    trainer = make_trainer(tiny_encoder, qconf, texts, tmp_path, lr=0.05, rounding_only=True)   # a step far too large
+    student = trainer.accelerator.unwrap_model(trainer.student)
+    linears = {name: m for name, m in student.named_modules() if isinstance(m, QuantLinear)}
+    before = {name: m.weight.detach().clone() for name, m in linears.items()}
+    scales = {name: weight_qparams(w, *linears[name].weight_quantizer.weight_range)[0][:, None] for name, w in before.items()}
+    trainer.train(None)
+    moved = 0
+    for name, m in linears.items():
+        step, cell = scales[name], torch.floor(before[name] / scales[name])
+        position = m.weight.detach() / step - cell   # inside the PTQ cell: [0, 1] steps above its floor
+        assert position.min() >= -1e-4 and position.max() <= 1 + 1e-4, name
+        moved += int((torch.round(m.weight.detach() / step) != torch.round(before[name] / step)).sum())
+    assert moved > 0   # some weights did change the way they round
 
 
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(tiny_encoder, qconf, texts, tmp_path):

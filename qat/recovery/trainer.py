@@ -31,6 +31,7 @@ from qat.load import Batch, Encoder, outputs, text_length, tokenize
 from qat.base.progress import progress
 from qat.base.settings import SETTINGS_FILE, Settings
 from qat.quant.modules import QuantLinear
+from qat.quant.numerics import weight_qparams
 from qat.quant.simulate import FakeQuantModel
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,27 @@ def weight_quant_errors(student: FakeQuantModel) -> dict[str, float]:
                 for name, m in student.encoder.named_modules() if isinstance(m, QuantLinear)}
 
 
+class RoundingCells:
+    """train.rounding_only: each quantized weight stays inside the quantization step of its PTQ value it lies in
+    (per channel, PTQ's scale s: [s * floor(w / s), s * (floor(w / s) + 1)]), so training may only change which
+    way it rounds, AdaRound's search space (Nagel et al., 2020), and cannot drift further from PTQ where the
+    training text does not reach. Applied as a projection after every optimizer step."""
+
+    def __init__(self, student: nn.Module) -> None:
+        self.cells: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] = []
+        with torch.no_grad():
+            for module in student.modules():
+                if isinstance(module, QuantLinear):
+                    weight = module.weight
+                    scale = weight_qparams(weight, *module.weight_quantizer.weight_range)[0].to(weight.device)[:, None]
+                    self.cells.append((weight, torch.floor(weight / scale) * scale, scale))
+
+    @torch.no_grad()
+    def project(self) -> None:
+        for weight, low, step in self.cells:
+            torch.clamp_(weight.data, low, low + step)
+
+
 def on_device(model: nn.Module, device: torch.device) -> Callable[..., torch.Tensor]:
     """`model` (on `device`, a GPU when training there) as a forward on CPU batches with CPU outputs, as the
     evaluation calls it."""
@@ -202,6 +224,8 @@ class Trainer:
         scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
         loader = text_loader(encoder, texts, cfg.batch_size, seed)
         self.student, self.optimizer, self.loader, self.scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
+        # PTQ's weights (a resumed run loads its own trained weights after this, inside the same cells)
+        self.cells = RoundingCells(accelerator.unwrap_model(self.student)) if cfg.rounding_only else None
 
     def resume(self, path: Path) -> None:
         state = TrainState(**json.loads((path / STATE_FILE).read_text()))
@@ -368,6 +392,8 @@ class Trainer:
                     acc.backward(loss.total)
                     grad_norm = acc.clip_grad_norm_(self.parameters, cfg.max_grad_norm) if acc.sync_gradients else None
                     self.optimizer.step()
+                    if self.cells is not None:
+                        self.cells.project()
                     self.scheduler.step()
                     self.optimizer.zero_grad()
                 self.state.batch_in_epoch += 1
