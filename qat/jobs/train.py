@@ -84,11 +84,12 @@ def prepare_ptq(cfg: RunConfig, session: Session, run_dir: Path, accelerator: Ac
     return model if model is not None else ptq.read(path)
 
 
-def export_and_evaluate(cfg: RunConfig, session: Session, models: dict[Stage, FakeQuantModel],
-                        run_dir: Path) -> tuple[dict[Stage, ExportRecord], dict[Variant, Table]]:
+def export_and_evaluate(cfg: RunConfig, session: Session, models: dict[Stage, FakeQuantModel], run_dir: Path,
+                        embedded: dict[Stage, Table]) -> tuple[dict[Stage, ExportRecord], dict[Variant, Table]]:
     """Each int8 model exported with its parity record, then embedded: fp32 and every export on all evaluation
     texts (fp32's dev embeddings reused), each fake-quant simulation on the held-out texts and the guard only (its
-    fidelity; the task sets are scored on the exports, which are what is delivered)."""
+    fidelity; the task sets are scored on the exports, which are what is delivered), unless `embedded` already
+    holds them (PTQ's, embedded for the decision)."""
     texts, fidelity_texts = session.data.texts(), session.data.fidelity_only().texts()
     warmup = next(batches(session.encoder, session.data.heldout, 8))
     fp32 = session.fp32_table(texts)
@@ -98,7 +99,9 @@ def export_and_evaluate(cfg: RunConfig, session: Session, models: dict[Stage, Fa
         exports[stage] = export_verified(sim, session.encoder, session.data.heldout, fp32, cfg.export,
                                          run_dir / "export" / stage, cfg.eval.batch_size, cfg.seed)
         fakequant, int8 = stage.variants
-        tables[fakequant] = session.embed(sim.eval(), fidelity_texts)
+        known = embedded.get(stage, {})
+        tables[fakequant] = ({text: known[text] for text in fidelity_texts} if all(t in known for t in fidelity_texts)
+                             else session.embed(sim.eval(), fidelity_texts))
         first = next(iter(exports[stage].runtimes.values()))   # the first target stands for the int8 model
         tables[int8] = session.embed(runtime_forward(first.path, first.runtime, ExportSignature.of(session.encoder),
                                                      warmup), texts)
@@ -178,7 +181,7 @@ def run_train(cfg: RunConfig, run_dir: Path) -> RunReport | None:
         return None
 
     start = time.perf_counter()
-    exports, tables = export_and_evaluate(cfg, session, models, run_dir)
+    exports, tables = export_and_evaluate(cfg, session, models, run_dir, {Stage.PTQ: ptq_table})
     seconds["export_and_evaluate"] = time.perf_counter() - start
     simulated = {variant for stage in models for variant in stage.variants[:1]}
     variants = {variant: evaluate(table, tables[Variant.FP32],
