@@ -252,7 +252,9 @@ class ExportConfig:
         if not self.targets:
             raise QatError(f"export.targets is empty; expected one or more of {list(EXPORT_TARGETS)}, or [auto]")
         for target in self.targets:
-            check_choice("export.targets entry", target, EXPORT_TARGETS)
+            if target not in EXPORT_TARGETS:
+                raise QatError(f"export.targets entry={target!r} is not valid; expected one of {list(EXPORT_TARGETS)}, "
+                               "or export.targets=[auto] (every one installed here)")
         for name in ("parity_unfused_atol", "parity_fidelity_tolerance"):
             if not getattr(self, name) >= 0.0:
                 raise QatError(f"export.{name}={getattr(self, name)} is not valid; expected a number >= 0")
