@@ -48,6 +48,7 @@ from qat.evaluation.metrics import EvalData, Table, evaluate  # noqa: E402
 from qat.exporters.folder import INFO_FILE, read_export_info  # noqa: E402
 from qat.exporters.ipex import load_exported  # noqa: E402
 from qat.exporters.onnx import INTEGER_KERNELS  # noqa: E402
+from qat.exporters.openvino import INT8_PRECISIONS, compiled_gemm_precisions  # noqa: E402
 from qat.load import Encoder, batches, load_encoder  # noqa: E402
 from qat.quant.numerics import cpu_has_vnni  # noqa: E402
 from qat.base.timing import interleaved_rounds, openmp_settings  # noqa: E402
@@ -165,14 +166,12 @@ def openvino_compiled(model, threads: int) -> tuple[Run, dict[str, int]]:
         config["INFERENCE_PRECISION_HINT"] = OPENVINO_HINT["value"]
     compiled = ov.Core().compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
-    runtime = compiled.get_runtime_model()
-    int8 = Counter(op.get_rt_info()["layerType"].astype(str) for op in runtime.get_ops()
-                   if op.get_rt_info()["runtimePrecision"].astype(str) in ("u8", "i8")
-                   and op.get_rt_info()["layerType"].astype(str) in ("FullyConnected", "MatMul"))
+    int8 = {key.split(":")[0]: count for key, count in compiled_gemm_precisions(compiled).items()
+            if key.split(":")[1] in INT8_PRECISIONS}
 
     def run(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(request.infer(numpy_feed(ids, mask))[0].copy())
-    return run, dict(int8)
+    return run, int8
 
 
 def openvino_nncf(onnx_path: Path, threads: int, feeds: list[dict[str, np.ndarray]], int8: bool) -> tuple[Run, dict[str, int]]:

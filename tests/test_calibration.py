@@ -69,6 +69,25 @@ def test_symmetric_activations_center_the_zero_point():
     assert scale == pytest.approx(4.0 / 255) and zero_point == 64
 
 
+def test_signed_attention_matmul_inputs_are_symmetric_and_the_softmax_output_stays_affine(tiny_encoder, texts):
+    """Queries, keys and values get zero point 128 (signed int8 with zero point 0, which OpenVINO's int8 MatMul
+    needs); the softmax output keeps zero point 0 and the Linear inputs keep their affine ranges."""
+    zero_points = {}
+    for symmetric_matmul in (True, False):
+        calib = CalibConfig(samples=32, batch_size=16, symmetric_matmul=symmetric_matmul)
+        qconf = calibrate(tiny_encoder, texts, Recipe(QuantConfig(), calib)).qconf
+        zero_points[symmetric_matmul] = {
+            (op.name, op.index, position): qparams.zero_point for op in qconf.ops if op.kind in ("matmul", "linear")
+            for position, qparams in enumerate(op.input_qparams()) if qparams is not None}
+    matmul = {key: zp for key, zp in zero_points[True].items() if key[0].endswith(".matmul")}
+    assert len(matmul) == 2 * 2 * 2, "two layers, two matmuls, two inputs"
+    queries_keys_values = {key: zp for key, zp in matmul.items() if zp != 0}
+    assert len(queries_keys_values) == 2 * 3 and set(queries_keys_values.values()) == {128}
+    assert all(zero_points[False][key] not in (0, 128) for key in queries_keys_values), "affine without the option"
+    linears = {key for key in zero_points[True] if not key[0].endswith(".matmul")}
+    assert linears and all(zero_points[True][key] == zero_points[False][key] for key in linears)
+
+
 def test_statistics_cover_every_quantizable_tensor_once(tiny_encoder, texts):
     calib = CalibConfig(samples=32, batch_size=16)
     calib_batches = calibration_batches(tiny_encoder, texts, calib)

@@ -20,7 +20,10 @@ from qat.quant.transplant import transplant
 from qat.quant.wrapper import EncoderModule
 
 log = logging.getLogger(__name__)
-LAYOUT_OPS = frozenset(f"aten::{op}" for op in ("alias", "contiguous", "transpose", "permute", "view", "reshape", "expand"))
+# Ops that pass a dequantized tensor on unchanged for int8 purposes: layout, and the dtype cast that a trace under
+# bf16 autocast puts between dequantize and the GEMM (IPEX fuses dequantize -> to -> linear into an int8 kernel).
+LAYOUT_OPS = frozenset(f"aten::{op}" for op in ("alias", "contiguous", "transpose", "permute", "view", "reshape", "expand",
+                                                "to"))
 MODEL_FILE = "model_int8.pt"
 GRAPH_KINDS = {"aten::linear": "linear", "aten::matmul": "matmul", "aten::bmm": "matmul", "aten::add": "add"}
 
@@ -75,30 +78,39 @@ def ipex_skeleton(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) ->
         return Qconf.read(path)
 
 
-def export_ipex(model: PreTrainedModel, qconf: Qconf, weight_qparams: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                example: tuple[torch.Tensor, torch.Tensor], out_dir: Path) -> ExportResult:
-    """Convert the fp32 model with the qconf's activation scales and the weights' own per-channel scales.
-
-    Fails if the frozen graph runs a different set of ops in int8 than the qconf asks for: an export that
-    quietly stays fp32 must never pass as int8.
-    """
+def convert_for_ipex(model: PreTrainedModel, qconf: Qconf, weight_qparams: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                     example: tuple[torch.Tensor, torch.Tensor], qconf_path: Path) -> tuple[torch.nn.Module, Qconf]:
+    """The fp32 model converted by IPEX with the qconf's activation scales and the weights' own per-channel scales
+    (the qconf as IPEX read it is written to `qconf_path`), ready to trace."""
     qconf = qconf.copy()
     qconf.set_weight_scales(weight_qparams)
-    out_dir.mkdir(parents=True, exist_ok=True)
     module = EncoderModule(model).eval()
     qconf = transplant(qconf, ipex_skeleton(module, example))
     prepared = prepare(module, ipex.quantization.default_static_qconfig_mapping, example_inputs=example, inplace=False)
-    qconf_path = out_dir / "qconf.json"
     qconf.write(qconf_path)
     try:
         prepared.load_qconf_summary(qconf_summary=str(qconf_path))
     except (AssertionError, KeyError, IndexError) as error:
         raise QatError(f"qconf {qconf.source} does not match the model ({error or type(error).__name__}); "
                        "expected a qconf calibrated on this architecture") from None
+    with torch.no_grad():
+        return convert(prepared), qconf
+
+
+def export_ipex(model: PreTrainedModel, qconf: Qconf, weight_qparams: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                example: tuple[torch.Tensor, torch.Tensor], out_dir: Path) -> ExportResult:
+    """Convert the fp32 model with the qconf's activation scales and the weights' own per-channel scales, trace and
+    freeze it.
+
+    Fails if the frozen graph runs a different set of ops in int8 than the qconf asks for: an export that
+    quietly stays fp32 must never pass as int8.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    qconf_path = out_dir / "qconf.json"
+    converted, qconf = convert_for_ipex(model, qconf, weight_qparams, example, qconf_path)
     with torch.no_grad(), warnings.catch_warnings():
         # IPEX's converted ops read their scales as Python numbers: constants in the trace, which is intended.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        converted = convert(prepared)
         traced = torch.jit.trace(converted, example, check_trace=False, strict=False)
         frozen = torch.jit.freeze(traced)
     found, expected = int8_op_counts(frozen.graph), expected_graph_counts(qconf)
@@ -124,4 +136,4 @@ def load_exported(path: Path, warmup: tuple[torch.Tensor, torch.Tensor] | None =
     return module
 
 
-__all__ = ["MODEL_FILE", "ExportResult", "export_ipex", "int8_op_counts", "load_exported"]
+__all__ = ["MODEL_FILE", "ExportResult", "convert_for_ipex", "export_ipex", "int8_op_counts", "load_exported"]

@@ -34,14 +34,29 @@ def _rt(node: object, key: str) -> str:
     return str(value.astype(str) if hasattr(value, "astype") else value)
 
 
+def _gemm_layer(node: object) -> str:
+    """The node's layer type if it runs GEMMs: a FullyConnected or MatMul, or a fused Subgraph made from MatMuls
+    (the CPU plugin compiles each attention block, both matmuls and the softmax, into one 'Subgraph+MatMul')."""
+    layer = _rt(node, "layerType")
+    if layer in GEMM_LAYERS:
+        return layer
+    if layer == "Subgraph" and "/MatMul" in _rt(node, "originalLayersNames"):
+        return "Subgraph+MatMul"
+    return ""
+
+
+def compiled_gemm_precisions(compiled: object) -> dict[str, int]:
+    """'<layer type>:<runtime precision>' -> count, for the GEMM nodes of a compiled model's runtime graph."""
+    runtime = compiled.get_runtime_model()
+    return dict(Counter(f"{_gemm_layer(n)}:{_rt(n, 'runtimePrecision')}" for n in runtime.get_ordered_ops()
+                        if _gemm_layer(n)))
+
+
 def gemm_precisions(path: Path) -> dict[str, int]:
-    """'<layer type>:<runtime precision>' -> count, for the GEMM nodes of the model the CPU plugin compiled."""
+    """The GEMM precisions of the model file as the CPU plugin compiles it."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU")
-    runtime = compiled.get_runtime_model()
-    return dict(Counter(f"{_rt(n, 'layerType')}:{_rt(n, 'runtimePrecision')}" for n in runtime.get_ordered_ops()
-                        if _rt(n, "layerType") in GEMM_LAYERS))
+    return compiled_gemm_precisions(ov.Core().compile_model(str(path), "CPU"))
 
 
 def int8_gemms(precisions: dict[str, int]) -> int:

@@ -120,6 +120,8 @@ def _equalize(report: RunReport) -> str:
 def _recipe_line(report: RunReport) -> str:
     calibration = report.calibration
     source = (f"calibration {calibration.algorithm} on {calibration.texts} texts"
+              + (", symmetric" if calibration.symmetric else
+                 ", attention-matmul inputs symmetric" if calibration.symmetric_matmul else "")
               + (", bias correction" if calibration.bias_correction else "")
               + (f", SmoothQuant alpha {_alpha(report.smoothquant.alpha, report.smoothquant_choice)}"
                  if report.smoothquant.enabled else "")

@@ -101,7 +101,9 @@ def parse_metadata(values: dict[str, Any]) -> PtqMetadata:
         model=values["model"], pooling=values["pooling"], max_length=values["max_length"],
         int8_ops=values.get("int8_ops", {}), versions=values.get("versions", {}),
         recipe=QuantConfig(**_known(QuantConfig, recipe)) if isinstance(recipe, dict) else None,
-        calibration=CalibConfig(**_known(CalibConfig, calib)) if isinstance(calib, dict) else None,
+        # An artifact recorded before calib.symmetric_matmul existed was calibrated without it.
+        calibration=CalibConfig(**{"symmetric_matmul": False, **_known(CalibConfig, calib)})
+        if isinstance(calib, dict) else None,
         smoothquant=SmoothQuantRecord(**{**_known(SmoothQuantRecord, smoothquant),
                                          "choice": _choice(smoothquant.get("choice"))}) if smoothquant else None,
         equalize=EqualizeRecord(**{**_known(EqualizeRecord, equalize), "choice": _choice(equalize.get("choice")),

@@ -120,9 +120,11 @@ def apply_calibration(observed: Statistics, calib: CalibConfig, quant: QuantConf
         raise QatError(f"calib.samples={calib.samples} needs {calib.batches} batches but only "
                        f"{len(next(iter(stats.values())).batch_min)} were observed; expected at most that many")
     qconf = observed.skeleton.copy()
+    symmetric = symmetric_tensors(qconf, stats, calib)
     qconf.set_activation_qparams({
         tensor_id: activation_qparams(*activation_range(s, calib.batches, calib.algorithm, calib.percentile,
-                                                        calib.averaging_constant, calib.symmetric), calib.symmetric)
+                                                        calib.averaging_constant, tensor_id in symmetric),
+                                      tensor_id in symmetric)
         for tensor_id, s in stats.items()})
     qconf = qconf.with_recipe(quant)
     if quant.scale_min is not None or quant.scale_max is not None:
@@ -133,6 +135,18 @@ def apply_calibration(observed: Statistics, calib: CalibConfig, quant: QuantConf
         model = corrected_biases(model, qconf, stats, calib.batches)
     set_weight_qparams(qconf, model, quant.weight_bits)
     return Calibration(qconf, model)
+
+
+def symmetric_tensors(skeleton: Qconf, stats: dict[int, TensorStats], calib: CalibConfig) -> set[int]:
+    """The tensors calibrated with a symmetric range: all with calib.symmetric; with calib.symmetric_matmul, the
+    attention matmuls' inputs that take negative values (the softmax output keeps its affine range from 0)."""
+    if calib.symmetric:
+        return set(stats)
+    if not calib.symmetric_matmul:
+        return set()
+    matmul_inputs = {tensor["id"] for op in skeleton.ops if op.kind == "matmul"
+                     for tensor in op.info["input_tensor_infos"] if tensor}
+    return {tensor_id for tensor_id in matmul_inputs & set(stats) if stats[tensor_id].min_max(calib.batches)[0] < 0}
 
 
 @torch.no_grad()

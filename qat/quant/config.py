@@ -49,7 +49,11 @@ class QuantConfig:
 class CalibConfig:
     """Activation calibration over `samples` texts in batches of `batch_size`: a range algorithm (a name of
     ranges.RANGE_ALGORITHMS; 'histogram' is IPEX's default L2 search), symmetric or affine quint8 activations, and
-    optional bias correction of the weight quantization error (the Linear biases absorb (W - Q(W)) E[x])."""
+    optional bias correction of the weight quantization error (the Linear biases absorb (W - Q(W)) E[x]).
+
+    `symmetric_matmul` makes the signed inputs of the attention matmuls (queries, keys, values) symmetric: quint8
+    with zero point 128 is signed int8 with zero point 0, which OpenVINO's CPU plugin needs to run those matmuls
+    in int8 (with a zero point it runs them in floating point behind separate FakeQuantize ops)."""
 
     algorithm: str = "histogram"
     bins: int = 2048
@@ -58,6 +62,7 @@ class CalibConfig:
     percentile: float = 99.99
     averaging_constant: float = 0.01
     symmetric: bool = False
+    symmetric_matmul: bool = True
     bias_correction: bool = False
 
     def __post_init__(self) -> None:
