@@ -23,6 +23,7 @@ MODEL_DIR = "openvino"
 MODEL_FILE = f"{MODEL_DIR}/openvino_model_qint8.xml"
 GEMM_LAYERS = ("FullyConnected", "MatMul")
 INT8_PRECISIONS = ("u8", "i8")
+LAYOUT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze")
 
 
 def _rt(node: object, key: str) -> str:
@@ -63,6 +64,34 @@ def int8_gemms(precisions: dict[str, int]) -> int:
     return sum(count for key, count in precisions.items() if key.split(":")[1] in INT8_PRECISIONS)
 
 
+def quantize_before_layout(model: object) -> int:
+    """Move each per-tensor FakeQuantize above the layout ops (reshape, transpose) between it and the op that makes
+    its tensor: per tensor, quantization commutes with them, so the model computes the same. The simulation
+    quantizes the attention's queries, keys and values at the matmul, after the heads' reshape and transpose; there
+    the CPU plugin runs each FakeQuantize apart in f32 behind a bf16 reorder, and moved up it fuses into the
+    FullyConnected that makes the tensor (int8 output). Returns how many moved."""
+    from openvino import opset13
+
+    moved = 0
+    for fake_quantize in [n for n in model.get_ordered_ops() if n.get_type_name() == "FakeQuantize"]:
+        bounds = [fake_quantize.input(k).get_source_output().get_node() for k in range(1, 5)]
+        if any(b.get_type_name() != "Constant" or b.get_data().size != 1 for b in bounds):
+            continue   # per-channel (weights), or ranges computed in the graph
+        layout, source = [], fake_quantize.input(0).get_source_output()
+        while source.get_node().get_type_name() in LAYOUT_OPS and len(source.get_target_inputs()) == 1:
+            layout.append(source.get_node())
+            source = source.get_node().input(0).get_source_output()
+        if not layout:
+            continue
+        scalars = [opset13.constant(b.get_data().reshape(1)) for b in bounds]   # broadcast to any rank
+        earlier = opset13.fake_quantize(source, *scalars, fake_quantize.get_attributes()["levels"])
+        layout[-1].input(0).replace_source_output(earlier.output(0))
+        fake_quantize.output(0).replace(fake_quantize.input(0).get_source_output())
+        moved += 1
+    model.validate_nodes_and_infer_types()
+    return moved
+
+
 def export_openvino(model: torch.nn.Module, signature: ExportSignature, example: tuple[torch.Tensor, ...],
                     out_dir: Path) -> tuple[Path, dict[str, int]]:
     """Write <out_dir>/openvino/openvino_model_qint8.xml|bin from the fake-quant model and return it with its GEMM
@@ -73,6 +102,7 @@ def export_openvino(model: torch.nn.Module, signature: ExportSignature, example:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         converted = ov.convert_model(named, example_input=dict(zip(signature.inputs, example)))
+    log.info("OpenVINO: %d FakeQuantize ops moved above their reshape/transpose", quantize_before_layout(converted))
     for port, name in zip(converted.inputs, signature.inputs):
         port.get_tensor().set_names({name})
     converted.outputs[0].get_tensor().set_names({signature.output})
