@@ -166,12 +166,15 @@ def openvino_compiled(model, threads: int) -> tuple[Run, dict[str, int]]:
         config["INFERENCE_PRECISION_HINT"] = OPENVINO_HINT["value"]
     compiled = ov.Core().compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
-    int8 = {key.split(":")[0]: count for key, count in compiled_gemm_precisions(compiled).items()
-            if key.split(":")[1] in INT8_PRECISIONS}
+    int8: Counter[str] = Counter()
+    for key, count in compiled_gemm_precisions(compiled).items():
+        layer, precision = key.split(":")
+        if precision in INT8_PRECISIONS:
+            int8[layer] += count
 
     def run(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(request.infer(numpy_feed(ids, mask))[0].copy())
-    return run, int8
+    return run, dict(int8)
 
 
 def openvino_nncf(onnx_path: Path, threads: int, feeds: list[dict[str, np.ndarray]], int8: bool) -> tuple[Run, dict[str, int]]:
