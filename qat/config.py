@@ -478,7 +478,9 @@ def to_run_config(cfg: DictConfig, schema: type = RunConfig) -> Any:
         key = missing_key(values, error)
         raise QatError(f"{key} is required; expected {key}=<value> on the command line (see --help)") from None
     except OmegaConfBaseException as error:
-        raise QatError(f"invalid config: {str(error).splitlines()[0]}") from None
+        # OmegaConf's message names the bad value; full_key names where it was given.
+        where = f" at {error.full_key}" if getattr(error, "full_key", None) else ""
+        raise QatError(f"invalid config{where}: {str(error).splitlines()[0]}") from None
 
 
 def missing_key(values: Any, error: MissingMandatoryValue, prefix: str = "") -> str:
