@@ -152,6 +152,7 @@ class TrainConfig:
     block_weight: float = 1.0
     output_weight: float = 1.0
     task_weight: float = 0.0   # > 0: add a ranking loss on the training sources' labelled pairs (qat.recovery.distill)
+    similarity_weight: float = 0.0   # > 0: add the in-batch similarity loss of embeddings (qat.recovery.distill)
     rounding_only: bool = False   # each weight only chooses its rounding within PTQ's step (qat.recovery.trainer.RoundingCells)
     eval_every: int = 100
     save_every: int = 100
@@ -187,8 +188,10 @@ class TrainConfig:
         if self.block_weight < 0 or self.output_weight < 0 or self.block_weight + self.output_weight == 0:
             raise QatError(f"train.block_weight={self.block_weight}, train.output_weight={self.output_weight} are not "
                            "valid; expected non-negative weights, not both zero")
-        if not (isinstance(self.task_weight, (int, float)) and 0.0 <= self.task_weight < math.inf):
-            raise QatError(f"train.task_weight={self.task_weight!r} is not valid; expected a non-negative number (0: off)")
+        for name in ("task_weight", "similarity_weight"):
+            weight = getattr(self, name)
+            if not (isinstance(weight, (int, float)) and 0.0 <= weight < math.inf):
+                raise QatError(f"train.{name}={weight!r} is not valid; expected a non-negative number (0: off)")
 
 
 @dataclass

@@ -120,6 +120,12 @@ def test_a_task_loss_ranks_the_labelled_training_pairs_of_a_one_score_model(scor
     with pytest.raises(QatError, match=r"train.task_weight needs one similarity per pair, but model .* has 3 outputs"):
         run_train(cfg, tmp_path / "refused")
     assert not (tmp_path / "refused" / "ptq").exists()
+    # a score model makes no embeddings whose similarities the similarity term could compare
+    cfg = job_config("train", RunConfig, [f"model.name_or_path={score_model[1]}", *RUN, *task_files,
+                                          "train.similarity_weight=1"])
+    with pytest.raises(QatError, match=r"train.similarity_weight=1 compares embeddings' similarities, but model .* "
+                                       r"outputs scores; expected an embedding model"):
+        run_train(cfg, tmp_path / "refused_similarity")
 
 
 @pytest.mark.ipex

@@ -18,7 +18,7 @@ from qat.quant.config import Recipe
 from qat.config import TrainConfig
 from qat.quant.config import CalibConfig, QuantConfig
 from qat.data import PairSet
-from qat.recovery.distill import MSE_LOSS, distillation_loss, ranking_loss, record_blocks
+from qat.recovery.distill import MSE_LOSS, distillation_loss, ranking_loss, record_blocks, similarity_loss
 from qat.quant.structure import transformer_blocks
 from qat.base.errors import QatError
 from qat.evaluation.metrics import EvalData, embed, evaluate
@@ -340,6 +340,25 @@ def test_the_task_loss_is_added_drawn_the_same_for_a_batch_and_learnt(tiny_encod
     # off by default: no task term
     plain = make_trainer(tiny_encoder, qconf, texts, tmp_path / "plain", task=task)
     assert plain.loss(next(iter(plain.loader))).task is None
+
+
+def test_the_similarity_loss_sees_a_shift_shared_by_all_embeddings_that_the_cosine_term_barely_sees():
+    teacher = torch.nn.functional.normalize(torch.randn(16, 32, generator=torch.Generator().manual_seed(0)), dim=-1)
+    shifted = teacher + 0.3 / 32 ** 0.5   # every embedding moves the same way: every similarity rises
+    per_text = 1 - torch.nn.functional.cosine_similarity(shifted, teacher).mean()
+    assert similarity_loss(teacher, teacher).item() == 0.0 and per_text.item() < 0.05
+    assert similarity_loss(shifted, teacher).item() > 10 * per_text.item()
+    assert similarity_loss(2.0 * teacher, teacher).item() == pytest.approx(0.0, abs=1e-6)   # cosines: scale-free
+    assert similarity_loss(teacher[:1], teacher[:1]).item() == 0.0   # one text, no pair
+
+
+def test_the_similarity_term_is_added_for_embeddings(tiny_encoder, qconf, texts, tmp_path):
+    trainer = make_trainer(tiny_encoder, qconf, texts, tmp_path, similarity_weight=2.0)
+    loss = trainer.loss(next(iter(trainer.loader)))
+    assert loss.similarity.item() > 0
+    assert loss.total.item() == pytest.approx(torch.stack(loss.blocks).sum().item() + loss.output.item()
+                                              + 2.0 * loss.similarity.item(), rel=1e-5)
+    assert make_trainer(tiny_encoder, qconf, texts, tmp_path / "plain").loss(next(iter(trainer.loader))).similarity is None
 
 
 def test_a_base_size_encoder_trains_one_step_under_the_bf16_path(tmp_path, texts, fresh_accelerate_state):

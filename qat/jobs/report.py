@@ -90,6 +90,8 @@ def _recovery_line(report: RunReport) -> str:
         lr += f" (auto: dev {choice.metric} after {choice.trial_steps} steps by lr: {trials})"
     task = (f" plus a task loss (weight {training.task_weight:g}, ranking {training.task_pairs} labelled pairs)"
             if training.task_pairs else "")
+    task += (f" plus the in-batch similarity term (weight {training.similarity_weight:g})"
+             if training.similarity_weight else "")
     return (head + f" Trained {training.step} steps{stop}, {lr}, with the {training.teacher} teacher{task} on "
             f"{training.processes} process(es) in {training.seconds:.0f} s ({training.seconds_per_step:.2f} s/step); "
             f"kept step {training.best_step}: dev {decision.metric} {training.best_metric:.4f}"

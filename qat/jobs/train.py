@@ -136,8 +136,8 @@ def run_train(cfg: RunConfig, run_dir: Path) -> RunReport | None:
         ptq.check_recipe(session.encoder, session.calibration, cfg.quant)
     cfg = dataclasses.replace(cfg, recovery=dataclasses.replace(cfg.recovery, metric=session.metrics["recovery.metric"]))
     task_loss = cfg.train.enabled and cfg.train.task_weight > 0
-    if task_loss:
-        recovery.check_task_model(session.encoder)
+    if cfg.train.enabled:
+        recovery.check_loss_terms(session.encoder, cfg.train)
     training_set = (training_texts(cfg.data, set(session.data.texts()), session.encoder.pairs, task_loss)
                     if cfg.train.enabled else None)
     cut = truncated(session.encoder, list(dict.fromkeys(

@@ -39,7 +39,8 @@ class DistillLoss:
     total: torch.Tensor
     blocks: list[torch.Tensor]
     output: torch.Tensor
-    task: torch.Tensor | None = None   # the ranking loss on labelled pairs, before train.task_weight
+    task: torch.Tensor | None = None         # the ranking loss on labelled pairs, before train.task_weight
+    similarity: torch.Tensor | None = None   # the in-batch similarity loss, before train.similarity_weight
 
 
 def ranking_loss(similarity: torch.Tensor, labels: torch.Tensor, kind: str = COSINE_LOSS) -> torch.Tensor:
@@ -74,13 +75,34 @@ def output_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torc
     return nn.functional.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean")
 
 
+def similarity_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Relational distillation of embeddings (Park et al. 2019; Tung and Mori 2019, similarity-preserving): the
+    MSE between the student's and the teacher's cosine similarities of every pair of texts in the batch, divided by
+    the variance of the teacher's. The per-text cosine term leaves a shift shared by all embeddings free, and such
+    a shift moves every similarity score a little: this term holds the similarity distribution that the held-out
+    and guard EMD and every STS or retrieval score read."""
+    student = nn.functional.normalize(student.float(), dim=-1)
+    teacher = nn.functional.normalize(teacher.detach().float(), dim=-1)
+    pairs = ~torch.eye(len(teacher), dtype=torch.bool, device=teacher.device)
+    student_similarity, teacher_similarity = (student @ student.T)[pairs], (teacher @ teacher.T)[pairs]
+    if teacher_similarity.numel() < 2:
+        return student_similarity.sum() * 0.0   # one text: no pair to compare
+    variance = teacher_similarity.var().clamp(min=1e-12)
+    return ((student_similarity - teacher_similarity) ** 2).mean() / variance
+
+
 def distillation_loss(student_blocks: list[torch.Tensor], teacher_blocks: list[torch.Tensor],
                       student_outputs: torch.Tensor, teacher_outputs: torch.Tensor, mask: torch.Tensor,
-                      block_weight: float, output_weight: float, output_kind: str = COSINE_LOSS) -> DistillLoss:
-    """sum_b block_weight * nMSE(block b) + output_weight * the output loss (see output_loss)."""
+                      block_weight: float, output_weight: float, output_kind: str = COSINE_LOSS,
+                      similarity_weight: float = 0.0) -> DistillLoss:
+    """sum_b block_weight * nMSE(block b) + output_weight * the output loss (see output_loss), plus for embeddings
+    similarity_weight * the in-batch similarity loss (see similarity_loss)."""
     if len(student_blocks) != len(teacher_blocks):
         raise QatError(f"student has {len(student_blocks)} blocks, teacher {len(teacher_blocks)}; expected the same")
     blocks = [normalized_mse(s, t.detach(), mask) for s, t in zip(student_blocks, teacher_blocks)]
     output = output_loss(student_outputs, teacher_outputs, output_kind)
     total = block_weight * torch.stack(blocks).sum() + output_weight * output
-    return DistillLoss(total, blocks, output)
+    if similarity_weight == 0 or output_kind != COSINE_LOSS:
+        return DistillLoss(total, blocks, output)
+    similarity = similarity_loss(student_outputs, teacher_outputs)
+    return DistillLoss(total + similarity_weight * similarity, blocks, output, similarity=similarity)

@@ -45,6 +45,7 @@ class TrainingSummary(TrainState):
     lr_choice: LrChoice | None = None   # how train.lr=auto chose, if it did
     task_weight: float = 0.0            # the task loss's weight (0: distillation only)
     task_pairs: int = 0                 # labelled pairs the task loss drew from
+    similarity_weight: float = 0.0      # the in-batch similarity term's weight (0: off)
     dev_noise: float = 0.0              # dev measures closer than this were level (the checkpoint rule)
     fp32_dev: float | None = None       # fp32 on the data the evaluations read (the training curve's fp32 line)
     dev_sampled: bool = False           # those evaluations read a fixed sample of the dev task sets
@@ -188,6 +189,7 @@ def recover(accelerator: Accelerator, ptq_model: PreTrainedModel, qconf: Qconf, 
     summary = TrainingSummary(**asdict(state), seconds_per_step=result.seconds_per_step, teacher=teacher_kind,
                               processes=accelerator.num_processes, lr=trainer.cfg.lr, lr_choice=choice,
                               task_weight=train.task_weight if training.task else 0.0,
-                              task_pairs=len(training.task.scores) if training.task else 0, dev_noise=ptq_dev.noise,
+                              task_pairs=len(training.task.scores) if training.task else 0,
+                              similarity_weight=train.similarity_weight, dev_noise=ptq_dev.noise,
                               fp32_dev=ptq_dev.fp32, dev_sampled=ptq_dev.sampled)
     return trained, summary

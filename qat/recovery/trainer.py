@@ -124,14 +124,19 @@ def output_kind(encoder: Encoder) -> str:
     return KL_LOSS if encoder.classes else MSE_LOSS if encoder.pairs else COSINE_LOSS
 
 
-def check_task_model(encoder: Encoder) -> None:
+def check_loss_terms(encoder: Encoder, cfg: TrainConfig) -> None:
     """train.task_weight ranks one similarity per labelled pair: an embedding model's cosine, or a score model's
-    single output. Class logits or several heads have no one value that a label orders."""
+    single output; class logits or several heads have no one value that a label orders. train.similarity_weight
+    compares the similarities of embeddings, which a score or class model does not make."""
     outputs_per_pair = encoder.model.config.num_labels if encoder.pairs else 1
-    if outputs_per_pair != 1:
+    if cfg.task_weight > 0 and outputs_per_pair != 1:
         raise QatError(f"train.task_weight needs one similarity per pair, but model {encoder.source!r} has "
                        f"{outputs_per_pair} outputs; expected an embedding model or a one-score model, or "
                        "train.task_weight=0")
+    if cfg.similarity_weight > 0 and output_kind(encoder) != COSINE_LOSS:
+        raise QatError(f"train.similarity_weight={cfg.similarity_weight:g} compares embeddings' similarities, but "
+                       f"model {encoder.source!r} outputs {'class logits' if encoder.classes else 'scores'}; expected "
+                       "an embedding model, or train.similarity_weight=0")
 
 
 def select_trainable(student: FakeQuantModel, train_layernorm: bool) -> list[nn.Parameter]:
@@ -246,7 +251,8 @@ class Trainer:
                 self.accelerator.autocast():
             student_outputs = outputs(self.encoder, self.student(*batch), mask)
         loss = distillation_loss(student_blocks, teacher_blocks, student_outputs, teacher_outputs, mask,
-                                 self.cfg.block_weight, self.cfg.output_weight, output_kind(self.encoder))
+                                 self.cfg.block_weight, self.cfg.output_weight, output_kind(self.encoder),
+                                 self.cfg.similarity_weight)
         if self.task is None:
             return loss
         task = self.task_loss()
@@ -343,7 +349,8 @@ class Trainer:
                     end: int) -> None:
         """Log, watch, evaluate and save as the schedule says, after an optimizer step."""
         cfg, step, lr = self.cfg, self.state.step, self.scheduler.get_last_lr()[0]
-        task = {} if loss.task is None else {"train/task_loss": loss.task.item()}
+        task = {f"train/{name}_loss": term.item() for name, term in (("task", loss.task), ("similarity", loss.similarity))
+                if term is not None}
         self.log({"train/loss": loss.total.item(), "train/output_loss": loss.output.item(), "train/lr": lr, **task,
                   "train/grad_norm": float(grad_norm), **{f"train/block_{i}": b.item() for i, b in enumerate(loss.blocks)}})
         bar.update(1)
