@@ -152,7 +152,7 @@ class TrainConfig:
     block_weight: float = 1.0
     output_weight: float = 1.0
     task_weight: float = 0.0   # > 0: add a ranking loss on the training sources' labelled pairs (qat.recovery.distill)
-    similarity_weight: float = 0.0   # > 0: add the in-batch similarity loss of embeddings (qat.recovery.distill)
+    similarity_weight: Any = "auto"   # the in-batch similarity loss of embeddings (qat.recovery.distill): a weight, or auto
     rounding_only: bool = False   # each weight only chooses its rounding within PTQ's step (qat.recovery.trainer.RoundingCells)
     eval_every: int = 100
     save_every: int = 100
@@ -190,8 +190,11 @@ class TrainConfig:
                            "valid; expected non-negative weights, not both zero")
         for name in ("task_weight", "similarity_weight"):
             weight = getattr(self, name)
-            if not (isinstance(weight, (int, float)) and 0.0 <= weight < math.inf):
-                raise QatError(f"train.{name}={weight!r} is not valid; expected a non-negative number (0: off)")
+            if name == "similarity_weight" and weight == AUTO:
+                continue
+            if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and 0.0 <= weight < math.inf):
+                raise QatError(f"train.{name}={weight!r} is not valid; expected a non-negative number (0: off)"
+                               + (" or auto" if name == "similarity_weight" else ""))
 
 
 @dataclass

@@ -48,7 +48,7 @@ def test_defaults_are_ipex_default_recipe():
     ("calib.percentile=100.5", "calib.percentile=100.5 is not valid"),
     ("sensitivity.metric=stsb_test/spearman", "reads a test split"),
     ("train.task_weight=-1", "train.task_weight=-1.0 is not valid; expected a non-negative number (0: off)"),
-    ("train.similarity_weight=-2", "train.similarity_weight=-2.0 is not valid; expected a non-negative number (0: off)"),
+    ("train.similarity_weight=-2", "train.similarity_weight=-2 is not valid; expected a non-negative number (0: off) or auto"),
     ("equalize.alpha=auto", "equalize.alpha=auto with equalize off; expected equalize=on"),
 ])
 def test_bad_values(override, message):

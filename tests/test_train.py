@@ -1,5 +1,6 @@
 """Recovery training: distillation loss, exact resume, NaN guard, fingerprint check, end to end."""
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -27,7 +28,8 @@ from qat.quant.wrapper import EncoderModule
 from qat.quant.modules import QuantLinear
 from qat.quant.numerics import weight_qparams
 from qat.quant.simulate import simulate
-from qat.recovery.trainer import STATE_FILE, LengthGroupedSampler, StartingPoint, Trainer, resolve_resume
+from qat.recovery.trainer import (SIMILARITY_WEIGHT, STATE_FILE, LengthGroupedSampler, StartingPoint, Trainer,
+                                  resolve_resume, similarity_weight)
 
 
 @pytest.fixture
@@ -236,23 +238,27 @@ def test_length_grouped_batches_are_seeded_by_epoch_and_pad_little():
     assert max(spread) < 30 < 100
 
 
-@pytest.mark.parametrize("heldout_drop, guard_drop, best_step", [(0.0, 0.5, 0), (0.01, 0.0, 0), (0.0, 0.0, 6)])
+@pytest.mark.parametrize("heldout_drop, guard_drop, emd_rise, best_step",
+                         [(0.0, 0.5, 0.0, 0), (0.01, 0.0, 0.0, 0), (0.0, 0.0, 0.001, 0), (0.0, 0.0, 0.0, 6)])
 def test_a_checkpoint_less_faithful_than_ptq_is_never_kept(tiny_encoder, qconf, texts, tmp_path, heldout_drop,
-                                                            guard_drop, best_step):
-    """The dev task measure improves at every evaluation; held-out and guard fidelity (scripted here) either fall
-    below PTQ's after the start or stay at it."""
+                                                            guard_drop, emd_rise, best_step):
+    """The dev task measure improves at every evaluation; held-out and guard fidelity (scripted here: cosine, and the
+    EMD of the similarity scores) either fall below PTQ's after the start or stay at it."""
     def script(metrics):
         step = len(seen)
         seen.append(step)
         metrics["sts_dev/spearman"] = 50.0 + 10.0 * step
         metrics["cosine_mean"] = 0.95 - (heldout_drop if step else 0.0)
         metrics["guard/cosine_mean"] = 0.9 - (guard_drop if step else 0.0)
+        metrics["emd_heldout_pairs"] = 0.01 + (emd_rise if step else 0.0)
+        metrics["guard/emd"] = 0.02
 
     seen = []
     trainer = make_trainer(tiny_encoder, qconf, texts, tmp_path, evaluate_hook=script, eval_every=3,
                            metric="sts_dev/spearman")
     result = trainer.train(None)
-    assert seen == [0, 1, 2] and result.state.floors == pytest.approx({"cosine_mean": 0.95, "guard/cosine_mean": 0.9})
+    assert seen == [0, 1, 2] and result.state.floors == pytest.approx(
+        {"cosine_mean": 0.95, "guard/cosine_mean": 0.9, "emd_heldout_pairs": 0.01, "guard/emd": 0.02})
     assert result.state.best_step == best_step
 
 
@@ -315,7 +321,8 @@ def test_the_ranking_loss_asks_only_for_the_order_of_the_labels():
 
 def test_the_task_loss_is_added_drawn_the_same_for_a_batch_and_learnt(tiny_encoder, qconf, texts, tmp_path):
     task = PairSet(texts[:48], texts[48:96], [float(i % 6) for i in range(48)])
-    trainer = make_trainer(tiny_encoder, qconf, texts, tmp_path, task=task, task_weight=0.5, steps=12)
+    trainer = make_trainer(tiny_encoder, qconf, texts, tmp_path, task=task, task_weight=0.5, steps=12,
+                           similarity_weight=0)
     loss = trainer.loss(next(iter(trainer.loader)))
     assert loss.total.item() == pytest.approx(torch.stack(loss.blocks).sum().item() + loss.output.item()
                                               + 0.5 * loss.task.item(), rel=1e-5)
@@ -352,13 +359,17 @@ def test_the_similarity_loss_sees_a_shift_shared_by_all_embeddings_that_the_cosi
     assert similarity_loss(teacher[:1], teacher[:1]).item() == 0.0   # one text, no pair
 
 
-def test_the_similarity_term_is_added_for_embeddings(tiny_encoder, qconf, texts, tmp_path):
+def test_the_similarity_term_is_added_for_embeddings_and_auto_leaves_it_out_for_score_models(
+        tiny_encoder, qconf, texts, tmp_path):
     trainer = make_trainer(tiny_encoder, qconf, texts, tmp_path, similarity_weight=2.0)
     loss = trainer.loss(next(iter(trainer.loader)))
     assert loss.similarity.item() > 0
     assert loss.total.item() == pytest.approx(torch.stack(loss.blocks).sum().item() + loss.output.item()
                                               + 2.0 * loss.similarity.item(), rel=1e-5)
-    assert make_trainer(tiny_encoder, qconf, texts, tmp_path / "plain").loss(next(iter(trainer.loader))).similarity is None
+    off = make_trainer(tiny_encoder, qconf, texts, tmp_path / "off", similarity_weight=0)
+    assert off.loss(next(iter(off.loader))).similarity is None
+    assert make_trainer(tiny_encoder, qconf, texts, tmp_path / "auto").similarity_weight == SIMILARITY_WEIGHT > 0
+    assert similarity_weight(dataclasses.replace(tiny_encoder, kind="scores"), "auto") == 0.0
 
 
 def test_a_base_size_encoder_trains_one_step_under_the_bf16_path(tmp_path, texts, fresh_accelerate_state):

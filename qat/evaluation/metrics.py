@@ -165,6 +165,9 @@ class EvalData:
         return list(dict.fromkeys(texts))
 
 
+HELDOUT_EMD = "emd_heldout_pairs"   # the held-out set's EMD (a task set's own EMD is '<task>/emd')
+
+
 def fidelity_metric(pairs: bool) -> str:
     """The held-out metric that says how close a model is to fp32 (the default recovery metric, and the guard's)."""
     return "score_diff_mean" if pairs else "cosine_mean"
@@ -366,7 +369,7 @@ def fidelity(table: Table, reference: Table, texts: list[Text], scoring: str) ->
 def evaluate(table: Table, reference: Table, data: EvalData) -> Metrics:
     """All metrics of one variant's outputs against the fp32 reference outputs."""
     heldout = fidelity(table, reference, data.heldout, data.scoring)
-    metrics = {**{k: v for k, v in heldout.items() if k != "emd"}, "emd_heldout_pairs": heldout["emd"]}
+    metrics = {**{k: v for k, v in heldout.items() if k != "emd"}, HELDOUT_EMD: heldout["emd"]}
     if data.guard:
         metrics.update({f"{GUARD}/{key}": value for key, value in fidelity(table, reference, data.guard, data.scoring).items()})
     for name, task in data.tasks.items():

@@ -85,7 +85,7 @@ def _recovery_line(report: RunReport) -> str:
     lr = f"lr {training.lr:g}"
     if training.lr_choice is not None:
         choice = training.lr_choice
-        trials = ", ".join(f"{value} {'guard fell' if t.metric is None else f'{t.metric:.4f}'}"
+        trials = ", ".join(f"{value} {'fell below PTQ fidelity' if t.metric is None else f'{t.metric:.4f}'}"
                            for value, t in choice.trials.items())
         lr += f" (auto: dev {choice.metric} after {choice.trial_steps} steps by lr: {trials})"
     task = (f" plus a task loss (weight {training.task_weight:g}, ranking {training.task_pairs} labelled pairs)"

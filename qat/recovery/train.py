@@ -190,6 +190,6 @@ def recover(accelerator: Accelerator, ptq_model: PreTrainedModel, qconf: Qconf, 
                               processes=accelerator.num_processes, lr=trainer.cfg.lr, lr_choice=choice,
                               task_weight=train.task_weight if training.task else 0.0,
                               task_pairs=len(training.task.scores) if training.task else 0,
-                              similarity_weight=train.similarity_weight, dev_noise=ptq_dev.noise,
+                              similarity_weight=trainer.similarity_weight, dev_noise=ptq_dev.noise,
                               fp32_dev=ptq_dev.fp32, dev_sampled=ptq_dev.sampled)
     return trained, summary

@@ -23,10 +23,11 @@ from transformers import get_cosine_schedule_with_warmup
 
 from qat.base.atomic import TMP_SUFFIX, atomic_path
 from qat.config import TrainConfig
+from qat.quant.config import AUTO
 from qat.data import PairSet, Text
 from qat.recovery.distill import COSINE_LOSS, KL_LOSS, MSE_LOSS, DistillLoss, distillation_loss, ranking_loss, record_blocks
 from qat.base.errors import QatError
-from qat.evaluation.metrics import GUARD, LOGIT, Metrics, fidelity_metric, head_scores, higher_is_better
+from qat.evaluation.metrics import GUARD, HELDOUT_EMD, LOGIT, Metrics, fidelity_metric, head_scores, higher_is_better
 from qat.load import Batch, Encoder, outputs, text_length, tokenize
 from qat.base.progress import progress
 from qat.base.settings import SETTINGS_FILE, Settings
@@ -56,7 +57,7 @@ class TrainState:
     best_step: int | None = None
     fingerprint: str = ""
     seconds: float = 0.0            # training time so far, over every process that trained this run
-    floors: dict[str, float] = field(default_factory=dict)  # PTQ's held-out and guard fidelity: never kept below
+    floors: dict[str, float] = field(default_factory=dict)  # PTQ's held-out and guard fidelity (floor_metrics): never kept below
     best_fidelity: float | None = None  # the kept checkpoint's held-out fidelity (decides between level dev measures)
     history: list[dict[str, float]] = field(default_factory=list)   # each evaluation: step, dev and fidelity values
     last_metric: float | None = None  # the dev metric at the latest evaluation, if the guard held there
@@ -124,6 +125,17 @@ def output_kind(encoder: Encoder) -> str:
     return KL_LOSS if encoder.classes else MSE_LOSS if encoder.pairs else COSINE_LOSS
 
 
+SIMILARITY_WEIGHT = 1.0   # train.similarity_weight=auto on embedding models (measured: docs/RESULTS.md)
+
+
+def similarity_weight(encoder: Encoder, weight: float | str) -> float:
+    """train.similarity_weight as a number: auto is SIMILARITY_WEIGHT for an embedding model and 0 for a score or
+    class model, which makes no embeddings to compare."""
+    if weight == AUTO:
+        return SIMILARITY_WEIGHT if output_kind(encoder) == COSINE_LOSS else 0.0
+    return float(weight)
+
+
 def check_loss_terms(encoder: Encoder, cfg: TrainConfig) -> None:
     """train.task_weight ranks one similarity per labelled pair: an embedding model's cosine, or a score model's
     single output; class logits or several heads have no one value that a label orders. train.similarity_weight
@@ -133,7 +145,7 @@ def check_loss_terms(encoder: Encoder, cfg: TrainConfig) -> None:
         raise QatError(f"train.task_weight needs one similarity per pair, but model {encoder.source!r} has "
                        f"{outputs_per_pair} outputs; expected an embedding model or a one-score model, or "
                        "train.task_weight=0")
-    if cfg.similarity_weight > 0 and output_kind(encoder) != COSINE_LOSS:
+    if cfg.similarity_weight != AUTO and cfg.similarity_weight > 0 and output_kind(encoder) != COSINE_LOSS:
         raise QatError(f"train.similarity_weight={cfg.similarity_weight:g} compares embeddings' similarities, but "
                        f"model {encoder.source!r} outputs {'class logits' if encoder.classes else 'scores'}; expected "
                        "an embedding model, or train.similarity_weight=0")
@@ -186,6 +198,14 @@ def on_device(model: nn.Module, device: torch.device) -> Callable[..., torch.Ten
     return lambda *batch: model(*(tensor.to(device) for tensor in batch)).float().cpu()
 
 
+def floor_metrics(pairs: bool) -> tuple[str, ...]:
+    """The fidelity measures no kept checkpoint may be worse on than PTQ: on the held-out texts and on the guard,
+    the closeness of each output to fp32's (cosine, or score difference) and the EMD of the similarity or score
+    distribution, which a shift shared by all outputs moves while each one stays close."""
+    fidelity = fidelity_metric(pairs)
+    return fidelity, HELDOUT_EMD, f"{GUARD}/{fidelity}", f"{GUARD}/emd"
+
+
 def worse(metric: str, value: float, than: float) -> bool:
     """`value` is strictly worse than `than` on this metric (lower for a quality or similarity, higher for a distance)."""
     return value < than if higher_is_better(metric) else value > than
@@ -218,6 +238,7 @@ class Trainer:
                  start: StartingPoint | None = None, task: PairSet | None = None) -> None:
         self.accelerator, self.encoder, self.cfg, self.log_prefix = accelerator, encoder, cfg, log_prefix
         self.task, self.seed = task if cfg.task_weight > 0 else None, seed
+        self.similarity_weight = similarity_weight(encoder, cfg.similarity_weight)
         self.teacher, self.evaluate_dev, self.metric = teacher.eval().to(accelerator.device), evaluate_dev, metric
         self.start = start   # the untrained student's dev metrics and noise, when already measured (PTQ's)
         self.checkpoints = checkpoints
@@ -252,7 +273,7 @@ class Trainer:
             student_outputs = outputs(self.encoder, self.student(*batch), mask)
         loss = distillation_loss(student_blocks, teacher_blocks, student_outputs, teacher_outputs, mask,
                                  self.cfg.block_weight, self.cfg.output_weight, output_kind(self.encoder),
-                                 self.cfg.similarity_weight)
+                                 self.similarity_weight)
         if self.task is None:
             return loss
         task = self.task_loss()
@@ -315,7 +336,7 @@ class Trainer:
                   **{f"weight_quant_error/{k}": v for k, v in errors.items()}})
         fidelity = fidelity_metric(self.encoder.pairs)
         if self.state.step == 0:
-            self.state.floors = {name: metrics[name] for name in (fidelity, f"{GUARD}/{fidelity}") if name in metrics}
+            self.state.floors = {name: metrics[name] for name in floor_metrics(self.encoder.pairs) if name in metrics}
         self.state.history.append({"step": self.state.step, self.metric: value,
                                    **{name: metrics[name] for name in self.state.floors}})
         below = [name for name, floor in self.state.floors.items() if worse(name, metrics[name], floor)]
