@@ -87,11 +87,13 @@ class Direction(Enum):
     LOWER = "lower"
 
 
+HELDOUT_EMD = "emd_heldout_pairs"   # the held-out set's EMD (a task set's own EMD is '<task>/emd')
+
 # Each measure by its name after the set prefix ('stsb_dev/spearman', 'guard/emd').
 DIRECTIONS = {
     **dict.fromkeys(("cosine_mean", "cosine_min", "spearman", "pearson", "map", "mrr@10", "ndcg@10", "recall@100"),
                     Direction.HIGHER),
-    **dict.fromkeys(("emd", "emd_heldout_pairs", "score_diff_mean", "score_diff_max"), Direction.LOWER),
+    **dict.fromkeys(("emd", HELDOUT_EMD, "score_diff_mean", "score_diff_max"), Direction.LOWER),
 }
 
 
@@ -163,9 +165,6 @@ class EvalData:
             else:
                 texts += [*task.queries.values(), *task.corpus.values()]
         return list(dict.fromkeys(texts))
-
-
-HELDOUT_EMD = "emd_heldout_pairs"   # the held-out set's EMD (a task set's own EMD is '<task>/emd')
 
 
 def fidelity_metric(pairs: bool) -> str:

@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from transformers import PreTrainedModel
 
 from qat.base.errors import QatError
-from qat.evaluation.metrics import GUARD, FidelityFloor, Measure, Metrics
+from qat.evaluation.metrics import GUARD, HELDOUT_EMD, FidelityFloor, Measure, Metrics
 from qat.ptq.calibration import Statistics, apply_calibration, observe_unsmoothed, smooth
 from qat.quant.config import AUTO, CalibConfig, EqualizeConfig, QuantConfig, Recipe, SmoothQuantConfig
 from qat.quant.simulate import simulate
 from qat.quant.stats import Batch
 
 log = logging.getLogger(__name__)
-AUTO_ALPHA_OBJECTIVE = "emd_heldout_pairs"   # held-out output distance to fp32
+AUTO_ALPHA_OBJECTIVE = HELDOUT_EMD   # held-out output distance to fp32
 GUARD_OBJECTIVE = f"{GUARD}/emd"             # the same on the guard's texts from other domains
 ALPHA_OBJECTIVES = (AUTO_ALPHA_OBJECTIVE, GUARD_OBJECTIVE)   # what an alpha=auto measure must score
 
