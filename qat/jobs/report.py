@@ -85,7 +85,7 @@ def _recovery_line(report: RunReport) -> str:
     lr = f"lr {training.lr:g}"
     if training.lr_choice is not None:
         choice = training.lr_choice
-        trials = ", ".join(f"{value} {'fell below PTQ fidelity' if t.metric is None else f'{t.metric:.4f}'}"
+        trials = ", ".join(f"{value} {'fell below PTQ' if t.metric is None else f'{t.metric:.4f}'}"
                            for value, t in choice.trials.items())
         lr += f" (auto: dev {choice.metric} after {choice.trial_steps} steps by lr: {trials})"
     task = (f" plus a task loss (weight {training.task_weight:g}, ranking {training.task_pairs} labelled pairs)"
@@ -96,7 +96,8 @@ def _recovery_line(report: RunReport) -> str:
             f"{training.processes} process(es) in {training.seconds:.0f} s ({training.seconds_per_step:.2f} s/step); "
             f"kept step {training.best_step}: dev {decision.metric} {training.best_metric:.4f}"
             + (f" (dev measures within {training.dev_noise:.4f} of each other are level: then held-out fidelity "
-               "decides)" if training.dev_noise else "") + ", no less faithful than PTQ on held-out and guard.")
+               "decides)" if training.dev_noise else "") + ", not below PTQ on the dev measure nor on held-out and guard "
+               "fidelity.")
 
 
 def _alpha(alpha: float, choice: AlphaChoice | None) -> str:

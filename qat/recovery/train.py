@@ -78,7 +78,7 @@ def build_teacher(teacher: TeacherConfig, ptq_model: PreTrainedModel, qconf: Qco
 
 @dataclass
 class LrTrial:
-    metric: float | None    # the dev metric at the trial's end (None: less faithful than PTQ there)
+    metric: float | None    # the dev metric at the trial's end (None: below PTQ on a floor there)
     seconds: float
     fidelity: float | None = None   # held-out fidelity at the trial's end (decides between level dev metrics)
 
@@ -133,9 +133,9 @@ def choose_lr(train: TrainConfig, metric: str, make_trainer: Callable[[float, Pa
 
 
 def _best_lr(train: TrainConfig, metric: str, trials: dict[str, LrTrial], noise: float, fidelity: str) -> LrChoice:
-    """The checkpoint rule applied to the trials' ends: among the candidates no less faithful than PTQ, those
+    """The checkpoint rule applied to the trials' ends: among the candidates not below PTQ on any floor, those
     within `noise` of the best dev metric are level, and the most faithful of them on the held-out texts wins
-    (the smallest lr if none held: the continuation still keeps nothing less faithful than PTQ)."""
+    (the smallest lr if none held: the continuation still keeps nothing below PTQ)."""
     held = {lr: t.metric for lr, t in trials.items() if t.metric is not None}
     if not held:
         return LrChoice(metric, train.trial_steps, trials, float(min(trials, key=float)))

@@ -57,7 +57,7 @@ class TrainState:
     best_step: int | None = None
     fingerprint: str = ""
     seconds: float = 0.0            # training time so far, over every process that trained this run
-    floors: dict[str, float] = field(default_factory=dict)  # PTQ's held-out and guard fidelity (floor_metrics): never kept below
+    floors: dict[str, float] = field(default_factory=dict)  # PTQ's dev measure and fidelity (floor_metrics): never kept below
     best_fidelity: float | None = None  # the kept checkpoint's held-out fidelity (decides between level dev measures)
     history: list[dict[str, float]] = field(default_factory=list)   # each evaluation: step, dev and fidelity values
     last_metric: float | None = None  # the dev metric at the latest evaluation, if the guard held there
@@ -199,9 +199,10 @@ def on_device(model: nn.Module, device: torch.device) -> Callable[..., torch.Ten
 
 
 def floor_metrics(pairs: bool) -> tuple[str, ...]:
-    """The fidelity measures no kept checkpoint may be worse on than PTQ: on the held-out texts and on the guard,
-    the closeness of each output to fp32's (cosine, or score difference) and the EMD of the similarity or score
-    distribution, which a shift shared by all outputs moves while each one stays close."""
+    """The fidelity measures no kept checkpoint may be worse on than PTQ, besides the dev measure itself: on the
+    held-out texts and on the guard, the closeness of each output to fp32's (cosine, or score difference) and the
+    EMD of the similarity or score distribution, which a shift shared by all outputs moves while each one stays
+    close."""
     fidelity = fidelity_metric(pairs)
     return fidelity, HELDOUT_EMD, f"{GUARD}/{fidelity}", f"{GUARD}/emd"
 
@@ -336,7 +337,8 @@ class Trainer:
                   **{f"weight_quant_error/{k}": v for k, v in errors.items()}})
         fidelity = fidelity_metric(self.encoder.pairs)
         if self.state.step == 0:
-            self.state.floors = {name: metrics[name] for name in floor_metrics(self.encoder.pairs) if name in metrics}
+            self.state.floors = {name: metrics[name] for name in (self.metric, *floor_metrics(self.encoder.pairs))
+                                 if name in metrics}
         self.state.history.append({"step": self.state.step, self.metric: value,
                                    **{name: metrics[name] for name in self.state.floors}})
         below = [name for name, floor in self.state.floors.items() if worse(name, metrics[name], floor)]
@@ -353,7 +355,7 @@ class Trainer:
                 save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(tmp))
 
     def kept_over(self, value: float, fidelity: float) -> bool:
-        """Whether a checkpoint no less faithful than PTQ replaces the kept one: its dev measure is better by more
+        """Whether a checkpoint at or above PTQ on every floor replaces the kept one: its dev measure is better by more
         than the noise, or level within it and the checkpoint is more faithful on the held-out texts."""
         best = self.state.best_metric
         if best is None:
