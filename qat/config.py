@@ -153,7 +153,8 @@ class TrainConfig:
     output_weight: float = 1.0
     task_weight: float = 0.0   # > 0: add a ranking loss on the training sources' labelled pairs (qat.recovery.distill)
     similarity_weight: Any = "auto"   # the in-batch similarity loss of embeddings (qat.recovery.distill): a weight, or auto
-    rounding_only: bool = False   # each weight only chooses its rounding within PTQ's step (qat.recovery.trainer.RoundingCells)
+    rounding_only: Any = "auto"   # each weight only chooses its rounding within PTQ's step: true, false, or auto
+                                  # (where the fidelity gate alone trains; qat.recovery.decision.rounding_only)
     eval_every: int = 100
     save_every: int = 100
     patience: int | None = None        # stop after this many evaluations without a better (guarded) dev metric
@@ -166,8 +167,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_positive("train.dev_items", self.dev_items)
         check_choice("train.device", self.device, (AUTO, "cpu"))
-        if self.bf16 not in (True, False, AUTO):
-            raise QatError(f"train.bf16={self.bf16!r} is not valid; expected true, false or auto")
+        for name in ("bf16", "rounding_only"):
+            if getattr(self, name) not in (True, False, AUTO):
+                raise QatError(f"train.{name}={getattr(self, name)!r} is not valid; expected true, false or auto")
         for name in ("steps", "batch_size", "grad_accum", "max_grad_norm", "eval_every", "save_every", "trial_steps"):
             check_positive(f"train.{name}", getattr(self, name))
         for lr in [self.lr] if self.lr != AUTO else self.lr_candidates:

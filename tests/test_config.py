@@ -48,6 +48,7 @@ def test_defaults_are_ipex_default_recipe():
     ("calib.percentile=100.5", "calib.percentile=100.5 is not valid"),
     ("sensitivity.metric=stsb_test/spearman", "reads a test split"),
     ("train.task_weight=-1", "train.task_weight=-1.0 is not valid; expected a non-negative number (0: off)"),
+    ("train.rounding_only=maybe", "train.rounding_only='maybe' is not valid; expected true, false or auto"),
     ("train.similarity_weight=-2", "train.similarity_weight=-2 is not valid; expected a non-negative number (0: off) or auto"),
     ("equalize.alpha=auto", "equalize.alpha=auto with equalize off; expected equalize=on"),
 ])

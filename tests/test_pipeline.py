@@ -172,6 +172,11 @@ def test_the_fidelity_gate_trains_a_model_whose_dev_task_measure_is_level():
     decision = qat.recovery.decide_recovery(RecoveryConfig(metric="sts_dev/spearman"), True, fp32, level, pairs=False)
     assert decision.train and decision.gates == ["fidelity"] and decision.fidelity.past_floor() == ["held-out"]
     assert "Fidelity gate: cosine_mean held-out 0.9300, guard 0.9900 (floor 0.9800)" in decision.describe()
+    assert qat.recovery.rounding_only("auto", decision) and not qat.recovery.rounding_only(False, decision)
+    lost = qat.recovery.decide_recovery(RecoveryConfig(metric="sts_dev/spearman"), True, fp32,
+                                        {**level, "sts_dev/spearman": 80.0}, pairs=False)
+    assert lost.gates == ["task", "fidelity"] and not qat.recovery.rounding_only("auto", lost)   # the weights need room
+    assert qat.recovery.rounding_only(True, lost)
     faithful = {**level, "cosine_mean": 0.99}
     assert not qat.recovery.decide_recovery(RecoveryConfig(metric="sts_dev/spearman"), True, fp32, faithful, False).train
     off = RecoveryConfig(metric="sts_dev/spearman", min_cosine=None)
@@ -185,7 +190,9 @@ def test_a_job_trains_when_only_fidelity_is_past_the_floor(tiny_model_dir, tmp_p
     report = run_train(job_config("train", RunConfig, overrides), tmp_path / "run")
     assert report.recovery.gates == ["fidelity"] and report.training is not None and report.final == "qat"
     assert report.recovery.ptq_loss < 0.99 and report.recovery.fidelity.heldout < 1.0
+    assert report.training.rounding_only   # train.rounding_only=auto: the fidelity gate alone trained
     assert "Decision: trained by the fidelity gate." in (tmp_path / "run" / "report.md").read_text()
+    assert "each weight re-rounded within its PTQ quantization step" in (tmp_path / "run" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("noise, chosen", [(0.0, 1e-4), (0.5, 3e-5)])

@@ -56,7 +56,8 @@ def make_trainer(tiny_encoder, qconf, texts, run_dir, settings=None, evaluate_ho
         return metrics
 
     metric = train.pop("metric", "cosine_mean")
-    cfg = TrainConfig(**{"steps": 6, "batch_size": 8, "lr": 1e-3, "eval_every": 100, "save_every": 3, **train})
+    cfg = TrainConfig(**{"steps": 6, "batch_size": 8, "lr": 1e-3, "eval_every": 100, "save_every": 3,
+                         "rounding_only": False, **train})
     return Trainer(accelerator, student, teacher, tiny_encoder, texts[:64], cfg, run_dir / "checkpoints", Settings(settings or {"calib.algorithm": "histogram"}), 0,
                    evaluate_dev, metric, start=start, task=task)
 
@@ -100,6 +101,11 @@ def test_rounding_only_training_moves_each_weight_at_most_to_the_other_rounding_
         assert position.min() >= -1e-4 and position.max() <= 1 + 1e-4, name
         moved += int((torch.round(m.weight.detach() / step) != torch.round(before[name] / step)).sum())
     assert moved > 0   # some weights did change the way they round
+
+
+def test_the_trainer_refuses_an_unresolved_rounding_only(tiny_encoder, qconf, texts, tmp_path):
+    with pytest.raises(QatError, match="train.rounding_only='auto' reached the trainer unresolved"):
+        make_trainer(tiny_encoder, qconf, texts, tmp_path, rounding_only="auto")
 
 
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(tiny_encoder, qconf, texts, tmp_path):
@@ -395,7 +401,8 @@ def test_a_base_size_encoder_trains_one_step_under_the_bf16_path(tmp_path, texts
     dev = EvalData(texts[200:204])
     reference = embed(EncoderModule(encoder.model).eval(), encoder, dev.texts(), 4)
     trainer = Trainer(accelerator, student, EncoderModule(encoder.model).eval(), encoder, texts[:4],
-                      TrainConfig(steps=1, batch_size=4, lr=1e-4, eval_every=100, save_every=100, bf16=bf16),
+                      TrainConfig(steps=1, batch_size=4, lr=1e-4, eval_every=100, save_every=100, bf16=bf16,
+                                  rounding_only=False),
                       tmp_path / "checkpoints", Settings({}), 0,
                       lambda model: evaluate(embed(model, encoder, dev.texts(), 4), reference, dev), "cosine_mean")
     result = trainer.train(None)

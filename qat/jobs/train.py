@@ -171,7 +171,8 @@ def run_train(cfg: RunConfig, run_dir: Path) -> RunReport | None:
                  cfg.recovery.metric, "a fixed sample" if sampled else "all of it", start[1])
         models[Stage.QAT], training = recovery.recover(
             accelerator, ptq_model.model, ptq_model.qconf, encoder=session.encoder, fp32=session.fp32(),
-            train=cfg.train, teacher=cfg.teacher, metric=cfg.recovery.metric, seed=cfg.seed,
+            train=dataclasses.replace(cfg.train, rounding_only=recovery.rounding_only(cfg.train.rounding_only, decision)),
+            teacher=cfg.teacher, metric=cfg.recovery.metric, seed=cfg.seed,
             settings=Settings.of(cfg), training=training_set, checkpoints=run_dir / recovery.CHECKPOINT_DIR,
             evaluate_dev=lambda forward: session.evaluate_dev(forward, train_dev),
             ptq_dev=recovery.StartingPoint(*start, fp32=fp32_sample[cfg.recovery.metric], sampled=sampled))

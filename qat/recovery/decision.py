@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from qat.config import RecoveryConfig
+from qat.config import AUTO, RecoveryConfig
 from qat.evaluation.metrics import GUARD, FidelityFloor, Metrics, fidelity_metric, higher_is_better, relative_loss
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,16 @@ class RecoveryDecision:
                    else "training is off (train=none)" if self.gates else "both gates pass")
         return (f"Task gate: dev {self.metric} {self.ptq:.4f} against fp32 {self.fp32:.4f}, {loss}. "
                 f"Fidelity gate: {FidelityFloor(gate.metric, gate.floor).describe(gate.values())}. Decision: {decided}.")
+
+
+def rounding_only(setting: bool | str, decision: RecoveryDecision) -> bool:
+    """train.rounding_only: auto keeps each weight inside its PTQ quantization step where the fidelity gate alone
+    trains. PTQ kept the task measure there, so training only has fidelity to win back, and re-rounding cannot
+    drift where the training text does not reach; where PTQ lost on the task measure (or training is forced) the
+    weights get room to win it back. Measured on the full-operator STS-B recovery: docs/RESULTS.md."""
+    if setting != AUTO:
+        return bool(setting)
+    return decision.gates == ["fidelity"]
 
 
 def fidelity_floor(recovery: RecoveryConfig, pairs: bool) -> FidelityFloor:

@@ -252,6 +252,9 @@ class Trainer:
         loader = text_loader(encoder, texts, cfg.batch_size, seed)
         self.student, self.optimizer, self.loader, self.scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
         # PTQ's weights (a resumed run loads its own trained weights after this, inside the same cells)
+        if cfg.rounding_only not in (True, False):
+            raise QatError(f"train.rounding_only={cfg.rounding_only!r} reached the trainer unresolved; expected true "
+                           "or false (qat.recovery.rounding_only resolves auto from the recovery decision)")
         self.cells = RoundingCells(accelerator.unwrap_model(self.student)) if cfg.rounding_only else None
 
     def resume(self, path: Path) -> None:
