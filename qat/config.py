@@ -71,6 +71,7 @@ class SourceConfig:
     columns: dict[str, str] = field(default_factory=dict)
     offset: int = 0
     limit: int | None = None
+    pack_words: int | None = None   # consecutive texts joined into passages of at least this many words
 
     def __post_init__(self) -> None:
         check_choice("data source kind", self.kind, ("builtin", "file", "hub"))
@@ -82,6 +83,7 @@ class SourceConfig:
         if self.offset < 0:
             raise QatError(f"data source offset={self.offset} is not valid; expected >= 0")
         check_positive("data source limit", self.limit)
+        check_positive("data source pack_words", self.pack_words)
 
 
 @dataclass

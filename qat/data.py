@@ -70,8 +70,8 @@ def builtin_sentences() -> list[str]:
 
 def builtin_passages(name: str) -> list[str]:
     """The package's passages (`passages` for training, `guard` for the guard set), each followed by its parts of
-    three sentences: the set covers texts as long as model.max_length and of medium length, and has enough texts
-    for a similarity-score distribution."""
+    three sentences: texts of medium length and up to about 150 tokens, enough of them for a similarity-score
+    distribution."""
     text = resources.files("qat").joinpath(f"resources/{name}.txt").read_text(encoding="utf-8")
     texts = []
     for passage in (p.strip() for p in text.split("\n\n") if p.strip()):
@@ -238,11 +238,44 @@ def load_task(source: SourceConfig) -> PairSet | RerankSet | RetrievalSet:
     raise QatError(f"format {source.format!r} has no task metric; expected 'pairs', 'rerank' or 'beir'")
 
 
-def mix_texts(parts: dict[str, MixPart], cycle: bool = False, pairs: bool = False) -> tuple[list[Text], list[str]]:
+def packed(texts: list[Text], words: int) -> list[Text]:
+    """Consecutive texts joined into passages of at least `words` words (a pair's two sides joined apart): inputs
+    as long as the model serves, made from texts that are each short. The short remainder is dropped, unless the
+    texts are too few for one passage: then they are all one."""
+    def joined(run: list[Text]) -> Text:
+        return " ".join(run) if isinstance(run[0], str) else (" ".join(a for a, _ in run), " ".join(b for _, b in run))
+
+    passages: list[Text] = []
+    run: list[Text] = []
+    count = 0
+    for text in texts:
+        run.append(text)
+        count += len((text if isinstance(text, str) else " ".join(text)).split())
+        if count >= words:
+            passages.append(joined(run))
+            run, count = [], 0
+    return passages or ([joined(run)] if run else [])
+
+
+def source_texts(source: SourceConfig, pairs: bool = False, excluded: frozenset[Text] = frozenset()) -> list[Text]:
+    """A source's inputs (load_texts), or where the source sets pack_words its texts but the excluded ones packed
+    into passages (an evaluated text cannot hide inside a passage)."""
+    texts = load_texts(source, pairs)
+    if not source.pack_words:
+        return texts
+    passages = packed([t for t in texts if t not in excluded], source.pack_words)
+    if not passages:
+        raise QatError(f"data source {source.path!r} (pack_words={source.pack_words}) has no text that is not also "
+                       "evaluated; expected texts apart from the held-out, guard and task sets")
+    return passages
+
+
+def mix_texts(parts: dict[str, MixPart], cycle: bool = False, pairs: bool = False,
+              excluded: frozenset[Text] = frozenset()) -> tuple[list[Text], list[str]]:
     """Texts of several sources interleaved so that every prefix keeps the proportions (to within one text).
     The mix is as long as the scarcest source allows, or (cycle) as long as the most plentiful source needs,
     the scarcer ones repeating. Returns the texts and each text's source name."""
-    pools = {name: load_texts(part.source, pairs) for name, part in parts.items()}
+    pools = {name: source_texts(part.source, pairs, excluded) for name, part in parts.items()}
     total = sum(part.proportion for part in parts.values())
     shares = {name: part.proportion / total for name, part in parts.items()}
     length = int((max if cycle else min)(len(pools[name]) / share for name, share in shares.items()))
@@ -335,9 +368,9 @@ def task_pairs(parts: dict[str, MixPart], evaluated: set[Text], pairs: bool) -> 
 
 def training_texts(data: DataConfig, evaluated: set[Text], pairs: bool = False, task: bool = False) -> TrainingSet:
     """The training inputs, and with `task` the labelled pairs: nothing that is evaluated (held-out, guard, task
-    sets) is trained on."""
+    sets) is trained on, alone or inside a packed passage."""
     parts = training_parts(data)
-    texts, origins = mix_texts(parts, cycle=True, pairs=pairs)
+    texts, origins = mix_texts(parts, cycle=True, pairs=pairs, excluded=frozenset(evaluated))
     kept = [(text, origin) for text, origin in zip(texts, origins) if text not in evaluated]
     if not kept:
         raise QatError(f"data.train sources {sorted(parts)} yield no text that is not also evaluated; "

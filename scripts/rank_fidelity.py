@@ -1,7 +1,8 @@
 """Does an int8 export keep fp32's *order* of similarities, not only each embedding's direction? Retrieval ranks a
 corpus by similarity to a query, so an export can be close to fp32 text by text (cosine) and still reorder
 neighbours. For each export, on the dev material a run may read (held-out texts, the guard, the dev retrieval
-sets; never a test split):
+sets, and every dev text packed into passages of the model's max length in words: the positions a short-text
+task never reaches; never a test split):
 
 - cosine: each text's embedding against fp32's (the guard's measure in a run);
 - rank rho: for each text, the Spearman correlation of its similarities to every other text of the set under the
@@ -25,7 +26,7 @@ from scipy.stats import spearmanr
 
 from qat.base.atomic import write_json
 from qat.config import EvaluateRunConfig
-from qat.data import RetrievalSet
+from qat.data import RetrievalSet, packed
 from qat.jobs.command import job_config
 from qat.evaluation.metrics import Table, cosine_fidelity, retrieval_metrics, stack_texts
 from qat.exporters.loader import load_int8
@@ -77,8 +78,10 @@ def main() -> None:
     session = open_session(cfg.model, cfg.data, cfg.eval, seed=cfg.seed, threads=cfg.threads, metrics={})
     if session.encoder.pairs:
         parser.error(f"model {session.encoder.source} scores pairs; expected an embedding model (similarities to rank)")
-    dev, fp32 = session.dev, session.fp32_dev
-    texts = dev.texts()
+    dev = session.dev
+    long = packed([t for t in dev.texts() if isinstance(t, str)], session.encoder.max_length)
+    texts = dev.texts() + long
+    fp32 = session.fp32_table(long)
     tables = {"fp32": fp32, **{folder: dict(zip(texts, load_int8(folder).outputs(texts, batch_size=cfg.eval.batch_size)))
                                for folder in args.export}}
     results: dict[str, dict[str, RankFidelity]] = {}
@@ -88,6 +91,8 @@ def main() -> None:
             sets["guard"] = text_set_fidelity(fp32, table, dev.guard, args.top_k)
         sets.update({task_name: retrieval_fidelity(fp32, table, task, args.top_k)
                      for task_name, task in dev.tasks.items() if isinstance(task, RetrievalSet)})
+        sets[f"dev texts packed to {session.encoder.max_length} words ({len(long)})"] = text_set_fidelity(
+            fp32, table, long, args.top_k)
         results[name] = sets
     write_json(args.out, {name: {s: asdict(r) for s, r in sets.items()} for name, sets in results.items()})
     print(f"| export | set | cosine | rank rho | top-{args.top_k} kept | NDCG@10 |\n|---|---|---|---|---|---|")

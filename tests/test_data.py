@@ -5,7 +5,7 @@ import pytest
 
 from qat.config import DataConfig, MixPart, SourceConfig, reads_test_split
 from qat.data import (PairSet, RerankSet, RetrievalSet, builtin_sentences, builtin_texts, load_task, load_texts,
-                      mix_texts, training_parts, training_texts)
+                      mix_texts, packed, training_parts, training_texts)
 from qat.base.errors import QatError
 from qat.evaluation.metrics import load_eval_data
 
@@ -112,6 +112,26 @@ def test_default_training_text_is_the_calibration_source_unlimited_with_the_pack
     assert len(mixed) == 4 * len(builtin_sentences()) and training.texts == [t for t in mixed if t not in evaluated]
     # the builtin data's calibration source is the package's sentences: not mixed in twice
     assert set(training_parts(DataConfig())) == {"calibration", "package_passages"}
+
+
+def test_packed_passages_reach_the_word_count_and_keep_pairs_apart():
+    assert packed(["a b", "c d e", "f", "g h i", "j"], 4) == ["a b c d e", "f g h i"]   # the short remainder dropped
+    assert packed(["a b", "c"], 10) == ["a b c"]   # too few words for one passage: all of them, not none
+    assert packed([("a", "b c"), ("d e", "f")], 5) == [("a d e", "b c f")]
+    with pytest.raises(QatError, match=r"data source pack_words=0 is not valid; expected a positive number"):
+        SourceConfig(pack_words=0)
+
+
+def test_a_packed_training_source_fills_passages_without_evaluated_text(tmp_path):
+    path = tmp_path / "sentences.txt"
+    path.write_text("".join(f"sentence number {i}\n" for i in range(100)))
+    source = SourceConfig(kind="file", path=str(path), pack_words=30)
+    data = DataConfig(train={"long": MixPart(1.0, source)})
+    training = training_texts(data, {"sentence number 5"})
+    assert len(training.texts) == 99 // 10 and all(len(t.split()) == 30 for t in training.texts)
+    assert training.texts[0].startswith("sentence number 0 sentence number 1 ") and "number 5 " not in training.texts[0]
+    with pytest.raises(QatError, match=r"\(pack_words=30\) has no text that is not also evaluated"):
+        training_texts(data, {f"sentence number {i}" for i in range(100)})
 
 
 def test_the_task_loss_reads_the_labelled_training_pairs_without_evaluated_text(tmp_path):

@@ -1,0 +1,99 @@
+"""Where PTQ loses fidelity on inputs as long as the model serves. Short task sentences (STS-B) reach 10-40
+tokens and the package's passages about 150; a retrieval user embeds passages cut at the model's max length. For
+each recipe variant, the fake-quant PTQ model's mean cosine to fp32 on short dev sentences and on dev sentences
+packed into passages of max-length words (every position filled), calibrated on train sentences alone or with
+packed train passages among them, and with either attention matmul left in floating point (the scores Q K^T, or
+the context: the softmax's probabilities times V).
+
+    .venv/bin/python scripts/long_inputs.py --data ../shared/data/stsb --out outputs/long_inputs.json
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+warnings.filterwarnings("ignore")
+from qat.base.atomic import write_json  # noqa: E402
+from qat.config import ModelConfig, SourceConfig  # noqa: E402
+from qat.data import load_texts, packed  # noqa: E402
+from qat.evaluation.metrics import Table, embed  # noqa: E402
+from qat.load import Encoder, load_encoder  # noqa: E402
+from qat.ptq.prepare import calibrate  # noqa: E402
+from qat.quant.config import CalibConfig, QuantConfig, Recipe  # noqa: E402
+from qat.quant.qconf import FP32, Qconf  # noqa: E402
+from qat.quant.simulate import simulate  # noqa: E402
+from qat.quant.wrapper import EncoderModule  # noqa: E402
+
+RECIPES = {"default": QuantConfig(), "full_int8": QuantConfig(ops=["linear", "matmul", "residual_add", "embedding_add"])}
+SCORES, CONTEXT = 0, 1   # the attention matmuls of a self-attention module, in call order
+
+
+@dataclass
+class Fidelity:
+    recipe: str
+    variant: str
+    short: float
+    long: float
+
+
+def attention_matmuls_float(qconf: Qconf, which: set[int]) -> None:
+    """Leave the chosen attention matmul(s) of every self-attention module in floating point."""
+    seen: dict[str, int] = {}
+    for op in qconf.ops:
+        if op.kind == "matmul":
+            seen[op.owner] = seen.get(op.owner, -1) + 1
+            if seen[op.owner] in which:
+                for tensor in op.info["input_tensor_infos"]:
+                    if tensor:
+                        tensor["force_dtype"] = FP32
+
+
+def mean_cosine(encoder: Encoder, forward: torch.nn.Module, texts: list[str], reference: Table) -> float:
+    table = embed(forward, encoder, texts, 16)
+    return torch.nn.functional.cosine_similarity(torch.stack([table[t] for t in texts]),
+                                                 torch.stack([reference[t] for t in texts])).mean().item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="an STS folder with train.tsv and dev.tsv")
+    parser.add_argument("--model", default=ModelConfig().name_or_path)
+    parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    args = parser.parse_args()
+    logging.disable(logging.INFO)
+    torch.manual_seed(0)
+    encoder = load_encoder(ModelConfig(name_or_path=args.model))
+    words = encoder.max_length
+    train, dev = (load_texts(SourceConfig(kind="file", path=str(args.data / f"{split}.tsv"), format="pairs"))
+                  for split in ("train", "dev"))
+    sets = {"short": dev[:400], "long": packed(dev, words)}
+    calibration = {"train sentences": train[:256],
+                   "train sentences with 32 packed passages": train[:224] + packed(train[3000:], words)[:32]}
+    fp32 = EncoderModule(encoder.model).eval()
+    reference = {name: embed(fp32, encoder, texts, 16) for name, texts in sets.items()}
+    variants = [("calibrated on " + name, texts, set()) for name, texts in calibration.items()] + [
+        ("scores matmul (Q K^T) in floating point", calibration["train sentences"], {SCORES}),
+        ("context matmul (probabilities x V) in floating point", calibration["train sentences"], {CONTEXT}),
+        ("both attention matmuls in floating point", calibration["train sentences"], {SCORES, CONTEXT})]
+    rows = []
+    print(f"max length {encoder.max_length} tokens; {len(sets['short'])} short dev sentences, {len(sets['long'])} "
+          f"dev passages of {words} words\n\n| recipe | variant | cosine, short | cosine, long |\n|---|---|---|---|")
+    for recipe, quant in RECIPES.items():
+        for variant, texts, floating in variants:
+            encoder = load_encoder(ModelConfig(name_or_path=args.model))
+            ptq = calibrate(encoder, texts, Recipe(quant=quant, calib=CalibConfig()))
+            attention_matmuls_float(ptq.qconf, floating)
+            model = simulate(ptq.model, ptq.qconf).eval()
+            row = Fidelity(recipe, variant, *(mean_cosine(encoder, model, sets[n], reference[n]) for n in ("short", "long")))
+            rows.append(row)
+            print(f"| {recipe} | {variant} | {row.short:.4f} | {row.long:.4f} |", flush=True)
+    write_json(args.out, {"max_length": encoder.max_length, "rows": [asdict(r) for r in rows]})
+
+
+if __name__ == "__main__":
+    main()
