@@ -3,7 +3,7 @@ tokens and the package's passages about 150; a retrieval user embeds passages cu
 each recipe variant, the fake-quant PTQ model's mean cosine to fp32 on short dev sentences and on dev sentences
 packed into passages of max-length words (every position filled), calibrated on train sentences alone or with
 packed train passages among them, and with either attention matmul left in floating point (the scores Q K^T, or
-the context: the softmax's probabilities times V).
+the context: the softmax's probabilities times V, `quant.context_matmul=false`).
 
     .venv/bin/python scripts/long_inputs.py --data ../shared/data/stsb --out outputs/long_inputs.json
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,7 +30,6 @@ from qat.quant.simulate import simulate  # noqa: E402
 from qat.quant.wrapper import EncoderModule  # noqa: E402
 
 RECIPES = {"default": QuantConfig(), "full_int8": QuantConfig(ops=["linear", "matmul", "residual_add", "embedding_add"])}
-SCORES, CONTEXT = 0, 1   # the attention matmuls of a self-attention module, in call order
 
 
 @dataclass
@@ -41,16 +40,14 @@ class Fidelity:
     long: float
 
 
-def attention_matmuls_float(qconf: Qconf, which: set[int]) -> None:
-    """Leave the chosen attention matmul(s) of every self-attention module in floating point."""
-    seen: dict[str, int] = {}
+def scores_matmuls_float(qconf: Qconf) -> None:
+    """Leave each attention's scores matmul (Q K^T, the one that is not the context product) in floating point."""
+    context = qconf.context_matmuls()
     for op in qconf.ops:
-        if op.kind == "matmul":
-            seen[op.owner] = seen.get(op.owner, -1) + 1
-            if seen[op.owner] in which:
-                for tensor in op.info["input_tensor_infos"]:
-                    if tensor:
-                        tensor["force_dtype"] = FP32
+        if op.kind == "matmul" and (op.state_key, op.index) not in context:
+            for tensor in op.info["input_tensor_infos"]:
+                if tensor:
+                    tensor["force_dtype"] = FP32
 
 
 def mean_cosine(encoder: Encoder, forward: torch.nn.Module, texts: list[str], reference: Table) -> float:
@@ -76,18 +73,21 @@ def main() -> None:
                    "train sentences with 32 packed passages": train[:224] + packed(train[3000:], words)[:32]}
     fp32 = EncoderModule(encoder.model).eval()
     reference = {name: embed(fp32, encoder, texts, 16) for name, texts in sets.items()}
-    variants = [("calibrated on " + name, texts, set()) for name, texts in calibration.items()] + [
-        ("scores matmul (Q K^T) in floating point", calibration["train sentences"], {SCORES}),
-        ("context matmul (probabilities x V) in floating point", calibration["train sentences"], {CONTEXT}),
-        ("both attention matmuls in floating point", calibration["train sentences"], {SCORES, CONTEXT})]
+    variants = [(f"calibrated on {name}", texts, None) for name, texts in calibration.items()] + [
+        ("scores matmul (Q K^T) in floating point", calibration["train sentences"], "scores"),
+        ("context matmul (probabilities x V) in floating point", calibration["train sentences"], "context"),
+        ("both attention matmuls in floating point", calibration["train sentences"], "both")]
     rows = []
     print(f"max length {encoder.max_length} tokens; {len(sets['short'])} short dev sentences, {len(sets['long'])} "
           f"dev passages of {words} words\n\n| recipe | variant | cosine, short | cosine, long |\n|---|---|---|---|")
     for recipe, quant in RECIPES.items():
         for variant, texts, floating in variants:
+            variant_quant = {"context": replace(quant, context_matmul=False),
+                             "both": replace(quant, ops=[op for op in quant.ops if op != "matmul"])}.get(floating, quant)
             encoder = load_encoder(ModelConfig(name_or_path=args.model))
-            ptq = calibrate(encoder, texts, Recipe(quant=quant, calib=CalibConfig()))
-            attention_matmuls_float(ptq.qconf, floating)
+            ptq = calibrate(encoder, texts, Recipe(quant=variant_quant, calib=CalibConfig()))
+            if floating == "scores":
+                scores_matmuls_float(ptq.qconf)
             model = simulate(ptq.model, ptq.qconf).eval()
             row = Fidelity(recipe, variant, *(mean_cosine(encoder, model, sets[n], reference[n]) for n in ("short", "long")))
             rows.append(row)

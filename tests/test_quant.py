@@ -1,5 +1,7 @@
 """Calibration, qconf recipe edits, the fake-quant simulation and its match to IPEX's unfused int8 graph."""
 
+import copy
+
 import pytest
 import torch
 
@@ -113,6 +115,30 @@ def test_skipped_linears_are_really_fp32_in_the_export(tiny_encoder, qconf, text
     ids, mask = next(batches(tiny_encoder, texts[60:70], 10))
     with torch.no_grad(), torch.jit.optimized_execution(False):
         torch.testing.assert_close(ipex_export.load_exported(result.path)(ids, mask), sim(ids, mask), atol=1e-5, rtol=0)
+
+
+def test_the_context_matmul_can_stay_floating_point(tiny_encoder, qconf, texts, tmp_path, ipex_export):
+    """quant.context_matmul=false: each attention's probabilities-times-values matmul runs in floating point, in
+    the simulation and in IPEX's graph alike; the scores matmul stays int8."""
+    context = qconf.context_matmuls()
+    assert [name for name in (op.name for op in qconf.ops if (op.state_key, op.index) in context)] == [
+        "encoder.layer.0.attention.self.matmul", "encoder.layer.1.attention.self.matmul"]
+    floating = qconf.with_recipe(QuantConfig(ops=["linear", "matmul"], context_matmul=False))
+    assert floating.int8_counts() == {"linear": 12, "matmul": 2, "residual_add": 0, "embedding_add": 0}
+    assert not any(op.quantized for op in floating.ops if (op.state_key, op.index) in context)
+    assert floating.context_in_float() and not qconf.context_in_float()
+    sim = simulate(tiny_encoder.model, floating).eval()
+    result = ipex_export.export_ipex(sim.to_float(), floating, sim.weight_qparams(),
+                                     next(batches(tiny_encoder, texts[:4], 4)), tmp_path)
+    assert result.graph_int8_ops == {"linear": 12, "matmul": 2, "add": 0, "linear_weight_only": 0}
+    ids, mask = next(batches(tiny_encoder, texts[40:52], 12))
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        torch.testing.assert_close(ipex_export.load_exported(result.path)(ids, mask), sim(ids, mask), atol=1e-5, rtol=0)
+    one_matmul = copy.deepcopy(qconf.data)
+    for key, index in context:
+        del one_matmul[key]["q_op_infos"][str(index)]
+    with pytest.raises(QatError, match=r"quant.context_matmul=false, but qconf <memory> has no module that runs two"):
+        Qconf(one_matmul).with_recipe(QuantConfig(context_matmul=False))
 
 
 def test_unpadded_batches_run_the_same_ops(tiny_encoder, qconf):

@@ -20,6 +20,7 @@ from qat.ptq import AlphaChoice
 class RecipeSummary:
     ops: list[str]      # the op kinds the PTQ qconf runs in int8
     skip: list[str]     # what stays fp32 (the user's skip list and any sensitive groups)
+    context_matmul: bool = True   # the attention's probabilities-times-values matmul in int8 (with the matmuls)
 
 
 @dataclass
@@ -135,8 +136,9 @@ def _recipe_line(report: RunReport) -> str:
                  if report.smoothquant_unsmoothed else "")
               + _equalize(report)
               + "." if report.ptq_source == "calibration" else f"scales restored from {report.ptq_source}.")
-    return (f"Recipe: int8 ops {report.recipe.ops}, skip {report.recipe.skip or 'none'}, weights per channel in "
-            f"{report.weight_range}; " + source)
+    context = "" if report.recipe.context_matmul else ", the attention's context matmul in floating point"
+    return (f"Recipe: int8 ops {report.recipe.ops}, skip {report.recipe.skip or 'none'}{context}, weights per channel "
+            f"in {report.weight_range}; " + source)
 
 
 EVIDENCE = {"ipex": "int8 ops in the frozen graph", "openvino": "GEMM runtime precisions of the compiled model",

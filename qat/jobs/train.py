@@ -203,7 +203,8 @@ def run_train(cfg: RunConfig, run_dir: Path) -> RunReport | None:
     report = RunReport(
         model=session.encoder.source, run_dir=str(run_dir), ptq_source=metadata.source,
         recipe=RecipeSummary(sorted(k for k, n in ptq_model.qconf.int8_counts().items() if n),
-                             ptq_model.skip if metadata.recipe else cfg.quant.skip),
+                             ptq_model.skip if metadata.recipe else cfg.quant.skip,
+                             (metadata.recipe or cfg.quant).context_matmul),
         calibration=CalibrationRecord(**vars(cfg.calib), texts=cfg.calib.samples),
         smoothquant=smoothquant, smoothquant_choice=made.choice if made else None,
         smoothquant_unsmoothed=made.unsmoothed if made else [], smoothquant_auto=made.auto if made else "",

@@ -21,13 +21,18 @@ AUTO = "auto"
 class QuantConfig:
     """Which op kinds run in int8, which modules stay fp32 (exact names or regular expressions), the weight
     range (8 bits, or 7 on CPUs without VNNI whose int8 GEMM saturates; 'auto' picks by this CPU), and an
-    optional clamp of the frozen activation scales (a limited range: finer steps, clipped outliers)."""
+    optional clamp of the frozen activation scales (a limited range: finer steps, clipped outliers).
+
+    `context_matmul=false` leaves the attention's second product (the softmax's probabilities times the values)
+    in floating point where `matmul` is int8: on long inputs most probabilities lie below one uint8 step, and
+    OpenVINO's own CPU patterns leave that matmul unquantized too."""
 
     ops: list[str] = field(default_factory=lambda: ["linear", "matmul"])
     skip: list[str] = field(default_factory=list)
     weight_bits: str = "auto"
     scale_min: float | None = None
     scale_max: float | None = None
+    context_matmul: bool = True
 
     def __post_init__(self) -> None:
         check_choice("quant.weight_bits", self.weight_bits, ("auto", "8", "7"))

@@ -162,16 +162,35 @@ class Qconf:
         result._set_recipe(quant)
         return result
 
+    def context_matmuls(self) -> set[tuple[str, int]]:
+        """(state key, index) of each attention's context product: the second matmul of a module that runs
+        exactly two (the scores Q K^T, then the softmax's probabilities times V)."""
+        matmuls: dict[str, list[int]] = {}
+        for op in self.ops:
+            if op.kind == "matmul":
+                matmuls.setdefault(op.state_key, []).append(op.index)
+        return {(key, sorted(indices)[1]) for key, indices in matmuls.items() if len(indices) == 2}
+
+    def context_in_float(self) -> bool:
+        """The recipe runs attention matmuls in int8 but leaves their context products in floating point."""
+        context = self.context_matmuls()
+        matmuls = [op for op in self.ops if op.kind == "matmul" and op.quantized]
+        return bool(context) and bool(matmuls) and not any((op.state_key, op.index) in context for op in matmuls)
+
     def _set_recipe(self, quant: QuantConfig) -> None:
         kinds = quant.op_kinds()
         patterns = {p: re.compile(p) for p in quant.skip}
+        floating = set() if quant.context_matmul or "matmul" not in kinds else self.context_matmuls()
+        if not quant.context_matmul and "matmul" in kinds and not floating:
+            raise QatError(f"quant.context_matmul=false, but qconf {self.source} has no module that runs two matmuls "
+                           "(attention scores, then probabilities times values); expected an eager-attention encoder")
         used: set[str] = set()
         for op in self.ops:
             if op.kind not in OP_KINDS and op.kind != "mask_add":
                 continue
             hits = [p for p, rx in patterns.items() if op.name == p or rx.fullmatch(op.name) or op.name.startswith(p + ".")]
             used.update(hits)
-            int8 = op.kind in kinds and not hits
+            int8 = op.kind in kinds and not hits and (op.state_key, op.index) not in floating
             dtype = op.info["activation_observer"]["dtype"] if int8 else FP32
             for tensor in op.info["input_tensor_infos"]:
                 if tensor:

@@ -66,8 +66,10 @@ def student_settings(run: Settings, ptq_model: PreTrainedModel, qconf: Qconf) ->
 def build_teacher(teacher: TeacherConfig, ptq_model: PreTrainedModel, qconf: Qconf,
                   fp32: nn.Module) -> tuple[nn.Module, str]:
     """The teacher and its kind: fp32, or the PTQ model under the teacher's recipe (frozen, same scales as the
-    student); teacher=auto takes fp32 where the student's recipe is the teacher's."""
-    recipe = qconf.with_recipe(QuantConfig(ops=teacher.ops, skip=teacher.skip))
+    student, the attention's context matmul as the student runs it); teacher=auto takes fp32 where the student's
+    recipe is the teacher's."""
+    recipe = qconf.with_recipe(QuantConfig(ops=teacher.ops, skip=teacher.skip,
+                                           context_matmul=not qconf.context_in_float()))
     is_student = recipe.data == qconf.data
     if teacher.kind == "fp32" or (teacher.kind == AUTO and is_student):
         return fp32, "fp32"
