@@ -22,7 +22,7 @@ warnings.filterwarnings("ignore")
 from qat.base.atomic import write_json  # noqa: E402
 from qat.config import ModelConfig, SourceConfig  # noqa: E402
 from qat.data import load_texts, packed  # noqa: E402
-from qat.evaluation.metrics import Table, embed  # noqa: E402
+from qat.evaluation.metrics import Table, cosine_fidelity, embed, stack_texts  # noqa: E402
 from qat.load import Encoder, load_encoder, tokenize  # noqa: E402
 from qat.ptq.prepare import calibrate  # noqa: E402
 from qat.quant.config import CalibConfig, QuantConfig, Recipe  # noqa: E402
@@ -68,8 +68,7 @@ def rounded_to_zero(encoder: Encoder, qconf: Qconf, texts: list[str]) -> list[fl
 
 def mean_cosine(encoder: Encoder, forward: torch.nn.Module, texts: list[str], reference: Table) -> float:
     table = embed(forward, encoder, texts, 16)
-    return torch.nn.functional.cosine_similarity(torch.stack([table[t] for t in texts]),
-                                                 torch.stack([reference[t] for t in texts])).mean().item()
+    return cosine_fidelity(stack_texts(reference, texts), stack_texts(table, texts))["cosine_mean"]
 
 
 def main() -> None:
