@@ -248,6 +248,7 @@ class ExportConfig:
     parity_min_cosine: float = 0.98
     parity_unfused_atol: float = 1e-4
     parity_fidelity_tolerance: float = 0.002
+    parity_passages: int = 8   # held-out texts packed into passages of the serving length, judged apart; 0: none
     speed_rounds: int = 2   # interleaved rounds of the report's speed measurement (fp32 against each export); 0: none
 
     def __post_init__(self) -> None:
@@ -265,6 +266,9 @@ class ExportConfig:
             if target not in EXPORT_TARGETS:
                 raise QatError(f"export.targets entry={target!r} is not valid; expected one of {list(EXPORT_TARGETS)}, "
                                "or export.targets=[auto] (every one installed here)")
+        if isinstance(self.parity_passages, bool) or not isinstance(self.parity_passages, int) or self.parity_passages < 0:
+            raise QatError(f"export.parity_passages={self.parity_passages!r} is not valid; expected a count >= 0 (0: "
+                           "parity on the held-out texts only)")
         for name in ("parity_unfused_atol", "parity_fidelity_tolerance"):
             if not getattr(self, name) >= 0.0:
                 raise QatError(f"export.{name}={getattr(self, name)} is not valid; expected a number >= 0")

@@ -10,6 +10,8 @@ def main() -> None:
     record, _ = run_job(EXPORT)
     print(f"export: {record.folder} (parity passed: "
           + "; ".join(f"{runtime} cosine to its simulation {made.parity.cosine_mean:.6f}"
+                      + ("" if made.passage_parity is None else
+                         f", on serving-length passages {made.passage_parity.cosine_mean:.6f}")
                       for runtime, made in record.runtimes.items()) + ")")
 
 

@@ -7,7 +7,8 @@ from qat.ptq import calibrate
 from qat.quant.config import Recipe
 from qat.config import ExportConfig
 from qat.quant.config import CalibConfig, QuantConfig
-from qat.exporters.parity import judge_parity, rounding_noise
+from qat.exporters.parity import judge_parity, parity_texts, rounding_noise
+from qat.exporters.verify import Runtime, RuntimeExport
 from qat.load import batches
 from qat.quant.wrapper import EncoderModule
 from qat.quant.simulate import simulate
@@ -56,6 +57,18 @@ def test_fused_rounding_spread_passes_only_if_as_faithful_to_fp32(vectors):
     assert not result.close and not result.as_faithful and not result.passed
 
 
+def test_the_fidelity_tolerance_widens_to_the_simulations_own_rounding_spread(vectors):
+    fp32, sim = vectors
+    fused = sim + 0.1 * torch.randn_like(sim)           # another rounding, somewhat less faithful than the simulation
+    spread = sim + 0.15 * torch.randn_like(sim)          # how far the simulation moves from itself under noise
+    narrow = check(table(sim), table(fused), table(fp32))                    # floor 1: the configured 0.002
+    wide = judge_parity(table(fp32), table(sim), table(fused), None, table(spread), TEXTS, ExportConfig())
+    drop = narrow.fidelity_to_fp32.fakequant - narrow.fidelity_to_fp32.int8
+    assert 0.002 < drop < 1 - wide.rounding_floor.cosine_mean == pytest.approx(wide.thresholds.fidelity_tolerance)
+    assert narrow.thresholds.fidelity_tolerance == 0.002 and not narrow.passed
+    assert wide.as_faithful and wide.passed
+
+
 def test_rounding_noise_is_tiny_seeded_and_removed(tiny_encoder, texts):
     qconf = calibrate(tiny_encoder, texts, Recipe(QuantConfig(), CalibConfig(samples=32, batch_size=16))).qconf
     sim = simulate(tiny_encoder.model, qconf).eval()
@@ -74,3 +87,25 @@ def test_rounding_noise_is_tiny_seeded_and_removed(tiny_encoder, texts):
         with rounding_noise(sim):   # runs inside the simulation's functional-op bookkeeping without upsetting it
             sim(ids, mask)
         assert torch.equal(sim(ids, mask), reference)
+
+
+def test_parity_passages_fill_the_serving_length_from_held_out_texts_only():
+    heldout = [f"sentence number {i} has six words" for i in range(20)]   # 120 words: room for one passage of 64
+    texts = parity_texts(heldout, max_length=64, passages=8)
+    assert texts.heldout == heldout and len(texts.passages) == 8 and texts.all() == heldout + texts.passages
+    assert all(len(p.split()) >= 64 and set(p.split()) <= set(" ".join(heldout).split()) for p in texts.passages)
+    assert [p.split()[2] for p in texts.passages] == ["0", "2", "5", "7", "10", "12", "15", "17"]   # spaced starts
+    assert parity_texts(heldout, 64, 0).passages == []
+    assert len(parity_texts(heldout[:1], 64, 8).passages) == 1   # one text: one distinct passage, the text repeated
+    pairs = parity_texts([(f"query {i}", f"passage {i} about it") for i in range(4)], max_length=16, passages=2)
+    assert len(pairs.passages) == 2 and all(isinstance(p, tuple) and len(" ".join(p).split()) >= 16 for p in pairs.passages)
+
+
+def test_an_export_that_fails_parity_on_serving_length_passages_fails(vectors):
+    fp32, sim = vectors
+    good = check(table(sim), table(sim), table(fp32))
+    bad = check(table(sim), table(fp32 + 0.6 * torch.randn_like(fp32)), table(fp32))
+    assert good.passed and not bad.passed
+    assert RuntimeExport(Runtime.ONNX, None, {}, good, None).passed
+    assert RuntimeExport(Runtime.ONNX, None, {}, good, good).passed
+    assert not RuntimeExport(Runtime.ONNX, None, {}, good, bad).passed

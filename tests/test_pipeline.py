@@ -41,7 +41,11 @@ def test_sensitivity_stage_reuses_the_calibration_and_the_job_never_rereads_its_
     sensitivity = json.loads((tmp_path / "run" / "sensitivity" / "sensitivity.json").read_text())
     assert report.recipe.skip == sensitivity["skip"] and len(report.recipe.skip) >= 1
     assert set(report.variants) == {Variant.FP32, Variant.PTQ_FAKEQUANT, Variant.PTQ_INT8}
-    assert report.exports["ptq"].runtimes["ipex"].parity.passed and report.exports["ptq"].runtimes["ipex"].parity.unfused_max_abs_diff == 0.0
+    ipex = report.exports["ptq"].runtimes["ipex"]
+    assert ipex.parity.passed and ipex.parity.unfused_max_abs_diff == 0.0
+    # Parity at the serving length: 8 passages of 32 tokens, judged apart, exact unfused as on the held-out texts.
+    assert ipex.passage_parity.texts == 8 and ipex.passage_parity.unfused_max_abs_diff == 0.0 and ipex.passed
+    assert "on 8 passages of 32 tokens (passed)" in (tmp_path / "run" / "report.md").read_text()
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["recipe"]["skip"] == sensitivity["skip"] and saved["variants"]["ptq_int8"] == report.variants[Variant.PTQ_INT8]
     assert saved["exports"]["ptq"]["runtimes"]["ipex"]["parity"]["rounding_floor"].keys() == {"cosine_mean", "cosine_min"}

@@ -9,11 +9,18 @@ activation near a rounding boundary lands one step away, and where scales are co
 residual adds, whose inputs carry MiniLM's outlier channels) one step moves a token's LayerNorm output visibly,
 and later layers amplify it. That is rounding, not another model: the simulation spreads as far from itself
 when its Linear outputs get 1-ulp noise (`rounding_floor`). So the fused model passes when it is close to the
-simulation, or when it is as faithful to fp32 as the simulation is.
+simulation, or when it is as faithful to fp32 as the simulation is: its mean cosine to fp32 no further below the
+simulation's than `export.parity_fidelity_tolerance` or, where rounding spreads wider, than the simulation moves
+from itself under that noise (1 - the floor's mean cosine; on passages of the serving length with int8 residual
+adds it is several times the tolerance, and another rounding lands that far either side).
 
 Embeddings are compared text by text (cosine); a score model's outputs are compared output by output over the
 held-out pairs (the cosine of the two score columns, both centred on the reference's mean), since a cosine of
 one score with another says nothing.
+
+Parity is judged twice, on the held-out texts and on passages as long as the model serves (the held-out texts
+packed to max-length words), apart: short sentences fill a fraction of the positions, and an export can round
+differently where the attention spreads over hundreds of tokens (each probability near the int8 step).
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ import torch
 from torch import nn
 
 from qat.config import ExportConfig
-from qat.data import Text
+from qat.data import Text, packed
 from qat.evaluation.metrics import Forward, Table, cosine_fidelity, embed, stack_texts
 from qat.load import Encoder
 from qat.quant.simulate import FakeQuantModel
@@ -50,7 +57,7 @@ class ParityThresholds:
     cosine_mean: float
     cosine_min: float
     unfused_atol: float
-    fidelity_tolerance: float
+    fidelity_tolerance: float   # export.parity_fidelity_tolerance, or the simulation's rounding spread if wider
 
 
 @dataclass
@@ -120,13 +127,41 @@ def judge_parity(fp32: Table, simulated: Table, fused: Table, unfused_export: Ta
     unfused_diff = None if unfused_export is None else _max_abs_diff(unfused_export, simulated, texts)
     exact = unfused_diff is None or unfused_diff <= cfg.parity_unfused_atol
     close = agreement.cosine_mean >= cfg.parity_mean_cosine and agreement.cosine_min >= cfg.parity_min_cosine
-    as_faithful = fidelity.int8 >= fidelity.fakequant - cfg.parity_fidelity_tolerance
+    floor = _fidelity(simulated, noisy, texts)
+    tolerance = max(cfg.parity_fidelity_tolerance, 1.0 - floor.cosine_mean)
+    as_faithful = fidelity.int8 >= fidelity.fakequant - tolerance
     return ParityRecord(
         agreement.cosine_mean, agreement.cosine_min, _max_abs_diff(fused, simulated, texts), unfused_diff,
-        _fidelity(simulated, noisy, texts), fidelity, len(texts),
-        ParityThresholds(cfg.parity_mean_cosine, cfg.parity_min_cosine, cfg.parity_unfused_atol,
-                         cfg.parity_fidelity_tolerance),
+        floor, fidelity, len(texts),
+        ParityThresholds(cfg.parity_mean_cosine, cfg.parity_min_cosine, cfg.parity_unfused_atol, tolerance),
         exact, close, as_faithful, exact and (close or as_faithful))
+
+
+@dataclass
+class ParityTexts:
+    """What parity is judged on: the held-out texts, and the same texts packed into passages of the serving length
+    (empty where `export.parity_passages` is 0)."""
+
+    heldout: list[Text]
+    passages: list[Text]
+    max_length: int
+
+    def all(self) -> list[Text]:
+        return self.heldout + self.passages
+
+
+def parity_texts(heldout: list[Text], max_length: int, passages: int) -> ParityTexts:
+    """The held-out texts, and `passages` passages of at least `max_length` words (a word is at least one token, so
+    each fills every position the model serves): passage k reads the held-out texts in a circle from the k-th of
+    evenly spaced starts, so a short held-out set still gives that many distinct passages."""
+    words = sum(len((t if isinstance(t, str) else " ".join(t)).split()) for t in heldout)
+    laps = -(-max_length // max(words, 1)) + 1
+
+    def passage(start: int) -> Text:
+        return packed((heldout[start:] + heldout[:start]) * laps, max_length)[0]
+
+    starts = [k * len(heldout) // passages for k in range(passages)] if heldout else []
+    return ParityTexts(heldout, list(dict.fromkeys(map(passage, starts))), max_length)
 
 
 @dataclass
@@ -145,4 +180,5 @@ def simulated_tables(sim: FakeQuantModel, encoder: Encoder, texts: list[Text], b
     return Simulated(plain, noisy)
 
 
-__all__ = ["ParityRecord", "Simulated", "judge_parity", "rounding_noise", "simulated_tables", "unfused"]
+__all__ = ["ParityRecord", "ParityTexts", "Simulated", "judge_parity", "parity_texts", "rounding_noise", "simulated_tables",
+           "unfused"]

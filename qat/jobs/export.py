@@ -14,6 +14,7 @@ from qat.config import ExportRunConfig
 from qat.data import load_texts
 from qat.base.errors import QatError
 from qat.evaluation.metrics import Stage, embed
+from qat.exporters.parity import parity_texts
 from qat.exporters.verify import ExportRecord, check_targets, export_verified
 from qat.quant.simulate import FakeQuantModel, simulate
 from qat.quant.wrapper import EncoderModule
@@ -44,10 +45,11 @@ def run_export(cfg: ExportRunConfig, run_dir: Path) -> ExportRecord:
     sim = simulate(artifact.encoder.model, artifact.qconf).eval()
     if cfg.source.weights:
         load_student_weights(sim, Path(cfg.source.weights))
-    heldout = load_texts(cfg.data.heldout, artifact.encoder.pairs)
-    fp32 = embed(EncoderModule(artifact.encoder.model).eval(), artifact.encoder, heldout, cfg.eval.batch_size)
+    texts = parity_texts(load_texts(cfg.data.heldout, artifact.encoder.pairs), artifact.encoder.max_length,
+                         cfg.export.parity_passages)
+    fp32 = embed(EncoderModule(artifact.encoder.model).eval(), artifact.encoder, texts.all(), cfg.eval.batch_size)
     stage = Stage.QAT if cfg.source.weights else Stage.PTQ
-    record = export_verified(sim, artifact.encoder, heldout, fp32, cfg.export, run_dir / "export" / stage,
+    record = export_verified(sim, artifact.encoder, texts, fp32, cfg.export, run_dir / "export" / stage,
                              cfg.eval.batch_size, cfg.seed)
     write_json(run_dir / RESULT_FILE, asdict(record))
     if not record.passed:

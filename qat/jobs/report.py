@@ -8,7 +8,7 @@ from typing import Any
 
 from qat.base.atomic import atomic_path, write_json, write_text
 from qat.evaluation.metrics import Metrics, ScoreBuckets, Stage, Variant, higher_is_better
-from qat.exporters import ExportRecord, SpeedRecord
+from qat.exporters import ExportRecord, ParityRecord, SpeedRecord
 from qat.exporters.speed import FP32
 from qat.quant.config import CalibConfig, EqualizeConfig, SmoothQuantConfig
 from qat.recovery import RecoveryDecision, TrainingSummary
@@ -145,19 +145,25 @@ EVIDENCE = {"ipex": "int8 ops in the frozen graph", "openvino": "GEMM runtime pr
             "onnx": "ONNX Runtime integer kernels"}
 
 
-def _export_lines(stage: Stage, export: ExportRecord) -> list[str]:
-    """One line per runtime: where the model file is, the evidence that the runtime runs it in int8, its parity."""
+def _parity_line(p: ParityRecord) -> str:
+    unfused = f"unfused graph max |diff| {p.unfused_max_abs_diff:.2e}; fused " if p.unfused_max_abs_diff is not None else ""
+    return (f"({'passed' if p.passed else 'FAILED'}): {unfused}cosine mean {p.cosine_mean:.6f}, min {p.cosine_min:.6f} "
+            f"(the simulation against itself with 1-ulp noise on Linear outputs: mean {p.rounding_floor.cosine_mean:.6f}, "
+            f"min {p.rounding_floor.cosine_min:.6f}); mean cosine to fp32: fake-quant {p.fidelity_to_fp32.fakequant:.6f}, "
+            f"exported {p.fidelity_to_fp32.int8:.6f} (tolerance {p.thresholds.fidelity_tolerance:.4f})")
+
+
+def _export_lines(stage: Stage, export: ExportRecord, max_length: int) -> list[str]:
+    """One line per runtime: where the model file is, the evidence that the runtime runs it in int8, its parity on
+    the held-out texts and on passages of the serving length."""
     lines = []
     for runtime, made in export.runtimes.items():
-        p = made.parity
-        unfused = (f"unfused graph max |diff| {p.unfused_max_abs_diff:.2e}; fused "
-                   if p.unfused_max_abs_diff is not None else "")
+        passages = made.passage_parity
         lines.append(
             f"- {stage.upper()} {runtime} export `{made.path}`: {EVIDENCE[runtime]} {made.int8_ops}; parity with its "
-            f"fake-quant model ({'passed' if p.passed else 'FAILED'}): {unfused}cosine mean {p.cosine_mean:.6f}, min "
-            f"{p.cosine_min:.6f} (the simulation against itself with 1-ulp noise on Linear outputs: mean "
-            f"{p.rounding_floor.cosine_mean:.6f}, min {p.rounding_floor.cosine_min:.6f}); mean cosine to fp32: "
-            f"fake-quant {p.fidelity_to_fp32.fakequant:.6f}, exported {p.fidelity_to_fp32.int8:.6f}.")
+            f"fake-quant model on {made.parity.texts} held-out texts {_parity_line(made.parity)}"
+            + ("" if passages is None else
+               f"; on {passages.texts} passages of {max_length} tokens {_parity_line(passages)}") + ".")
     return lines
 
 
@@ -236,7 +242,8 @@ def render_markdown(report: RunReport) -> str:
         lines += [*differences, ""]
     lines += ["Held-out score distribution (% per bucket of fp32's range; a score model's outputs, or the similarity "
               "of every pair of held-out texts):", "", *bucket_table(report.buckets), ""]
-    lines += [line for stage, export in report.exports.items() for line in _export_lines(stage, export)]
+    lines += [line for stage, export in report.exports.items()
+              for line in _export_lines(stage, export, report.data.max_length)]
     lines += ["", *speed_lines(report.speed), *next_steps(report),
               f"Final model: {report.final.upper()} (`{report.exports[report.final].folder}`).",
               "LayerNorm, GELU and softmax stay fp32: IPEX has no int8 kernel for them.",
