@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from qat.base.errors import QatError, check_choice, check_positive
+from qat.base.errors import QatError, check_choice, check_count, check_positive
 from qat.quant.config import AUTO, CALIB_ALGORITHMS, CalibConfig, EqualizeConfig, QuantConfig, Recipe, SmoothQuantConfig
 
 
@@ -252,9 +252,8 @@ class ExportConfig:
     speed_rounds: int = 2   # interleaved rounds of the report's speed measurement (fp32 against each export); 0: none
 
     def __post_init__(self) -> None:
-        if isinstance(self.speed_rounds, bool) or not isinstance(self.speed_rounds, int) or self.speed_rounds < 0:
-            raise QatError(f"export.speed_rounds={self.speed_rounds!r} is not valid; expected a count >= 0 (0: no speed "
-                           "measurement)")
+        check_count("export.speed_rounds", self.speed_rounds, "no speed measurement")
+        check_count("export.parity_passages", self.parity_passages, "parity on the held-out texts only")
         if list(self.targets) == [AUTO]:
             self.targets = installed_targets()
             if not self.targets:
@@ -266,9 +265,6 @@ class ExportConfig:
             if target not in EXPORT_TARGETS:
                 raise QatError(f"export.targets entry={target!r} is not valid; expected one of {list(EXPORT_TARGETS)}, "
                                "or export.targets=[auto] (every one installed here)")
-        if isinstance(self.parity_passages, bool) or not isinstance(self.parity_passages, int) or self.parity_passages < 0:
-            raise QatError(f"export.parity_passages={self.parity_passages!r} is not valid; expected a count >= 0 (0: "
-                           "parity on the held-out texts only)")
         for name in ("parity_unfused_atol", "parity_fidelity_tolerance"):
             if not getattr(self, name) >= 0.0:
                 raise QatError(f"export.{name}={getattr(self, name)} is not valid; expected a number >= 0")

@@ -238,6 +238,11 @@ def load_task(source: SourceConfig) -> PairSet | RerankSet | RetrievalSet:
     raise QatError(f"format {source.format!r} has no task metric; expected 'pairs', 'rerank' or 'beir'")
 
 
+def word_count(text: Text) -> int:
+    """Words of a text, or of both sides of a pair."""
+    return len((text if isinstance(text, str) else " ".join(text)).split())
+
+
 def packed(texts: list[Text], words: int) -> list[Text]:
     """Consecutive texts joined into passages of at least `words` words (a pair's two sides joined apart): inputs
     as long as the model serves, made from texts that are each short. The short remainder is dropped, unless the
@@ -250,7 +255,7 @@ def packed(texts: list[Text], words: int) -> list[Text]:
     count = 0
     for text in texts:
         run.append(text)
-        count += len((text if isinstance(text, str) else " ".join(text)).split())
+        count += word_count(text)
         if count >= words:
             passages.append(joined(run))
             run, count = [], 0

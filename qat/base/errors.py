@@ -23,6 +23,12 @@ def check_positive(name: str, value: int | float | None) -> None:
         raise QatError(f"{name}={value!r} is not valid; expected a positive number")
 
 
+def check_count(name: str, value: Any, zero_means: str) -> None:
+    """A whole number >= 0 (not a bool), where 0 switches something off: `zero_means` says what."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise QatError(f"{name}={value!r} is not valid; expected a count >= 0 (0: {zero_means})")
+
+
 def disk_error(error: OSError) -> QatError | None:
     """A full disk or an unwritable file met while writing, as a QatError; None for any other OSError."""
     where = error.filename or "the run folder"

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from qat.config import ExportConfig
-from qat.data import Text, packed
+from qat.data import Text, packed, word_count
 from qat.evaluation.metrics import Forward, Table, cosine_fidelity, embed, stack_texts
 from qat.load import Encoder
 from qat.quant.simulate import FakeQuantModel
@@ -144,7 +144,6 @@ class ParityTexts:
 
     heldout: list[Text]
     passages: list[Text]
-    max_length: int
 
     def all(self) -> list[Text]:
         return self.heldout + self.passages
@@ -154,14 +153,13 @@ def parity_texts(heldout: list[Text], max_length: int, passages: int) -> ParityT
     """The held-out texts, and `passages` passages of at least `max_length` words (a word is at least one token, so
     each fills every position the model serves): passage k reads the held-out texts in a circle from the k-th of
     evenly spaced starts, so a short held-out set still gives that many distinct passages."""
-    words = sum(len((t if isinstance(t, str) else " ".join(t)).split()) for t in heldout)
-    laps = -(-max_length // max(words, 1)) + 1
+    laps = -(-max_length // max(sum(map(word_count, heldout)), 1)) + 1
 
     def passage(start: int) -> Text:
         return packed((heldout[start:] + heldout[:start]) * laps, max_length)[0]
 
     starts = [k * len(heldout) // passages for k in range(passages)] if heldout else []
-    return ParityTexts(heldout, list(dict.fromkeys(map(passage, starts))), max_length)
+    return ParityTexts(heldout, list(dict.fromkeys(map(passage, starts))))
 
 
 @dataclass

@@ -15,7 +15,8 @@ from qat.evaluation.metrics import Forward, Table, embed
 from qat.exporters import onnx, openvino
 from qat.exporters.folder import write_export_folder
 from qat.exporters.loader import runtime_forward
-from qat.exporters.parity import ParityRecord, ParityTexts, judge_parity, simulated_tables, unfused
+from qat.data import Text
+from qat.exporters.parity import ParityRecord, ParityTexts, Simulated, judge_parity, simulated_tables, unfused
 from qat.exporters.signature import ExportSignature
 from qat.load import Encoder, batches
 from qat.quant.simulate import FakeQuantModel
@@ -95,19 +96,21 @@ def export_verified(sim: FakeQuantModel, encoder: Encoder, texts: ParityTexts, f
         from qat.exporters import ipex  # noqa: F401
     # Each set embedded on its own, in the same batches by every model: padding to another length changes the
     # GEMMs' shapes, hence their summation order, and exactness could not be asked.
-    sets = [t for t in (texts.heldout, texts.passages) if t]
-    simulated = [simulated_tables(sim, encoder, judged_texts, batch_size, seed) for judged_texts in sets]
+    heldout_sims = simulated_tables(sim, encoder, texts.heldout, batch_size, seed)
+    passage_sims = simulated_tables(sim, encoder, texts.passages, batch_size, seed) if texts.passages else None
 
-    def judged(fused: Forward, unfused_forward: Forward | None) -> list[ParityRecord]:
-        return [judge_parity(fp32, sims.plain, embed(fused, encoder, judged_texts, batch_size),
-                             None if unfused_forward is None else embed(unfused_forward, encoder, judged_texts, batch_size),
-                             sims.noisy, judged_texts, cfg) for judged_texts, sims in zip(sets, simulated)]
+    def judged(fused: Forward, unfused_forward: Forward | None, judged_texts: list[Text],
+               sims: Simulated) -> ParityRecord:
+        unfused_table = None if unfused_forward is None else embed(unfused_forward, encoder, judged_texts, batch_size)
+        return judge_parity(fp32, sims.plain, embed(fused, encoder, judged_texts, batch_size), unfused_table,
+                            sims.noisy, judged_texts, cfg)
 
     runtimes = {}
     for runtime in map(Runtime, cfg.targets):
         path, evidence, fused, unfused_forward = _exported(runtime, sim, signature, example, out_dir)
-        heldout_parity, *passage_parity = judged(fused, unfused_forward)
-        runtimes[runtime] = RuntimeExport(runtime, path, evidence, heldout_parity, next(iter(passage_parity), None))
+        runtimes[runtime] = RuntimeExport(
+            runtime, path, evidence, judged(fused, unfused_forward, texts.heldout, heldout_sims),
+            None if passage_sims is None else judged(fused, unfused_forward, texts.passages, passage_sims))
     write_export_folder(out_dir, encoder, sim.qconf,
                         {str(runtime): export.path.relative_to(out_dir) for runtime, export in runtimes.items()})
     return ExportRecord(out_dir, runtimes)
