@@ -16,6 +16,10 @@ from qat.exporters.signature import ExportSignature
 BATCHES = {"throughput": 32, "latency": 1}
 LENGTH = 128   # tokens, or the model's max length if shorter
 FP32 = "fp32"
+# Untimed calls before each round's timed ones: IPEX's TorchScript profiles its first call and compiles the fused
+# kernels for a shape on its second (about 6x a fused call at batch 32 on an AMX Xeon), so one warm-up call left
+# the compile inside the first round, and the median of 2 rounds reported a third of the export's speed.
+WARMUP_CALLS = 2
 
 
 @dataclass
@@ -57,7 +61,7 @@ def measure_speed(fp32: Forward, exports: dict[str, Path], signature: ExportSign
         for measure, batch in BATCHES.items():
             inputs = random_inputs(batch, length, vocab, signature)
             calls = {name: (lambda model=model: model(*inputs)) for name, model in models.items() if name not in errors}
-            for name, timed in interleaved_rounds(calls, rounds, warmup=1, repeats=1 if batch > 1 else 5).items():
+            for name, timed in interleaved_rounds(calls, rounds, warmup=WARMUP_CALLS, repeats=1 if batch > 1 else 5).items():
                 if timed.error:
                     errors[name] = timed.error
                 else:
