@@ -157,6 +157,7 @@ class TrainConfig:
     similarity_weight: Any = "auto"   # the in-batch similarity loss of embeddings (qat.recovery.distill): a weight, or auto
     rounding_only: Any = "auto"   # each weight only chooses its rounding within PTQ's step: true, false, or auto
                                   # (where the fidelity gate alone trains; qat.recovery.decision.rounding_only)
+    blocks: str = "joint"   # joint: every block trains at once on the whole loss; sequential: one block after another
     eval_every: int = 100
     save_every: int = 100
     patience: int | None = None        # stop after this many evaluations without a better (guarded) dev metric
@@ -169,6 +170,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_positive("train.dev_items", self.dev_items)
         check_choice("train.device", self.device, (AUTO, "cpu"))
+        check_choice("train.blocks", self.blocks, ("joint", "sequential"))
         for name in ("bf16", "rounding_only"):
             if getattr(self, name) not in (True, False, AUTO):
                 raise QatError(f"train.{name}={getattr(self, name)!r} is not valid; expected true, false or auto")

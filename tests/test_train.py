@@ -408,3 +408,68 @@ def test_a_base_size_encoder_trains_one_step_under_the_bf16_path(tmp_path, texts
     result = trainer.train(None)
     assert result.state.step == 1 and torch.isfinite(torch.tensor(result.state.history[-1]["cosine_mean"]))
     assert not torch.equal(before, accelerator.unwrap_model(trainer.student).get_parameter(weight).detach())
+
+
+def test_record_blocks_can_end_a_forward_pass_at_a_block(tiny_encoder, qconf, texts):
+    sim = simulate(tiny_encoder.model, qconf).eval()
+    ids, mask = next(batches(tiny_encoder, texts[:8], 8))
+    with torch.no_grad(), record_blocks(sim) as every:
+        sim(ids, mask)
+    reached = None
+    with torch.no_grad(), record_blocks(sim, last=0) as first:
+        reached = sim(ids, mask)   # stopped inside: never assigned
+    assert reached is None and len(first) == 1 and torch.equal(first[0], every[0])
+    with torch.no_grad(), record_blocks(sim) as again:   # the hooks are gone, the simulation runs whole again
+        sim(ids, mask)
+    assert len(again) == 2 and torch.equal(again[1], every[1])
+
+
+def test_sequential_blocks_train_one_block_after_another_each_on_its_own_output(tiny_encoder, qconf, texts, tmp_path):
+    trainer = make_trainer(tiny_encoder, qconf, texts, tmp_path, blocks="sequential", steps=6, lr=1e-2)
+    student = trainer.accelerator.unwrap_model(trainer.student)
+    layers = student.encoder.model.encoder.layer
+
+    def weights(layer):
+        return [p.detach().clone() for p in layer.parameters()]
+
+    first, second = weights(layers[0]), weights(layers[1])
+    trainer.train(None, stop_at=3)   # block 0's share: steps 1-3
+    assert not all(torch.equal(a, b) for a, b in zip(first, weights(layers[0])))
+    assert all(torch.equal(a, b) for a, b in zip(second, weights(layers[1])))
+    after_first = weights(layers[0])
+    trainer.train(None)              # block 1's share: steps 4-6; block 0 no longer moves
+    assert trainer.state.step == 6
+    assert all(torch.equal(a, b) for a, b in zip(after_first, weights(layers[0])))
+    assert not all(torch.equal(a, b) for a, b in zip(second, weights(layers[1])))
+
+
+def test_each_block_gets_its_own_share_and_lr_schedule():
+    from qat.recovery.trainer import BlockSchedule
+
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(3)])
+    schedule = BlockSchedule(model, 10)
+    assert [schedule.block(step) for step in range(10)] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = schedule.scheduler(optimizer, warmup_ratio=0.34)   # one warm-up step per share of 3 (of 4: 1)
+    factors = []
+    for _ in range(10):
+        factors.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert factors[0] == factors[3] == factors[6] == 0.0        # each share warms up from 0
+    assert factors[1] == factors[4] == 1.0 and factors[2] == pytest.approx(0.5)
+    assert factors[8] > factors[9] > 0.0                         # the last share (4 steps) decays to its end
+    with pytest.raises(QatError, match="train.steps=2 with train.blocks=sequential leaves some"):
+        BlockSchedule(model, 2)
+
+
+def test_sequential_blocks_refuse_terms_on_the_outputs(tiny_encoder):
+    from qat.recovery.trainer import check_loss_terms
+
+    with pytest.raises(QatError, match="train.blocks=sequential trains each block on its own output alone"):
+        check_loss_terms(tiny_encoder, TrainConfig(blocks="sequential", task_weight=1.0))
+    check_loss_terms(tiny_encoder, TrainConfig(blocks="sequential"))   # similarity auto: 0 for sequential blocks
+    assert similarity_weight(tiny_encoder, "auto", "sequential") == 0.0
+    with pytest.raises(QatError, match="train.blocks='blockwise' is not valid"):
+        TrainConfig(blocks="blockwise")

@@ -94,6 +94,7 @@ def _recovery_line(report: RunReport) -> str:
     task += (f" plus the in-batch similarity term (weight {training.similarity_weight:g})"
              if training.similarity_weight else "")
     task += ", each weight re-rounded within its PTQ quantization step" if training.rounding_only else ""
+    task += ", block by block (sequential reconstruction)" if training.blocks == "sequential" else ""
     return (head + f" Trained {training.step} steps{stop}, {lr}, with the {training.teacher} teacher{task} on "
             f"{training.processes} process(es) in {training.seconds:.0f} s ({training.seconds_per_step:.2f} s/step); "
             f"kept step {training.best_step}: dev {decision.metric} {training.best_metric:.4f}"

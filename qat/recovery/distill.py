@@ -14,17 +14,27 @@ from qat.quant.structure import transformer_blocks
 COSINE_LOSS, MSE_LOSS, KL_LOSS = "cosine", "mse", "kl"   # the output term for embeddings, scores, class logits
 
 
+class BlockReached(Exception):
+    """Ends a forward pass at the last block a loss reads (record_blocks' `last`): the blocks after it would be
+    computed for nothing."""
+
+
 @contextmanager
-def record_blocks(model: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect each block's output hidden states during the forward passes run inside the context."""
+def record_blocks(model: nn.Module, last: int | None = None) -> Iterator[list[torch.Tensor]]:
+    """Collect each block's output hidden states during the forward passes run inside the context; with `last`,
+    a forward pass stops (BlockReached) once block `last` has run, and the context ends it quietly."""
     outputs: list[torch.Tensor] = []
 
     def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
         outputs.append(output[0] if isinstance(output, tuple) else output)
+        if last is not None and len(outputs) > last:
+            raise BlockReached
 
     handles = [block.register_forward_hook(hook) for block in transformer_blocks(model)]
     try:
         yield outputs
+    except BlockReached:
+        pass
     finally:
         for handle in handles:
             handle.remove()
@@ -41,6 +51,7 @@ class DistillLoss:
     output: torch.Tensor
     task: torch.Tensor | None = None         # the ranking loss on labelled pairs, before train.task_weight
     similarity: torch.Tensor | None = None   # the in-batch similarity loss, before train.similarity_weight
+    first_block: int = 0                     # the block blocks[0] belongs to (sequential training: the one trained)
 
 
 def ranking_loss(similarity: torch.Tensor, labels: torch.Tensor, kind: str = COSINE_LOSS) -> torch.Tensor:

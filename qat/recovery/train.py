@@ -47,6 +47,7 @@ class TrainingSummary(TrainState):
     task_pairs: int = 0                 # labelled pairs the task loss drew from
     similarity_weight: float = 0.0      # the in-batch similarity term's weight (0: off)
     rounding_only: bool = False         # each weight stayed inside its PTQ quantization step
+    blocks: str = "joint"               # joint, or sequential: one block after another (train.blocks)
     dev_noise: float = 0.0              # dev measures closer than this were level (the checkpoint rule)
     fp32_dev: float | None = None       # fp32 on the data the evaluations read (the training curve's fp32 line)
     dev_sampled: bool = False           # those evaluations read a fixed sample of the dev task sets
@@ -194,6 +195,7 @@ def recover(accelerator: Accelerator, ptq_model: PreTrainedModel, qconf: Qconf, 
                               task_weight=train.task_weight if training.task else 0.0,
                               task_pairs=len(training.task.scores) if training.task else 0,
                               similarity_weight=trainer.similarity_weight, rounding_only=train.rounding_only,
+                              blocks=train.blocks,
                               dev_noise=ptq_dev.noise,
                               fp32_dev=ptq_dev.fp32, dev_sampled=ptq_dev.sampled)
     return trained, summary

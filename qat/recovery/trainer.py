@@ -1,6 +1,7 @@
 """Recovery training through accelerate: AdamW, warm-up + cosine, clipping, accumulation, checkpoints, resume."""
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -20,12 +21,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
+from torch.optim.lr_scheduler import LambdaLR
 
 from qat.base.atomic import TMP_SUFFIX, atomic_path
 from qat.config import TrainConfig
 from qat.quant.config import AUTO
 from qat.data import PairSet, Text
-from qat.recovery.distill import COSINE_LOSS, KL_LOSS, MSE_LOSS, DistillLoss, distillation_loss, ranking_loss, record_blocks
+from qat.recovery.distill import (COSINE_LOSS, KL_LOSS, MSE_LOSS, DistillLoss, distillation_loss, normalized_mse,
+                                  ranking_loss, record_blocks)
 from qat.base.errors import QatError
 from qat.evaluation.metrics import GUARD, HELDOUT_EMD, LOGIT, Metrics, fidelity_metric, head_scores, higher_is_better
 from qat.load import Batch, Encoder, outputs, text_length, tokenize
@@ -34,6 +37,7 @@ from qat.base.settings import SETTINGS_FILE, Settings
 from qat.quant.modules import QuantLinear
 from qat.quant.numerics import weight_qparams
 from qat.quant.simulate import FakeQuantModel
+from qat.quant.structure import transformer_blocks
 
 log = logging.getLogger(__name__)
 # IPEX registers a layer_norm kernel without an autograd entry; torch falls back to the correct gradient and
@@ -126,14 +130,53 @@ def output_kind(encoder: Encoder) -> str:
 
 
 SIMILARITY_WEIGHT = 1.0   # train.similarity_weight=auto on embedding models (measured: docs/RESULTS.md)
+SEQUENTIAL = "sequential"
 
 
-def similarity_weight(encoder: Encoder, weight: float | str) -> float:
-    """train.similarity_weight as a number: auto is SIMILARITY_WEIGHT for an embedding model and 0 for a score or
-    class model, which makes no embeddings to compare."""
+def similarity_weight(encoder: Encoder, weight: float | str, blocks: str = "joint") -> float:
+    """train.similarity_weight as a number: auto is SIMILARITY_WEIGHT for an embedding model trained jointly, and 0
+    for a score or class model, which makes no embeddings to compare, or for sequential blocks, which read no
+    outputs."""
     if weight == AUTO:
-        return SIMILARITY_WEIGHT if output_kind(encoder) == COSINE_LOSS else 0.0
+        return SIMILARITY_WEIGHT if output_kind(encoder) == COSINE_LOSS and blocks != SEQUENTIAL else 0.0
     return float(weight)
+
+
+class BlockSchedule:
+    """train.blocks=sequential: block reconstruction (BRECQ, Li et al. 2021) within one run's steps. The steps are
+    shared out evenly among the blocks in order; during its share a block alone trains, on the nMSE of its own
+    output against the teacher's block, from the input the blocks before it (already trained, now frozen) give, so
+    each block corrects what the quantized blocks before it left, and none moves once passed. The lr warms up and
+    decays (cosine) within each share. Linears outside the blocks (a score head) stay as PTQ made them."""
+
+    def __init__(self, student: nn.Module, steps: int) -> None:
+        self.blocks = transformer_blocks(student)
+        if steps < len(self.blocks):
+            raise QatError(f"train.steps={steps} with train.blocks=sequential leaves some of the model's "
+                           f"{len(self.blocks)} blocks no step; expected train.steps >= {len(self.blocks)}")
+        self.starts = [k * steps // len(self.blocks) for k in range(len(self.blocks) + 1)]
+
+    def block(self, step: int) -> int:
+        """The block trained by the optimizer step after `step` completed steps."""
+        return min(bisect.bisect_right(self.starts, step) - 1, len(self.blocks) - 1)
+
+    def focus(self, block: int, trainable: list[nn.Parameter]) -> None:
+        """Only the trainable parameters inside `block` take gradients (the optimizer skips the others)."""
+        inside = {id(p) for p in self.blocks[block].parameters()}
+        for parameter in trainable:
+            parameter.requires_grad_(id(parameter) in inside)
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, warmup_ratio: float) -> LambdaLR:
+        """Linear warm-up over warmup_ratio of each block's share, then cosine decay to 0 at its end."""
+
+        def factor(step: int) -> float:
+            block = self.block(step)
+            local, length = step - self.starts[block], self.starts[block + 1] - self.starts[block]
+            warmup = int(warmup_ratio * length)
+            if local < warmup:
+                return local / warmup
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (local - warmup) / max(1, length - warmup))))
+        return LambdaLR(optimizer, factor)
 
 
 def check_loss_terms(encoder: Encoder, cfg: TrainConfig) -> None:
@@ -145,6 +188,10 @@ def check_loss_terms(encoder: Encoder, cfg: TrainConfig) -> None:
         raise QatError(f"train.task_weight needs one similarity per pair, but model {encoder.source!r} has "
                        f"{outputs_per_pair} outputs; expected an embedding model or a one-score model, or "
                        "train.task_weight=0")
+    if cfg.blocks == SEQUENTIAL and (cfg.task_weight > 0 or (cfg.similarity_weight != AUTO and cfg.similarity_weight > 0)):
+        raise QatError(f"train.blocks=sequential trains each block on its own output alone, but train.task_weight="
+                       f"{cfg.task_weight:g} and train.similarity_weight={cfg.similarity_weight} ask for terms on the "
+                       "model's outputs; expected both 0 (or auto), or train.blocks=joint")
     if cfg.similarity_weight != AUTO and cfg.similarity_weight > 0 and output_kind(encoder) != COSINE_LOSS:
         raise QatError(f"train.similarity_weight={cfg.similarity_weight:g} compares embeddings' similarities, but "
                        f"model {encoder.source!r} outputs {'class logits' if encoder.classes else 'scores'}; expected "
@@ -239,7 +286,7 @@ class Trainer:
                  start: StartingPoint | None = None, task: PairSet | None = None) -> None:
         self.accelerator, self.encoder, self.cfg, self.log_prefix = accelerator, encoder, cfg, log_prefix
         self.task, self.seed = task if cfg.task_weight > 0 else None, seed
-        self.similarity_weight = similarity_weight(encoder, cfg.similarity_weight)
+        self.similarity_weight = similarity_weight(encoder, cfg.similarity_weight, cfg.blocks)
         self.teacher, self.evaluate_dev, self.metric = teacher.eval().to(accelerator.device), evaluate_dev, metric
         self.start = start   # the untrained student's dev metrics and noise, when already measured (PTQ's)
         self.checkpoints = checkpoints
@@ -248,7 +295,9 @@ class Trainer:
         self.state = TrainState(fingerprint=settings.fingerprint())
         self.parameters = select_trainable(student, cfg.train_layernorm)
         optimizer = torch.optim.AdamW(self.parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
+        self.schedule = BlockSchedule(student, cfg.steps) if cfg.blocks == SEQUENTIAL else None
+        scheduler = self.schedule.scheduler(optimizer, cfg.warmup_ratio) if self.schedule else \
+            get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
         loader = text_loader(encoder, texts, cfg.batch_size, seed)
         self.student, self.optimizer, self.loader, self.scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
         # PTQ's weights (a resumed run loads its own trained weights after this, inside the same cells)
@@ -269,6 +318,8 @@ class Trainer:
         log.info("resumed from %s at step %d", path, state.step)
 
     def loss(self, batch: Batch) -> DistillLoss:
+        if self.schedule is not None:
+            return self.block_loss(batch, self.schedule.block(self.state.step))
         mask = batch[1]
         with torch.no_grad(), record_blocks(self.teacher) as teacher_blocks, self.accelerator.autocast():
             teacher_outputs = outputs(self.encoder, self.teacher(*batch), mask)
@@ -282,6 +333,18 @@ class Trainer:
             return loss
         task = self.task_loss()
         return replace(loss, total=loss.total + self.cfg.task_weight * task, task=task)
+
+    def block_loss(self, batch: Batch, block: int) -> DistillLoss:
+        """train.blocks=sequential: the nMSE of `block`'s output against the teacher's; both forward passes stop
+        there."""
+        self.schedule.focus(block, self.parameters)
+        with torch.no_grad(), record_blocks(self.teacher, last=block) as teacher_blocks, self.accelerator.autocast():
+            self.teacher(*batch)
+        with record_blocks(self.accelerator.unwrap_model(self.student), last=block) as student_blocks, \
+                self.accelerator.autocast():
+            self.student(*batch)
+        error = normalized_mse(student_blocks[block], teacher_blocks[block], batch[1])
+        return DistillLoss(self.cfg.block_weight * error, [error], error.new_zeros(()), first_block=block)
 
     def task_loss(self) -> torch.Tensor:
         """The ranking loss of the student's similarities on train.batch_size labelled pairs drawn for this batch
@@ -378,7 +441,7 @@ class Trainer:
         task = {f"train/{name}_loss": term.item() for name, term in (("task", loss.task), ("similarity", loss.similarity))
                 if term is not None}
         self.log({"train/loss": loss.total.item(), "train/output_loss": loss.output.item(), "train/lr": lr, **task,
-                  "train/grad_norm": float(grad_norm), **{f"train/block_{i}": b.item() for i, b in enumerate(loss.blocks)}})
+                  "train/grad_norm": float(grad_norm), **{f"train/block_{i}": b.item() for i, b in enumerate(loss.blocks, loss.first_block)}})
         bar.update(1)
         bar.set_postfix(loss=f"{loss.total.item():.4g}", lr=f"{lr:.2g}", best_dev=f"{self.state.best_metric or 0:.5f}")
         if bar.disable and (step % max(1, end // 20) == 0) and self.accelerator.is_main_process:
