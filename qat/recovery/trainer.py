@@ -18,10 +18,10 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from safetensors.torch import save_file
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
-from torch.optim.lr_scheduler import LambdaLR
 
 from qat.base.atomic import TMP_SUFFIX, atomic_path
 from qat.config import TrainConfig
