@@ -11,11 +11,11 @@ from pathlib import Path
 
 from qat.base.errors import QatError
 from qat.config import RUNTIME_PACKAGES, ExportConfig
+from qat.data import Text
 from qat.evaluation.metrics import Forward, Table, embed
 from qat.exporters import onnx, openvino
 from qat.exporters.folder import write_export_folder
 from qat.exporters.loader import runtime_forward
-from qat.data import Text
 from qat.exporters.parity import ParityRecord, ParityTexts, Simulated, judge_parity, simulated_tables, unfused
 from qat.exporters.signature import ExportSignature
 from qat.load import Encoder, batches
