@@ -105,6 +105,23 @@ def test_simulation_equals_ipex_unfused_int8_graph_exactly(tiny_encoder, qconf, 
         torch.testing.assert_close(exported(ids, mask), sim(ids, mask), atol=1e-5, rtol=0)
 
 
+def test_symmetric_attention_inputs_reach_ipex_as_signed_int8(tiny_encoder, qconf, texts, tmp_path, ipex_export):
+    """Queries, keys and values (quint8 with zero point 128) are exported as qint8 with zero point 0: the same
+    values, multiplied by oneDNN as s8 without a reorder; the softmax output and the Linear inputs stay quint8."""
+    sim = simulate(tiny_encoder.model, qconf).eval()
+    example = next(batches(tiny_encoder, texts[:4], 4))
+    result = ipex_export.export_ipex(tiny_encoder.model, qconf, sim.weight_qparams(), example, tmp_path)
+    exported = Qconf.read(result.qconf_path)
+    dtypes = {(op.kind, qparams.dtype, qparams.zero_point) for op in exported.ops if op.quantized
+              for qparams in op.input_qparams() if qparams is not None}
+    assert {("matmul", torch.qint8, 0), ("matmul", torch.quint8, 0)} <= dtypes
+    assert not any(kind != "matmul" and dtype == torch.qint8 for kind, dtype, _ in dtypes)
+    assert all(zero_point != 128 for kind, _, zero_point in dtypes if kind == "matmul")
+    module = ipex_export.load_exported(result.path)
+    codes = [node.inputsAt(3).toIValue() for node in module.graph.findAllNodes("aten::quantize_per_tensor")]
+    assert codes.count(12) == 2 * 3, "two layers' queries, keys and values (c10::ScalarType::QInt8 is 12)"
+
+
 def test_skipped_linears_are_really_fp32_in_the_export(tiny_encoder, qconf, texts, tmp_path, ipex_export):
     """A skipped Linear must keep fp32 weights too: IPEX quantizes weights unless the qconf says otherwise."""
     skipped = qconf.with_recipe(QuantConfig(ops=["linear", "residual_add"], skip=[r"encoder\.layer\.\d+\.output\.dense"]))

@@ -86,6 +86,7 @@ def convert_for_ipex(model: PreTrainedModel, qconf: Qconf, weight_qparams: dict[
     qconf.set_weight_scales(weight_qparams)
     module = EncoderModule(model).eval()
     qconf = transplant(qconf, ipex_skeleton(module, example))
+    qconf.sign_matmul_inputs()
     prepared = prepare(module, ipex.quantization.default_static_qconfig_mapping, example_inputs=example, inplace=False)
     qconf.write(qconf_path)
     try:

@@ -58,7 +58,8 @@ class CalibConfig:
 
     `symmetric_matmul` makes the signed inputs of the attention matmuls (queries, keys, values) symmetric: quint8
     with zero point 128 is signed int8 with zero point 0, which OpenVINO's CPU plugin needs to run those matmuls
-    in int8 (with a zero point it runs them in floating point behind separate FakeQuantize ops)."""
+    in int8 (with a zero point it runs them in floating point behind separate FakeQuantize ops), and which the
+    IPEX export hands to oneDNN as s8 (no reorder, no zero-point correction)."""
 
     algorithm: str = "histogram"
     bins: int = 2048
