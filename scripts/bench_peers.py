@@ -6,7 +6,9 @@ SmoothQuant and fast bias correction); torch PT2E + Inductor int8 (X86InductorQu
 the CPU has no VNNI (the int16 saturation of u8 x s8 products), as in qat's own recipe. Each int8 peer is checked
 to run int8 (operators counted in the graph its runtime executes); one that does not is an error, not a row.
 Then all are scored on the same texts (batches of 32 padded to 128 tokens: cosine to fp32 embeddings and, with
-STS-B at hand, test Spearman) and timed side by side in one process (interleaved rounds, median).
+STS-B at hand, test Spearman) and timed side by side in one process (interleaved rounds, median). Each row is
+also compared with one peer (--against, default NNCF's OpenVINO int8) round by round: the median of the per-round
+speedups, with their range.
 
     .venv/bin/pip install -e '.[peers]'       # nncf (onnxruntime, onnx, openvino come with the set-up)
     .venv/bin/python scripts/bench_peers.py --run outputs/runs/<run> [--export ptq=<folder> qat=<folder>]
@@ -29,7 +31,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -54,6 +56,7 @@ from qat.quant.numerics import cpu_has_vnni  # noqa: E402
 from qat.base.timing import interleaved_rounds, openmp_settings  # noqa: E402
 
 SHAPES = [(1, 128), (32, 128)]
+NNCF = "OpenVINO int8 (NNCF)"   # the same runtime as qat's OpenVINO export, quantized by its own PTQ
 Run = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]   # (input_ids, attention_mask) -> last hidden state
 
 
@@ -238,7 +241,7 @@ def _peers(encoder: Encoder, calibration: list[str], threads: int, workdir: Path
         "ONNX Runtime int8 dynamic": (partial(ort_dynamic, onnx_path, threads, workdir, reduce_range), True),
         "ONNX Runtime int8 static QDQ": (partial(ort_static, onnx_path, threads, workdir, reduce_range, feeds), True),
         "OpenVINO fp32": (partial(openvino_nncf, onnx_path, threads, feeds, False), False),
-        "OpenVINO int8 (NNCF)": (partial(openvino_nncf, onnx_path, threads, feeds, True), True),
+        NNCF: (partial(openvino_nncf, onnx_path, threads, feeds, True), True),
         "PT2E + Inductor int8": (partial(pt2e_inductor, fp32, feeds), True),
     }
     unknown = sorted(set(only or []) - set(makers))
@@ -286,6 +289,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--against", help="the peer every row is compared with, round by round (median of the "
+                        "per-round speedups and their range: drift between rounds cancels in each ratio); default: "
+                        f"{NNCF!r} where it is measured")
     parser.add_argument("--openvino-hint", choices=["f32", "default"], default="f32",
                         help="OpenVINO's inference precision for its non-int8 ops: f32, or the CPU's default (bf16 "
                         "where the CPU has it: what a user gets)")
@@ -321,6 +327,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         everyone = qat_peers(encoder, exports, args.threads, Path(tmp)) + peers(encoder, calibration, args.threads, Path(tmp), reduce_range, args.peers)
+        names = [p.name for p in everyone]
+        if args.against is not None and args.against not in names:
+            sys.exit(f"error: --against {args.against!r} names no measured peer; expected one of {names}")
+        against = args.against or (NNCF if NNCF in names else None)
         if args.stsb.is_file():
             task = load_task(SourceConfig(kind="file", path=str(args.stsb), format="pairs"))
             assert isinstance(task, PairSet)
@@ -337,16 +347,19 @@ def main() -> None:
                 timed = interleaved_rounds({p.name: partial(p.run, *shape) for p in everyone},
                                            args.rounds, args.warmup, args.repeats)
             baseline = timed["fp32 TorchScript"].seconds
+            reference = timed.get(against) if against else None
             rows += [{"peer": name, "batch": batch, "seq": seq, "error": t.error} if t.error else
                      {"peer": name, "batch": batch, "seq": seq, "median_ms": 1000 * t.seconds,
                       "sequences_per_s": batch / t.seconds, "x_fp32_torchscript": baseline / t.seconds,
-                      "rounds_sequences_per_s": [batch / s for s in t.rounds]} for name, t in timed.items()]
+                      "rounds_sequences_per_s": [batch / s for s in t.rounds],
+                      "speedup_per_round": asdict(t.speedup_over(reference)) if reference and not reference.error else None}
+                     for name, t in timed.items()]
 
-    print_table(everyone, rows, scores)
+    print_table(everyone, rows, scores, against)
     print(f"OpenMP settings: {openmp_settings() or 'none (torch threads not pinned)'}")
     out = args.out or args.run / "bench_peers.json"
     out.write_text(json.dumps({
-        "run": str(args.run), "exports": exports, "threads": args.threads, "openvino_hint": args.openvino_hint, "cpu_has_vnni": cpu_has_vnni(), "openmp": openmp_settings(),
+        "run": str(args.run), "exports": exports, "against": against, "threads": args.threads, "openvino_hint": args.openvino_hint, "cpu_has_vnni": cpu_has_vnni(), "openmp": openmp_settings(),
         "weights_7bit": reduce_range, "rounds": args.rounds, "warmup": args.warmup, "repeats": args.repeats,
         "quality_texts": str(args.stsb) if args.stsb.is_file() else "builtin guard",
         "peers": {p.name: {"int8_ops": p.int8_ops, "build_seconds": p.build_seconds, **scores[p.name]} for p in everyone},
@@ -355,21 +368,27 @@ def main() -> None:
     print(f"wrote {out}")
 
 
-def print_table(everyone: list[Peer], rows: list[dict], scores: dict[str, dict[str, float]]) -> None:
+def print_table(everyone: list[Peer], rows: list[dict], scores: dict[str, dict[str, float]], against: str | None) -> None:
     by = {(r["peer"], r["batch"]): r for r in rows}
-    print("| peer | b32x128 seq/s (range) | x fp32 TS | b1x128 ms | x fp32 TS | STS-B test | cosine to fp32 | int8 ops |")
-    print("|---|---|---|---|---|---|---|---|")
+    versus = f" | x {against} per round (range)" if against else ""
+    print(f"| peer | b32x128 seq/s (range) | x fp32 TS{versus} | b1x128 ms | x fp32 TS{versus} | STS-B test | cosine to fp32 "
+          "| int8 ops |")
+    print("|---" * (8 + 2 * bool(against)) + "|")
     for peer in everyone:
         cells = []
         for batch in (32, 1):
             row = by[(peer.name, batch)]
             if row.get("error"):
-                cells += [f"failed: {row['error'][:60]}", "-"]
-            elif batch == 32:
+                cells += [f"failed: {row['error'][:60]}"] + ["-"] * (1 + bool(against))
+                continue
+            if batch == 32:
                 spread = row["rounds_sequences_per_s"]
                 cells += [f"{row['sequences_per_s']:.1f} ({min(spread):.1f}-{max(spread):.1f})", f"{row['x_fp32_torchscript']:.2f}"]
             else:
                 cells += [f"{row['median_ms']:.1f}", f"{row['x_fp32_torchscript']:.2f}"]
+            if against:
+                speedup = row["speedup_per_round"]
+                cells.append(f"{speedup['median']:.2f} ({speedup['low']:.2f}-{speedup['high']:.2f})" if speedup else "-")
         score = scores[peer.name]
         spearman = f"{score['stsb_test/spearman']:.2f}" if "stsb_test/spearman" in score else "-"
         ops = ", ".join(f"{op} {n}" for op, n in peer.int8_ops.items()) or "-"

@@ -1,5 +1,5 @@
 """The benchmark scripts' interleaved rounds: every variant once per round, a failing kernel reported, not hidden."""
-from qat.base.timing import OPENMP_SETTINGS, interleaved_rounds, openmp_settings
+from qat.base.timing import OPENMP_SETTINGS, Timed, interleaved_rounds, openmp_settings
 
 
 def test_interleaved_rounds_time_every_variant_per_round_and_report_failures() -> None:
@@ -13,6 +13,13 @@ def test_interleaved_rounds_time_every_variant_per_round_and_report_failures() -
     assert order == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3   # interleaved per round
     assert len(timed["a"].rounds) == 3 and timed["a"].seconds >= 0 and not timed["a"].error
     assert timed["bad"].error == "RuntimeError: no kernel for this CPU" and timed["bad"].rounds == []
+
+
+def test_speedup_is_the_median_of_per_round_ratios() -> None:
+    fast, slow = Timed([1.0, 2.0, 1.0]), Timed([3.0, 3.0, 1.5])   # round 2 ran slow for both
+    speedup = fast.speedup_over(slow)
+    assert (speedup.median, speedup.low, speedup.high) == (1.5, 1.5, 3.0)
+    assert slow.seconds / fast.seconds == 3.0   # the ratio of the medians pairs round 1 of one with round 2 of the other
 
 
 def test_openmp_settings_record_what_the_process_started_with(monkeypatch) -> None:

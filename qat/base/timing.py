@@ -62,6 +62,21 @@ class Timed:
     def seconds(self) -> float:
         return statistics.median(self.rounds)
 
+    def speedup_over(self, other: Timed) -> Speedup:
+        """How many times faster than `other`, round by round: both ran within one round, so a shared machine's
+        drift between rounds cancels in each ratio, which a ratio of the two medians does not guarantee."""
+        ratios = sorted(theirs / ours for ours, theirs in zip(self.rounds, other.rounds))
+        return Speedup(statistics.median(ratios), ratios[0], ratios[-1])
+
+
+@dataclass
+class Speedup:
+    """The median of the per-round ratios and their range."""
+
+    median: float
+    low: float
+    high: float
+
 
 def first_error_line(error: Exception) -> str:
     lines = str(error).splitlines() or [type(error).__name__]
