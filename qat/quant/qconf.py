@@ -266,19 +266,16 @@ class Qconf:
                 weight_info["scale"] = scale.tolist()
                 weight_info["zero_point"] = zero_point.tolist()
 
-    def sign_matmul_inputs(self) -> int:
+    def sign_matmul_inputs(self) -> None:
         """Hold every int8 matmul input calibrated as quint8 with zero point 128 as qint8 with zero point 0 instead:
         the same values (q - 128 in both), which oneDNN multiplies as s8 directly, where it would otherwise reorder
-        the u8 tensor to s8 and correct for the zero point at every call. Returns how many inputs changed."""
-        signed = 0
+        the u8 tensor to s8 and correct for the zero point at every call."""
         for op in self.ops:
             if op.kind != "matmul":
                 continue
             for tensor, qparams in zip(op.info["input_tensor_infos"], op.input_qparams()):
                 if qparams is not None and qparams.dtype == torch.quint8 and qparams.zero_point == 128:
                     tensor.update(inf_dtype=str(torch.qint8), force_dtype=str(torch.qint8), zero_point=[0])
-                    signed += 1
-        return signed
 
     def int8_counts(self) -> dict[str, int]:
         """How many ops of each kind the recipe puts in int8."""
