@@ -28,8 +28,8 @@ from qat.quant.wrapper import EncoderModule
 from qat.quant.modules import QuantLinear
 from qat.quant.numerics import weight_qparams
 from qat.quant.simulate import simulate
-from qat.recovery.trainer import (SIMILARITY_WEIGHT, STATE_FILE, LengthGroupedSampler, StartingPoint, Trainer,
-                                  resolve_resume, similarity_weight)
+from qat.recovery.trainer import (SIMILARITY_WEIGHT, STATE_FILE, BlockSchedule, LengthGroupedSampler, StartingPoint,
+                                  Trainer, check_loss_terms, resolve_resume, similarity_weight)
 
 
 @pytest.fixture
@@ -444,8 +444,6 @@ def test_sequential_blocks_train_one_block_after_another_each_on_its_own_output(
 
 
 def test_each_block_gets_its_own_share_and_lr_schedule():
-    from qat.recovery.trainer import BlockSchedule
-
     model = torch.nn.Module()
     model.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(3)])
     schedule = BlockSchedule(model, 10)
@@ -465,8 +463,6 @@ def test_each_block_gets_its_own_share_and_lr_schedule():
 
 
 def test_sequential_blocks_refuse_terms_on_the_outputs(tiny_encoder):
-    from qat.recovery.trainer import check_loss_terms
-
     with pytest.raises(QatError, match="train.blocks=sequential trains each block on its own output alone"):
         check_loss_terms(tiny_encoder, TrainConfig(blocks="sequential", task_weight=1.0))
     check_loss_terms(tiny_encoder, TrainConfig(blocks="sequential"))   # similarity auto: 0 for sequential blocks
